@@ -1,0 +1,199 @@
+//! The edge's one error → HTTP mapping (DESIGN §4): gRPC codes follow grpc-gateway's table,
+//! except an LLM provider failure (502, with `Retry-After` while a circuit is open) and an LLM
+//! timeout (504), which the chat gateway marks with the `x-portico-error` metadata key.
+
+use http::StatusCode;
+use serde_json::json;
+use tonic::Code;
+
+use crate::response::{json_response, Response};
+
+/// Metadata key the services set to refine the HTTP mapping of an error.
+pub const ERROR_REASON_KEY: &str = "x-portico-error";
+/// Reason: every LLM provider failed or its circuit is open → 502.
+pub const REASON_LLM_UNAVAILABLE: &str = "llm-unavailable";
+/// Reason: the LLM call timed out → 504.
+pub const REASON_LLM_TIMEOUT: &str = "llm-timeout";
+
+/// The HTTP status of a gRPC code (grpc-gateway's table).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// An error the edge answers with: a gRPC code, a message for the caller, and optionally the
+/// seconds after which a retry makes sense.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The gRPC code; its name is the JSON `code`.
+    pub code: Code,
+    /// What the caller can act on. Never an internal cause.
+    pub message: String,
+    /// HTTP status, when it differs from the code's (502 for LLM failures, 413, 405).
+    pub status: Option<StatusCode>,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with the code's usual HTTP status.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    /// Overrides the HTTP status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Adds `Retry-After`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Maps a service's gRPC error. `service` names the backend for "unavailable" messages.
+    pub fn from_status(status: &tonic::Status, service: &str) -> Self {
+        let metadata = status.metadata();
+        let reason = metadata.get(ERROR_REASON_KEY).and_then(|v| v.to_str().ok());
+        let retry_after = metadata
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let message = match status.code() {
+            // A transport failure's message is tonic's, not the service's: say what happened.
+            Code::Unavailable if status.message().is_empty() || status.message().contains("transport") => {
+                format!("the {service} service is unavailable")
+            }
+            _ => status.message().to_owned(),
+        };
+        let mut error = Self::new(status.code(), message);
+        error.retry_after = retry_after;
+        match reason {
+            Some(REASON_LLM_UNAVAILABLE) => error.with_status(StatusCode::BAD_GATEWAY),
+            Some(REASON_LLM_TIMEOUT) => error.with_status(StatusCode::GATEWAY_TIMEOUT),
+            _ => error,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| http_status(self.code))
+    }
+
+    /// The JSON error response (DESIGN §4).
+    pub fn into_response(self, correlation_id: &str) -> Response {
+        let body = json!({
+            "error": {
+                "code": code_name(self.code),
+                "message": self.message,
+                "correlationId": correlation_id,
+            }
+        });
+        let mut response = json_response(self.status(), &body);
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+/// The canonical upper-case name of a gRPC code (`NOT_FOUND`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_seventeen_codes_map_as_grpc_gateway_does() {
+        let table = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+            (Code::Unauthenticated, 401),
+        ];
+        for (code, expected) in table {
+            assert_eq!(http_status(code).as_u16(), expected, "{code:?}");
+            // Every code's name round-trips through tonic's own parser of names.
+            assert_eq!(Code::from_i32(code as i32), code);
+        }
+        assert_eq!(table.len(), 17);
+    }
+
+    #[test]
+    fn llm_failures_are_bad_gateway_and_timeouts_gateway_timeout() {
+        let mut status = tonic::Status::unavailable("all providers failed");
+        status.metadata_mut().insert(ERROR_REASON_KEY, REASON_LLM_UNAVAILABLE.parse().expect("ascii"));
+        status.metadata_mut().insert("retry-after", "30".parse().expect("ascii"));
+        let error = ApiError::from_status(&status, "chat");
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(error.retry_after, Some(30));
+
+        let mut status = tonic::Status::deadline_exceeded("provider timed out");
+        status.metadata_mut().insert(ERROR_REASON_KEY, REASON_LLM_TIMEOUT.parse().expect("ascii"));
+        assert_eq!(ApiError::from_status(&status, "chat").status(), StatusCode::GATEWAY_TIMEOUT);
+
+        // Without the marker an UNAVAILABLE service is the usual 503.
+        let status = tonic::Status::unavailable("");
+        let error = ApiError::from_status(&status, "auth");
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.message, "the auth service is unavailable");
+    }
+}

@@ -1,0 +1,237 @@
+//! Liveness, startup and readiness (DESIGN §4, §6). Readiness asks every service over the
+//! gRPC health protocol with a short deadline, pings the database and the cache, and
+//! aggregates: a critical dependency down → 503 `unhealthy`; a non-critical one → 200
+//! `degraded`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::ClientLike as _;
+use futures_util::future::join_all;
+use http::StatusCode;
+use portico_telemetry::RequestContext;
+use serde_json::{json, Map, Value};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+
+use crate::{backends::Backend, Edge};
+
+/// The outcome of one check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// `auth`, `database`, …
+    pub name: &'static str,
+    /// Whether readiness is unhealthy when this fails.
+    pub critical: bool,
+    /// Whether it passed.
+    pub ok: bool,
+    /// The JSON shown under `checks`.
+    pub detail: Value,
+}
+
+/// The liveness document.
+pub fn liveness(edge: &Edge) -> Value {
+    json!({
+        "status": "ok",
+        "timestamp": rfc3339(SystemTime::now()),
+        "uptime": edge.inner.started_at.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Asks one backend whether its service is SERVING.
+pub async fn check_backend(backend: &Backend, context: &RequestContext, timeout: Duration) -> Check {
+    let started = Instant::now();
+    let request = crate::backends::request(
+        HealthCheckRequest {
+            service: backend.service.to_owned(),
+        },
+        context,
+        None,
+        None,
+        timeout,
+    );
+    let mut client = HealthClient::new(backend.channel.clone());
+    let outcome = tokio::time::timeout(timeout, client.check(request)).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let (ok, reason, code) = match outcome {
+        Ok(Ok(response)) => {
+            let serving = response.get_ref().status == ServingStatus::Serving as i32;
+            (serving, (!serving).then_some("NOT_SERVING"), tonic::Code::Ok)
+        }
+        Ok(Err(status)) => (false, Some("unreachable"), status.code()),
+        Err(_) => (false, Some("timeout"), tonic::Code::DeadlineExceeded),
+    };
+    crate::backends::record(backend.name, "Health/Check", code);
+    let mut detail = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "latencyMs": latency_ms,
+    });
+    if let Some(reason) = reason {
+        detail["error"] = json!(reason);
+    }
+    Check {
+        name: backend.name,
+        critical: backend.critical,
+        ok,
+        detail,
+    }
+}
+
+async fn check_database(edge: &Edge, timeout: Duration) -> Check {
+    let started = Instant::now();
+    let ok = match &edge.inner.database {
+        Some(db) => matches!(tokio::time::timeout(timeout, db.ping()).await, Ok(Ok(()))),
+        None => false,
+    };
+    if !ok {
+        portico_telemetry::metrics::http().database_errors.inc();
+    }
+    Check {
+        name: "database",
+        critical: true,
+        ok,
+        detail: json!({
+            "status": if ok { "ok" } else { "unhealthy" },
+            "latencyMs": started.elapsed().as_millis() as u64,
+        }),
+    }
+}
+
+async fn check_cache(edge: &Edge, timeout: Duration) -> Check {
+    let Some(redis) = &edge.inner.redis else {
+        return Check {
+            name: "cache",
+            critical: false,
+            ok: true,
+            detail: json!({"status": "ok", "type": "memory"}),
+        };
+    };
+    let started = Instant::now();
+    let ok = matches!(
+        tokio::time::timeout(timeout, redis.ping::<String>(None)).await,
+        Ok(Ok(_))
+    );
+    Check {
+        name: "cache",
+        critical: false,
+        ok,
+        detail: json!({
+            "status": if ok { "ok" } else { "unhealthy" },
+            "type": "redis",
+            "latencyMs": started.elapsed().as_millis() as u64,
+        }),
+    }
+}
+
+/// Runs every readiness check at once and aggregates them.
+pub async fn readiness(edge: &Edge, context: &RequestContext) -> (StatusCode, Value) {
+    let timeout = edge.inner.settings.health_check_timeout;
+    let backends = edge.inner.backends.all();
+    let backend_checks = join_all(backends.iter().map(|b| check_backend(b, context, timeout)));
+    let (mut checks, database, cache) = tokio::join!(
+        backend_checks,
+        check_database(edge, timeout),
+        check_cache(edge, timeout)
+    );
+    checks.push(database);
+    checks.push(cache);
+    aggregate(&checks)
+}
+
+/// The readiness status and body for a set of checks.
+pub fn aggregate(checks: &[Check]) -> (StatusCode, Value) {
+    let critical_down = checks.iter().any(|c| c.critical && !c.ok);
+    let degraded = checks.iter().any(|c| !c.critical && !c.ok);
+    let (status, label) = if critical_down {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+    } else if degraded {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let mut map = Map::new();
+    for check in checks {
+        let mut detail = check.detail.clone();
+        if !check.ok && !check.critical {
+            detail["status"] = json!("degraded");
+        }
+        map.insert(check.name.to_owned(), detail);
+    }
+    (status, json!({"status": label, "checks": map}))
+}
+
+/// Startup: true once every service has answered SERVING (sticky).
+pub async fn startup(edge: &Edge, context: &RequestContext) -> bool {
+    use std::sync::atomic::Ordering;
+    if edge.inner.started.load(Ordering::Relaxed) {
+        return true;
+    }
+    let timeout = edge.inner.settings.health_check_timeout;
+    let checks = join_all(edge.inner.backends.all().iter().map(|b| check_backend(b, context, timeout))).await;
+    let started = checks.iter().all(|c| c.ok);
+    if started {
+        edge.inner.started.store(true, Ordering::Relaxed);
+    }
+    started
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds (`2026-11-22T12:00:00.000Z`).
+pub fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (days, rem) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &'static str, critical: bool, ok: bool) -> Check {
+        Check {
+            name,
+            critical,
+            ok,
+            detail: json!({"status": if ok { "ok" } else { "unhealthy" }}),
+        }
+    }
+
+    #[test]
+    fn critical_failure_is_unhealthy_and_non_critical_is_degraded() {
+        let (status, body) = aggregate(&[check("auth", true, false), check("chat", false, true)]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "unhealthy");
+
+        let (status, body) = aggregate(&[check("auth", true, true), check("chat", false, false)]);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["chat"]["status"], "degraded");
+
+        let (status, body) = aggregate(&[check("auth", true, true)]);
+        assert_eq!((status, body["status"].clone()), (StatusCode::OK, json!("ok")));
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_780_800_123);
+        assert_eq!(rfc3339(t), "2026-11-27T12:00:00.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,327 @@
+//! Portico's REST edge (hyper 1): routing, REST ↔ gRPC, CORS, correlation IDs, the metrics
+//! guard, health aggregation, maintenance mode, body limits and graceful shutdown. It talks to
+//! the services over gRPC only and imports none of their crates.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt as _;
+use portico_config::{EdgeSettings, ExposeSecret as _, MetricsGuard, Settings, BODY_LIMIT_BYTES};
+use portico_telemetry::{metrics, RequestContext, CORRELATION_HEADER};
+use subtle::ConstantTimeEq as _;
+use tonic::Code;
+use tracing::{field::Empty, Instrument as _};
+
+pub mod backends;
+pub mod client_ip;
+pub mod cors;
+pub mod error;
+pub mod health;
+pub mod response;
+pub mod routes;
+mod server;
+
+pub use error::{http_status, ApiError};
+pub use response::{Body, Response};
+pub use server::{serve, EdgeHandle};
+
+/// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
+const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
+
+/// Errors while starting the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A backend URL is invalid.
+    #[error("backend URL: {0}")]
+    Backend(#[from] tonic::transport::Error),
+    /// The database URL could not be used.
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// The Redis URL could not be used.
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The edge's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EdgeSettings,
+    backends: backends::Backends,
+    cors: cors::Cors,
+    database: Option<sea_orm::DatabaseConnection>,
+    redis: Option<fred::clients::Client>,
+    started_at: Instant,
+    started: AtomicBool,
+}
+
+impl Edge {
+    /// Builds the edge's state: lazy gRPC channels, a lazy database pool for readiness, and a
+    /// Redis client when `REDIS_URL` is set.
+    pub async fn new(settings: &Settings) -> Result<Self, EdgeError> {
+        let database = Some(portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?);
+        let redis = match &settings.storage.redis_url {
+            Some(url) => Some(redis_client(url.expose_secret())?),
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings: settings.edge.clone(),
+                backends: backends::Backends::new(&settings.edge)?,
+                cors: cors::Cors::new(&settings.edge.cors_origins, settings.edge.cors_allow_credentials),
+                database,
+                redis,
+                started_at: Instant::now(),
+                started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Answers one HTTP request from `peer`.
+    pub async fn handle<B>(&self, request: http::Request<B>, peer: SocketAddr) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let matched = routes::find(if method == Method::HEAD { &Method::GET } else { &method }, &path);
+        let route_label = match &matched {
+            routes::Match::Found(route, _) => route.path,
+            _ => "unmatched",
+        };
+        let span = tracing::info_span!(
+            "http.request",
+            otel.name = %format!("{method} {route_label}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = route_label,
+            http.response.status_code = Empty,
+            component = "edge",
+            correlation_id = Empty,
+            trace_id = Empty,
+        );
+        let context = RequestContext::attach(span.clone(), request.headers());
+        let request_headers = request.headers().clone();
+        let preflight = cors::Cors::is_preflight(&method, &request_headers);
+
+        let mut response = async {
+            let response = if preflight {
+                let mut response = http::Response::new(response::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            } else {
+                self.route(request, peer, matched, &context).await
+            };
+            tracing::info!(
+                method = %method,
+                route = route_label,
+                status = response.status().as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            response
+        }
+        .instrument(span.clone())
+        .await;
+
+        span.record("http.response.status_code", response.status().as_u16());
+        self.inner.cors.apply(&request_headers, response.headers_mut(), preflight);
+        if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
+            response.headers_mut().insert(CORRELATION_HEADER, value);
+        }
+        let http_metrics = metrics::http();
+        http_metrics
+            .requests
+            .get_or_create(&metrics::HttpLabels {
+                method: method.as_str().to_owned(),
+                route: route_label.to_owned(),
+                status: response.status().as_u16(),
+            })
+            .inc();
+        http_metrics
+            .duration
+            .get_or_create(&metrics::RouteLabels {
+                method: method.as_str().to_owned(),
+                route: route_label.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn route<B>(
+        &self,
+        request: http::Request<B>,
+        peer: SocketAddr,
+        matched: routes::Match,
+        context: &RequestContext,
+    ) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let correlation_id = context.correlation_id.as_str();
+        let (route, _params) = match matched {
+            routes::Match::Found(route, params) => (route, params),
+            routes::Match::MethodNotAllowed(allowed) => {
+                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let mut response = ApiError::new(
+                    Code::Unimplemented,
+                    format!("{} is not allowed here; allowed: {allow}", request.method()),
+                )
+                .with_status(StatusCode::METHOD_NOT_ALLOWED)
+                .into_response(correlation_id);
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                return response;
+            }
+            routes::Match::NotFound => {
+                return ApiError::new(Code::NotFound, format!("no route for {}", request.uri().path()))
+                    .into_response(correlation_id);
+            }
+        };
+        if self.inner.settings.maintenance_mode && !route.handler.is_operational() {
+            return ApiError::new(Code::Unavailable, "Portico is in maintenance; retry later")
+                .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
+                .into_response(correlation_id);
+        }
+        if let Err(error) = check_declared_length(request.headers()) {
+            return error.into_response(correlation_id);
+        }
+        let client_ip = client_ip::client_ip(peer, request.headers(), &self.inner.settings.trusted_proxies);
+        match route.handler {
+            routes::Handler::Live => response::json_response(StatusCode::OK, &health::liveness(self)),
+            routes::Handler::Startup => {
+                if health::startup(self, context).await {
+                    response::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                } else {
+                    response::json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"status": "starting"}),
+                    )
+                }
+            }
+            routes::Handler::Ready => {
+                let (status, body) = health::readiness(self, context).await;
+                response::json_response(status, &body)
+            }
+            routes::Handler::Metrics => self.metrics(request.headers(), client_ip, correlation_id),
+            routes::Handler::OpenApi => {
+                response::json_response(StatusCode::OK, &routes::openapi(env!("CARGO_PKG_VERSION")))
+            }
+            routes::Handler::Jwks => self.jwks(context, client_ip).await,
+        }
+    }
+
+    fn metrics(&self, headers: &http::HeaderMap, client_ip: IpAddr, correlation_id: &str) -> Response {
+        if !self.inner.settings.metrics_enabled {
+            return ApiError::new(Code::NotFound, "metrics are disabled (METRICS_ENABLED=false)")
+                .into_response(correlation_id);
+        }
+        let allowed = match &self.inner.settings.metrics_guard {
+            MetricsGuard::None => true,
+            MetricsGuard::Secret(secret) => headers
+                .get("x-metrics-secret")
+                .is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.expose_secret().as_bytes()))),
+            MetricsGuard::Cidr(allowlist) => allowlist.iter().any(|net| net.contains(&client_ip)),
+        };
+        if !allowed {
+            tracing::warn!(metrics_guard = true, client_ip = %client_ip, "metrics_guard refused a scrape");
+            return ApiError::new(Code::PermissionDenied, "metrics are not available to this caller")
+                .into_response(correlation_id);
+        }
+        response::text_response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::encode_text(),
+        )
+    }
+
+    async fn jwks(&self, context: &RequestContext, client_ip: IpAddr) -> Response {
+        use portico_proto::auth::{auth_service_client::AuthServiceClient, GetJwksRequest};
+        let backend = &self.inner.backends.auth;
+        let request = backends::request(
+            GetJwksRequest {},
+            context,
+            Some(client_ip),
+            None,
+            self.inner.settings.request_timeout,
+        );
+        let result = AuthServiceClient::new(backend.channel.clone()).get_jwks(request).await;
+        backends::record(backend.name, "GetJwks", result.as_ref().map_or_else(tonic::Status::code, |_| Code::Ok));
+        match result {
+            Ok(response) => {
+                let mut response = response::text_response(
+                    StatusCode::OK,
+                    "application/json",
+                    response.into_inner().jwks_json,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+                response
+            }
+            Err(status) => ApiError::from_status(&status, backend.name).into_response(&context.correlation_id),
+        }
+    }
+}
+
+/// Refuses a declared body larger than the limit before reading a byte of it.
+fn check_declared_length(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > BODY_LIMIT_BYTES as u64 => Err(body_too_large()),
+        _ => Ok(()),
+    }
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        Code::InvalidArgument,
+        format!("request body exceeds {BODY_LIMIT_BYTES} bytes"),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Reads a request body of at most 1 MiB (413 beyond, also for chunked bodies).
+pub async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match http_body_util::Limited::new(body, BODY_LIMIT_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
+        Err(error) => Err(ApiError::new(Code::InvalidArgument, format!("cannot read the request body: {error}"))),
+    }
+}
+
+fn redis_client(url: &str) -> Result<fred::clients::Client, fred::error::Error> {
+    use fred::prelude::*;
+    let config = Config::from_url(url)?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_millis(500);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()?;
+    // Connects in the background and keeps reconnecting; readiness reports the state.
+    let _connection = client.connect();
+    Ok(client)
+}

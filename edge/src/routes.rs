@@ -1,0 +1,273 @@
+//! The edge's route table. Routing, `405 Allow`, maintenance exemptions, metrics labels and
+//! `/api/openapi.json` all read this one table, so the documentation cannot drift from
+//! what is served.
+
+use http::Method;
+use serde_json::{json, Map, Value};
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Liveness: the process answers.
+    Live,
+    /// Startup: every service answered SERVING once.
+    Startup,
+    /// Readiness with aggregation (DESIGN §6).
+    Ready,
+    /// Prometheus metrics (guarded).
+    Metrics,
+    /// This API's OpenAPI document.
+    OpenApi,
+    /// AuthService.GetJwks.
+    Jwks,
+}
+
+impl Handler {
+    /// Health and metrics stay up in maintenance mode and are never rate limited.
+    pub fn is_operational(self) -> bool {
+        matches!(self, Handler::Live | Handler::Startup | Handler::Ready | Handler::Metrics)
+    }
+}
+
+/// One route: a path template (`{name}` matches one segment) and its methods.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path template.
+    pub path: &'static str,
+    /// Method served.
+    pub method: Method,
+    /// What answers it.
+    pub handler: Handler,
+    /// OpenAPI tag.
+    pub tag: &'static str,
+    /// One-line description.
+    pub summary: &'static str,
+}
+
+const fn get(path: &'static str, handler: Handler, tag: &'static str, summary: &'static str) -> Route {
+    Route {
+        path,
+        method: Method::GET,
+        handler,
+        tag,
+        summary,
+    }
+}
+
+/// Every route the edge serves.
+pub static ROUTES: &[Route] = &[
+    get("/health", Handler::Live, "health", "Liveness"),
+    get("/healthz", Handler::Live, "health", "Liveness"),
+    get("/livez", Handler::Live, "health", "Liveness"),
+    get("/api/health", Handler::Live, "health", "Liveness"),
+    get("/api/health/live", Handler::Live, "health", "Liveness"),
+    get("/api/health/startup", Handler::Startup, "health", "Startup: 200 once every service answered SERVING"),
+    get("/ready", Handler::Ready, "health", "Readiness with dependency checks"),
+    get("/readyz", Handler::Ready, "health", "Readiness with dependency checks"),
+    get("/api/health/ready", Handler::Ready, "health", "Readiness with dependency checks"),
+    get("/api/v1/health/ready", Handler::Ready, "health", "Readiness with dependency checks"),
+    get("/metrics", Handler::Metrics, "operations", "Prometheus metrics (guarded by METRICS_GUARD)"),
+    get("/api/metrics", Handler::Metrics, "operations", "Prometheus metrics (guarded by METRICS_GUARD)"),
+    get("/api/openapi.json", Handler::OpenApi, "operations", "This OpenAPI document"),
+    get("/.well-known/jwks.json", Handler::Jwks, "auth", "Public keys that verify access tokens"),
+];
+
+/// The result of matching a request against [`ROUTES`].
+#[derive(Debug)]
+pub enum Match {
+    /// A route serves this method and path.
+    Found(&'static Route, Vec<(&'static str, String)>),
+    /// The path exists, with these methods.
+    MethodNotAllowed(Vec<Method>),
+    /// No route has this path.
+    NotFound,
+}
+
+/// Finds the route for `method` and `path`.
+pub fn find(method: &Method, path: &str) -> Match {
+    let mut allowed = Vec::new();
+    for route in ROUTES {
+        let Some(params) = match_path(route.path, path) else {
+            continue;
+        };
+        if route.method == *method {
+            return Match::Found(route, params);
+        }
+        if !allowed.contains(&route.method) {
+            allowed.push(route.method.clone());
+        }
+    }
+    if allowed.is_empty() {
+        Match::NotFound
+    } else {
+        if allowed.contains(&Method::GET) {
+            allowed.push(Method::HEAD);
+        }
+        allowed.push(Method::OPTIONS);
+        Match::MethodNotAllowed(allowed)
+    }
+}
+
+fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut params = Vec::new();
+    let mut template_segments = template.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (template_segments.next(), path_segments.next()) {
+            (None, None) => return Some(params),
+            (Some(t), Some(p)) => {
+                if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                    if p.is_empty() {
+                        return None;
+                    }
+                    params.push((name, p.to_owned()));
+                } else if t != p {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The OpenAPI 3.1 document of [`ROUTES`].
+pub fn openapi(version: &str) -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut operation = json!({
+            "tags": [route.tag],
+            "summary": route.summary,
+            "operationId": operation_id(route),
+            "parameters": parameters,
+            "responses": responses(route.handler),
+        });
+        if route.handler == Handler::Metrics {
+            operation["parameters"] = json!([{
+                "name": "x-metrics-secret", "in": "header", "required": false,
+                "schema": {"type": "string"}
+            }]);
+        }
+        if let Value::Object(methods) = entry {
+            methods.insert(route.method.as_str().to_ascii_lowercase(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Portico REST edge",
+            "version": version,
+            "description": "REST edge of the Portico suite. Every error body is {\"error\":{\"code\",\"message\",\"correlationId\"}}; every response carries x-correlation-id.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object",
+                        "required": ["code", "message", "correlationId"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "correlationId": {"type": "string"}
+                        }
+                    }}
+                },
+                "Liveness": {
+                    "type": "object",
+                    "required": ["status", "timestamp", "uptime", "version"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok"]},
+                        "timestamp": {"type": "string"},
+                        "uptime": {"type": "number"},
+                        "version": {"type": "string"}
+                    }
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status", "checks"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded", "unhealthy"]},
+                        "checks": {"type": "object"}
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn operation_id(route: &Route) -> String {
+    let mut id = route.method.as_str().to_ascii_lowercase();
+    for part in route.path.split(|c: char| !c.is_ascii_alphanumeric()).filter(|p| !p.is_empty()) {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            id.push(first.to_ascii_uppercase());
+            id.extend(chars);
+        }
+    }
+    id
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn responses(handler: Handler) -> Value {
+    let json_ok = |schema: &str| {
+        json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+    };
+    match handler {
+        Handler::Live => json!({"200": json_ok("Liveness")}),
+        Handler::Startup => json!({"200": {"description": "Started"}, "503": {"description": "Still starting"}}),
+        Handler::Ready => json!({
+            "200": json_ok("Readiness"),
+            "503": {"description": "A critical dependency is down", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
+        }),
+        Handler::Metrics => json!({
+            "200": {"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "403": error_response("Refused by METRICS_GUARD"),
+            "404": error_response("Metrics disabled")
+        }),
+        Handler::OpenApi => json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}),
+        Handler::Jwks => json!({
+            "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "501": error_response("Not implemented yet"),
+            "503": error_response("Auth service unavailable")
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_segments() {
+        assert!(match_path("/a/{slug}", "/a/x").is_some());
+        assert!(match_path("/a/{slug}", "/a/").is_none());
+        assert!(match_path("/a/{slug}", "/a/x/y").is_none());
+        assert!(match_path("/healthz", "/healthz").is_some());
+    }
+
+    #[test]
+    fn wrong_method_lists_allowed_ones() {
+        match find(&Method::POST, "/healthz") {
+            Match::MethodNotAllowed(methods) => {
+                assert!(methods.contains(&Method::GET));
+                assert!(methods.contains(&Method::HEAD));
+            }
+            other => panic!("expected 405, got {other:?}"),
+        }
+        assert!(matches!(find(&Method::GET, "/nope"), Match::NotFound));
+    }
+}

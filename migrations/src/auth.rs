@@ -1,0 +1,194 @@
+//! The auth service's tables.
+
+use sea_orm_migration::prelude::*;
+
+pub struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m20261122_000001_auth_initial"
+    }
+}
+
+#[derive(Iden)]
+enum Users {
+    Table,
+    Id,
+    Email,
+    PasswordHash,
+    Role,
+    EmailVerified,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(Iden)]
+enum RefreshTokens {
+    Table,
+    TokenHash,
+    FamilyId,
+    UserId,
+    ExpiresAt,
+    SpentAt,
+    RevokedAt,
+    CreatedAt,
+}
+
+#[derive(Iden)]
+enum Lockouts {
+    Table,
+    Email,
+    Ip,
+    Failures,
+    WindowStartedAt,
+    LockedUntil,
+}
+
+#[derive(Iden)]
+enum AuditEvents {
+    Table,
+    Id,
+    EventType,
+    UserId,
+    Email,
+    Ip,
+    CorrelationId,
+    Detail,
+    CreatedAt,
+}
+
+#[derive(Iden)]
+enum EmailVerifications {
+    Table,
+    TokenHash,
+    UserId,
+    ExpiresAt,
+    UsedAt,
+}
+
+#[derive(Iden)]
+enum TokenDenylist {
+    Table,
+    Jti,
+    ExpiresAt,
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Users::Table)
+                    .col(ColumnDef::new(Users::Id).string_len(36).not_null().primary_key())
+                    .col(ColumnDef::new(Users::Email).string_len(254).not_null().unique_key())
+                    .col(ColumnDef::new(Users::PasswordHash).string().not_null())
+                    .col(ColumnDef::new(Users::Role).string_len(16).not_null())
+                    .col(ColumnDef::new(Users::EmailVerified).boolean().not_null())
+                    .col(ColumnDef::new(Users::CreatedAt).big_integer().not_null())
+                    .col(ColumnDef::new(Users::UpdatedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(RefreshTokens::Table)
+                    .col(ColumnDef::new(RefreshTokens::TokenHash).string_len(64).not_null().primary_key())
+                    .col(ColumnDef::new(RefreshTokens::FamilyId).string_len(36).not_null())
+                    .col(ColumnDef::new(RefreshTokens::UserId).string_len(36).not_null())
+                    .col(ColumnDef::new(RefreshTokens::ExpiresAt).big_integer().not_null())
+                    .col(ColumnDef::new(RefreshTokens::SpentAt).big_integer().null())
+                    .col(ColumnDef::new(RefreshTokens::RevokedAt).big_integer().null())
+                    .col(ColumnDef::new(RefreshTokens::CreatedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_refresh_tokens_family")
+                    .table(RefreshTokens::Table)
+                    .col(RefreshTokens::FamilyId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_refresh_tokens_user")
+                    .table(RefreshTokens::Table)
+                    .col(RefreshTokens::UserId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Lockouts::Table)
+                    .col(ColumnDef::new(Lockouts::Email).string_len(254).not_null())
+                    .col(ColumnDef::new(Lockouts::Ip).string_len(45).not_null())
+                    .col(ColumnDef::new(Lockouts::Failures).integer().not_null())
+                    .col(ColumnDef::new(Lockouts::WindowStartedAt).big_integer().not_null())
+                    .col(ColumnDef::new(Lockouts::LockedUntil).big_integer().null())
+                    .primary_key(Index::create().col(Lockouts::Email).col(Lockouts::Ip))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(AuditEvents::Table)
+                    .col(
+                        ColumnDef::new(AuditEvents::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(AuditEvents::EventType).string_len(32).not_null())
+                    .col(ColumnDef::new(AuditEvents::UserId).string_len(36).null())
+                    .col(ColumnDef::new(AuditEvents::Email).string_len(254).null())
+                    .col(ColumnDef::new(AuditEvents::Ip).string_len(45).null())
+                    .col(ColumnDef::new(AuditEvents::CorrelationId).string_len(128).null())
+                    .col(ColumnDef::new(AuditEvents::Detail).text().null())
+                    .col(ColumnDef::new(AuditEvents::CreatedAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(EmailVerifications::Table)
+                    .col(ColumnDef::new(EmailVerifications::TokenHash).string_len(64).not_null().primary_key())
+                    .col(ColumnDef::new(EmailVerifications::UserId).string_len(36).not_null())
+                    .col(ColumnDef::new(EmailVerifications::ExpiresAt).big_integer().not_null())
+                    .col(ColumnDef::new(EmailVerifications::UsedAt).big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(TokenDenylist::Table)
+                    .col(ColumnDef::new(TokenDenylist::Jti).string_len(64).not_null().primary_key())
+                    .col(ColumnDef::new(TokenDenylist::ExpiresAt).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            TokenDenylist::Table.into_iden(),
+            EmailVerifications::Table.into_iden(),
+            AuditEvents::Table.into_iden(),
+            Lockouts::Table.into_iden(),
+            RefreshTokens::Table.into_iden(),
+            Users::Table.into_iden(),
+        ] {
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! Portico's gRPC contracts: the generated code of `proto/portico/**` plus Envoy's
+//! rate limit API (`envoy.service.ratelimit.v3`) from the maintained `envoy-types` crate.
+
+#![allow(missing_docs, clippy::all)]
+
+/// `portico.auth.v1`: accounts and tokens.
+pub mod auth {
+    tonic::include_proto!("portico.auth.v1");
+}
+
+/// `portico.content.v1`: published content.
+pub mod content {
+    tonic::include_proto!("portico.content.v1");
+}
+
+/// `portico.chat.v1`: the LLM chat gateway.
+pub mod chat {
+    tonic::include_proto!("portico.chat.v1");
+}
+
+/// `portico.ratelimit.v1`: token-bucket rate limiting.
+pub mod ratelimit {
+    tonic::include_proto!("portico.ratelimit.v1");
+}
+
+/// Envoy's rate limit service v3, wire-compatible with Envoy proxies.
+pub mod envoy_rls {
+    pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common;
+    pub use envoy_types::pb::envoy::service::ratelimit::v3::*;
+}
+
+/// Encoded `FileDescriptorSet` of every Portico proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portico_descriptor.bin"));
+
+/// Full gRPC service names, as used by health checks and reflection.
+pub mod names {
+    pub const AUTH: &str = "portico.auth.v1.AuthService";
+    pub const CONTENT: &str = "portico.content.v1.ContentService";
+    pub const CHAT: &str = "portico.chat.v1.ChatService";
+    pub const RATELIMIT: &str = "portico.ratelimit.v1.RateLimitService";
+    pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
+}

@@ -1,0 +1,43 @@
+//! Portico's auth service: accounts, passwords and tokens (`portico.auth.v1.AuthService`).
+
+use std::time::Duration;
+
+use portico_config::{ExposeSecret as _, Settings};
+use portico_grpc::ServerHandle;
+use portico_migrations::Owner;
+use portico_proto::{auth::auth_service_server::AuthServiceServer, names};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+mod error;
+mod grpc;
+
+pub use error::Error;
+
+/// How often the database is probed for the health status.
+const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the auth service on
+/// `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<ServerHandle, Error> {
+    let storage = &settings.storage;
+    let db = portico_migrations::connect(
+        storage.database_url.expose_secret(),
+        storage.migrate_on_boot.then_some(Owner::Auth),
+    )
+    .await?;
+    let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { _db: db.clone() }));
+    let handle = portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
+    handle
+        .health
+        .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
+            let db = db.clone();
+            async move { db.ping().await.is_ok() }
+        });
+    Ok(handle)
+}

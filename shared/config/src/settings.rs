@@ -1,0 +1,538 @@
+//! The suite's settings, one section per component, with DESIGN §8's names and defaults.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+use crate::{ConfigError, Reader, Source, Unit};
+
+/// Default edge listen address.
+pub const DEFAULT_EDGE_ADDR: &str = "127.0.0.1:3000";
+/// Default auth listen address.
+pub const DEFAULT_AUTH_ADDR: &str = "127.0.0.1:50051";
+/// Default content listen address.
+pub const DEFAULT_CONTENT_ADDR: &str = "127.0.0.1:50052";
+/// Default chat-gateway listen address.
+pub const DEFAULT_CHAT_ADDR: &str = "127.0.0.1:50053";
+/// Default ratelimit listen address.
+pub const DEFAULT_RATELIMIT_ADDR: &str = "127.0.0.1:50054";
+/// Default database: a SQLite file under `./data/`, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/portico.db?mode=rwc";
+/// Largest request body the edge accepts (DESIGN §4).
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// Longest a graceful drain may take before the process exits anyway.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deployment environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// Local development: permissive defaults.
+    Development,
+    /// Automated tests.
+    Test,
+    /// Production: strict checks (CORS_ORIGINS required, …).
+    Production,
+}
+
+/// Everything every process reads; each component takes its section.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `APP_ENV`.
+    pub app_env: AppEnv,
+    /// Listen addresses.
+    pub addrs: Addrs,
+    /// Storage shared by the services.
+    pub storage: Storage,
+    /// Logging and tracing.
+    pub telemetry: TelemetrySettings,
+    /// The REST edge.
+    pub edge: EdgeSettings,
+    /// The auth service.
+    pub auth: AuthSettings,
+    /// The ratelimit service.
+    pub ratelimit: RateLimitSettings,
+    /// The chat gateway.
+    pub chat: ChatSettings,
+    /// `ADMIN_API_KEY`: admin routes accept `X-Admin-Key` with this value.
+    pub admin_api_key: Option<SecretString>,
+    /// `SHUTDOWN_TIMEOUT`: longest graceful drain.
+    pub shutdown_timeout: Duration,
+}
+
+/// Listen addresses (`*_ADDR`).
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    /// `EDGE_ADDR`.
+    pub edge: SocketAddr,
+    /// `AUTH_ADDR`.
+    pub auth: SocketAddr,
+    /// `CONTENT_ADDR`.
+    pub content: SocketAddr,
+    /// `CHAT_ADDR`.
+    pub chat: SocketAddr,
+    /// `RATELIMIT_ADDR`.
+    pub ratelimit: SocketAddr,
+}
+
+/// Database and cache.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// `DATABASE_URL` (sqlite:… or postgres://…).
+    pub database_url: SecretString,
+    /// `REDIS_URL`; unset → in-memory.
+    pub redis_url: Option<SecretString>,
+    /// `RATE_LIMIT_REDIS_URL`, falling back to `REDIS_URL`.
+    pub ratelimit_redis_url: Option<SecretString>,
+    /// `REDIS_KEY_PREFIX`, prepended to every key.
+    pub redis_key_prefix: String,
+    /// `MIGRATE_ON_BOOT`.
+    pub migrate_on_boot: bool,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `LOG_FORMAT`: json or pretty.
+    pub log_json: bool,
+    /// `LOG_LEVEL` or `RUST_LOG` (an EnvFilter directive).
+    pub log_filter: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (gRPC); unset → no exporter.
+    pub otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`; defaults to `portico-<component>`.
+    pub service_name: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` (+ `OTEL_TRACES_SAMPLER_ARG` for ratios).
+    pub sampler: Sampler,
+}
+
+/// The standard OTEL sampler names Portico honours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio` with its ratio.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on` (the default).
+    ParentBasedAlwaysOn,
+    /// `parentbased_traceidratio` with its ratio.
+    ParentBasedTraceIdRatio(f64),
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone)]
+pub enum MetricsGuard {
+    /// Anyone.
+    None,
+    /// Callers sending `x-metrics-secret` equal to this.
+    Secret(SecretString),
+    /// Peers inside these networks.
+    Cidr(Vec<IpNet>),
+}
+
+/// The REST edge.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// `AUTH_GRPC_URL`.
+    pub auth_url: String,
+    /// `CONTENT_GRPC_URL`.
+    pub content_url: String,
+    /// `CHAT_GRPC_URL`.
+    pub chat_url: String,
+    /// `RATELIMIT_GRPC_URL`.
+    pub ratelimit_url: String,
+    /// `CORS_ORIGINS`: exact origins, or `*`.
+    pub cors_origins: Vec<String>,
+    /// `CORS_ALLOW_CREDENTIALS`.
+    pub cors_allow_credentials: bool,
+    /// `METRICS_ENABLED`.
+    pub metrics_enabled: bool,
+    /// `METRICS_GUARD` with its secret or allowlist.
+    pub metrics_guard: MetricsGuard,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `MAINTENANCE_MODE`.
+    pub maintenance_mode: bool,
+    /// `EDGE_HEADER_READ_TIMEOUT`: a client must send its headers within this.
+    pub header_read_timeout: Duration,
+    /// `EDGE_REQUEST_TIMEOUT`: deadline of a backend call made for a request.
+    pub request_timeout: Duration,
+    /// `HEALTH_CHECK_TIMEOUT`: deadline of each backend health check.
+    pub health_check_timeout: Duration,
+}
+
+/// The auth service.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `JWT_SIGNING_KEY_FILE`; unset → a dev key generated under `./data/`.
+    pub signing_key_file: Option<String>,
+    /// `JWT_VERIFY_KEY_FILES`: older public keys still accepted.
+    pub verify_key_files: Vec<String>,
+    /// `JWT_ISSUER`.
+    pub issuer: String,
+    /// `JWT_AUDIENCE`.
+    pub audience: String,
+    /// `JWT_ACCESS_TTL`.
+    pub access_ttl: Duration,
+    /// `JWT_REFRESH_TTL`.
+    pub refresh_ttl: Duration,
+    /// `AUTH_LOGIN_MAX_ATTEMPTS`.
+    pub login_max_attempts: u32,
+    /// `AUTH_LOGIN_ATTEMPT_WINDOW_MINUTES`.
+    pub login_attempt_window: Duration,
+    /// `AUTH_LOGIN_LOCKOUT_MINUTES`.
+    pub login_lockout: Duration,
+    /// `AUTH_EMAIL_VERIFICATION_REQUIRED`.
+    pub email_verification_required: bool,
+}
+
+/// The ratelimit service.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// `RATE_LIMIT_GLOBAL_MAX`.
+    pub global_max: u32,
+    /// `RATE_LIMIT_GLOBAL_WINDOW` (bare numbers are milliseconds).
+    pub global_window: Duration,
+    /// `RATE_LIMIT_AUTH_MAX` (per global window).
+    pub auth_max: u32,
+    /// `RATE_LIMIT_CAPACITY`.
+    pub chat_capacity: u32,
+    /// `RATE_LIMIT_REFILL_RATE` (tokens per second).
+    pub chat_refill_rate: f64,
+    /// `RATE_LIMIT_WHITELIST`.
+    pub whitelist: Vec<IpNet>,
+    /// `RATE_LIMIT_DESCRIPTORS_FILE`.
+    pub descriptors_file: Option<String>,
+    /// `RATE_LIMIT_FAIL_MODE`: true = open.
+    pub fail_open: bool,
+}
+
+/// The chat gateway.
+#[derive(Debug, Clone)]
+pub struct ChatSettings {
+    /// `LLM_PROVIDERS_FILE`.
+    pub providers_file: Option<String>,
+    /// `LLM_BASE_URL`.
+    pub base_url: Option<String>,
+    /// `LLM_API_KEY`.
+    pub api_key: Option<SecretString>,
+    /// `LLM_MODEL`.
+    pub model: Option<String>,
+    /// `LLM_TIMEOUT`.
+    pub timeout: Duration,
+    /// `LLM_CB_FAILURE_THRESHOLD`.
+    pub cb_failure_threshold: u32,
+    /// `LLM_CB_RESET_TIMEOUT`.
+    pub cb_reset_timeout: Duration,
+    /// `LLM_CB_SUCCESS_THRESHOLD`.
+    pub cb_success_threshold: u32,
+    /// `CHAT_ALLOW_ANONYMOUS`.
+    pub allow_anonymous: bool,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&crate::Env)
+    }
+
+    /// Reads `source`, reporting every invalid variable at once.
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(source);
+        let app_env = match r
+            .choice("APP_ENV", "development", &["development", "test", "production"])
+            .as_str()
+        {
+            "production" => AppEnv::Production,
+            "test" => AppEnv::Test,
+            _ => AppEnv::Development,
+        };
+        let addrs = Addrs {
+            edge: r.addr("EDGE_ADDR", DEFAULT_EDGE_ADDR),
+            auth: r.addr("AUTH_ADDR", DEFAULT_AUTH_ADDR),
+            content: r.addr("CONTENT_ADDR", DEFAULT_CONTENT_ADDR),
+            chat: r.addr("CHAT_ADDR", DEFAULT_CHAT_ADDR),
+            ratelimit: r.addr("RATELIMIT_ADDR", DEFAULT_RATELIMIT_ADDR),
+        };
+        let storage = read_storage(&mut r);
+        let telemetry = read_telemetry(&mut r);
+        let edge = read_edge(&mut r, app_env);
+        let auth = read_auth(&mut r);
+        let ratelimit = read_ratelimit(&mut r);
+        let chat = read_chat(&mut r);
+        let admin_api_key = r.secret("ADMIN_API_KEY");
+        let shutdown_timeout =
+            r.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, Unit::Seconds);
+        r.finish()?;
+        Ok(Self {
+            app_env,
+            addrs,
+            storage,
+            telemetry,
+            edge,
+            auth,
+            ratelimit,
+            chat,
+            admin_api_key,
+            shutdown_timeout,
+        })
+    }
+}
+
+fn read_storage(r: &mut Reader<'_>) -> Storage {
+    let database_url = r.string("DATABASE_URL", DEFAULT_DATABASE_URL);
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://"))
+    {
+        r.problem(
+            "DATABASE_URL",
+            "unsupported scheme: expected sqlite://path?mode=rwc, sqlite::memory: or postgres://user@host/db",
+        );
+    }
+    let redis_url = r.raw("REDIS_URL");
+    let ratelimit_redis_url = r.raw("RATE_LIMIT_REDIS_URL").or_else(|| redis_url.clone());
+    for (key, url) in [("REDIS_URL", &redis_url), ("RATE_LIMIT_REDIS_URL", &ratelimit_redis_url)] {
+        if let Some(url) = url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                r.problem(key, "unsupported scheme: expected redis://host:6379 or rediss://host:6380");
+            }
+        }
+    }
+    Storage {
+        database_url: SecretString::from(database_url),
+        redis_url: redis_url.map(SecretString::from),
+        ratelimit_redis_url: ratelimit_redis_url.map(SecretString::from),
+        redis_key_prefix: r.string("REDIS_KEY_PREFIX", ""),
+        migrate_on_boot: r.bool("MIGRATE_ON_BOOT", true),
+    }
+}
+
+fn read_telemetry(r: &mut Reader<'_>) -> TelemetrySettings {
+    let log_json = r.choice("LOG_FORMAT", "json", &["json", "pretty"]) == "json";
+    let log_filter = r
+        .raw("LOG_LEVEL")
+        .or_else(|| r.raw("RUST_LOG"))
+        .unwrap_or_else(|| "info".to_owned());
+    let otlp_endpoint = r.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
+    if let Some(endpoint) = &otlp_endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            r.problem(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("`{endpoint}` is not a URL: expected http://collector:4317"),
+            );
+        }
+    }
+    let sampler_name = r.choice(
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        &[
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_traceidratio",
+        ],
+    );
+    let ratio = r.number("OTEL_TRACES_SAMPLER_ARG", 1.0f64, 0.0, 1.0);
+    let sampler = match sampler_name.as_str() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatio(ratio),
+        "parentbased_traceidratio" => Sampler::ParentBasedTraceIdRatio(ratio),
+        _ => Sampler::ParentBasedAlwaysOn,
+    };
+    TelemetrySettings {
+        log_json,
+        log_filter,
+        otlp_endpoint,
+        service_name: r.raw("OTEL_SERVICE_NAME"),
+        sampler,
+    }
+}
+
+fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
+    let cors_origins = r.list("CORS_ORIGINS");
+    for origin in &cors_origins {
+        let valid = origin == "*"
+            || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/'));
+        if !valid {
+            r.problem(
+                "CORS_ORIGINS",
+                format!("`{origin}` is not an origin: expected scheme://host[:port] without a path, or *"),
+            );
+        }
+    }
+    let cors_allow_credentials = r.bool("CORS_ALLOW_CREDENTIALS", false);
+    if cors_allow_credentials && cors_origins.iter().any(|o| o == "*") {
+        r.problem(
+            "CORS_ORIGINS",
+            "`*` cannot be combined with CORS_ALLOW_CREDENTIALS=true: list the exact origins",
+        );
+    }
+    if app_env == AppEnv::Production && cors_origins.is_empty() {
+        r.problem(
+            "CORS_ORIGINS",
+            "required when APP_ENV=production: a comma-separated list of allowed origins",
+        );
+    }
+    let guard = r.choice("METRICS_GUARD", "none", &["none", "secret", "cidr"]);
+    let metrics_guard = match guard.as_str() {
+        "secret" => match r.secret("METRICS_GUARD_SECRET") {
+            Some(secret) => MetricsGuard::Secret(secret),
+            None => {
+                r.problem("METRICS_GUARD_SECRET", "required when METRICS_GUARD=secret");
+                MetricsGuard::None
+            }
+        },
+        "cidr" => {
+            let nets = r.cidrs("METRICS_GUARD_ALLOWLIST");
+            if nets.is_empty() {
+                r.problem(
+                    "METRICS_GUARD_ALLOWLIST",
+                    "required when METRICS_GUARD=cidr: comma-separated CIDRs such as 10.0.0.0/8",
+                );
+            }
+            MetricsGuard::Cidr(nets)
+        }
+        _ => MetricsGuard::None,
+    };
+    EdgeSettings {
+        auth_url: r.url("AUTH_GRPC_URL", "http://127.0.0.1:50051"),
+        content_url: r.url("CONTENT_GRPC_URL", "http://127.0.0.1:50052"),
+        chat_url: r.url("CHAT_GRPC_URL", "http://127.0.0.1:50053"),
+        ratelimit_url: r.url("RATELIMIT_GRPC_URL", "http://127.0.0.1:50054"),
+        cors_origins,
+        cors_allow_credentials,
+        metrics_enabled: r.bool("METRICS_ENABLED", true),
+        metrics_guard,
+        trusted_proxies: r.cidrs("TRUSTED_PROXIES"),
+        maintenance_mode: r.bool("MAINTENANCE_MODE", false),
+        header_read_timeout: r.duration(
+            "EDGE_HEADER_READ_TIMEOUT",
+            Duration::from_secs(10),
+            Unit::Seconds,
+        ),
+        request_timeout: r.duration("EDGE_REQUEST_TIMEOUT", Duration::from_secs(10), Unit::Seconds),
+        health_check_timeout: r.duration(
+            "HEALTH_CHECK_TIMEOUT",
+            Duration::from_millis(500),
+            Unit::Millis,
+        ),
+    }
+}
+
+fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
+    AuthSettings {
+        signing_key_file: r.raw("JWT_SIGNING_KEY_FILE"),
+        verify_key_files: r.list("JWT_VERIFY_KEY_FILES"),
+        issuer: r.string("JWT_ISSUER", "portico"),
+        audience: r.string("JWT_AUDIENCE", "portico"),
+        access_ttl: r.duration("JWT_ACCESS_TTL", Duration::from_secs(15 * 60), Unit::Seconds),
+        refresh_ttl: r.duration(
+            "JWT_REFRESH_TTL",
+            Duration::from_secs(7 * 86_400),
+            Unit::Seconds,
+        ),
+        login_max_attempts: r.number("AUTH_LOGIN_MAX_ATTEMPTS", 5u32, 1, 1000),
+        login_attempt_window: r.duration(
+            "AUTH_LOGIN_ATTEMPT_WINDOW_MINUTES",
+            Duration::from_secs(15 * 60),
+            Unit::Minutes,
+        ),
+        login_lockout: r.duration(
+            "AUTH_LOGIN_LOCKOUT_MINUTES",
+            Duration::from_secs(15 * 60),
+            Unit::Minutes,
+        ),
+        email_verification_required: r.bool("AUTH_EMAIL_VERIFICATION_REQUIRED", false),
+    }
+}
+
+fn read_ratelimit(r: &mut Reader<'_>) -> RateLimitSettings {
+    RateLimitSettings {
+        global_max: r.number("RATE_LIMIT_GLOBAL_MAX", 100u32, 1, 10_000_000),
+        global_window: r.duration(
+            "RATE_LIMIT_GLOBAL_WINDOW",
+            Duration::from_secs(60),
+            Unit::Millis,
+        ),
+        auth_max: r.number("RATE_LIMIT_AUTH_MAX", 10u32, 1, 10_000_000),
+        chat_capacity: r.number("RATE_LIMIT_CAPACITY", 5u32, 1, 10_000_000),
+        chat_refill_rate: r.number("RATE_LIMIT_REFILL_RATE", 0.333f64, 0.000_001, 1_000_000.0),
+        whitelist: r.cidrs("RATE_LIMIT_WHITELIST"),
+        descriptors_file: r.raw("RATE_LIMIT_DESCRIPTORS_FILE"),
+        fail_open: r.choice("RATE_LIMIT_FAIL_MODE", "open", &["open", "closed"]) == "open",
+    }
+}
+
+fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
+    let base_url = r.raw("LLM_BASE_URL");
+    if let Some(url) = &base_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            r.problem("LLM_BASE_URL", format!("`{url}` is not a URL: expected https://api.example.com/v1"));
+        }
+    }
+    ChatSettings {
+        providers_file: r.raw("LLM_PROVIDERS_FILE"),
+        base_url,
+        api_key: r.secret("LLM_API_KEY"),
+        model: r.raw("LLM_MODEL"),
+        timeout: r.duration("LLM_TIMEOUT", Duration::from_secs(30), Unit::Seconds),
+        cb_failure_threshold: r.number("LLM_CB_FAILURE_THRESHOLD", 5u32, 1, 1000),
+        cb_reset_timeout: r.duration("LLM_CB_RESET_TIMEOUT", Duration::from_secs(30), Unit::Seconds),
+        cb_success_threshold: r.number("LLM_CB_SUCCESS_THRESHOLD", 1u32, 1, 1000),
+        allow_anonymous: r.bool("CHAT_ALLOW_ANONYMOUS", true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let values: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_source(&values)
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.addrs.edge.to_string(), DEFAULT_EDGE_ADDR);
+        assert_eq!(s.addrs.ratelimit.port(), 50054);
+        assert_eq!(s.ratelimit.global_window, Duration::from_secs(60));
+        assert_eq!(s.auth.access_ttl, Duration::from_secs(900));
+        assert!(s.ratelimit.fail_open);
+        assert!(s.chat.allow_anonymous);
+        assert!(matches!(s.edge.metrics_guard, MetricsGuard::None));
+    }
+
+    #[test]
+    fn production_requires_cors_origins() {
+        let error = settings(&[("APP_ENV", "production")]).expect_err("CORS_ORIGINS missing");
+        assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
+        assert!(settings(&[("APP_ENV", "production"), ("CORS_ORIGINS", "https://app.example.com")]).is_ok());
+    }
+
+    #[test]
+    fn wildcard_cors_refuses_credentials() {
+        let error = settings(&[("CORS_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")])
+            .expect_err("wildcard with credentials");
+        assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
+    }
+
+    #[test]
+    fn guard_modes_need_their_values() {
+        let error = settings(&[("METRICS_GUARD", "secret")]).expect_err("no secret");
+        assert_eq!(error.problems[0].variable, "METRICS_GUARD_SECRET");
+        let error = settings(&[("METRICS_GUARD", "cidr")]).expect_err("no allowlist");
+        assert_eq!(error.problems[0].variable, "METRICS_GUARD_ALLOWLIST");
+    }
+}

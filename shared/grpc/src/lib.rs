@@ -1,0 +1,193 @@
+//! gRPC server plumbing shared by every Portico service: health (`""` and each full service
+//! name), server reflection, a layer that reads `x-correlation-id` and `traceparent` and opens
+//! one span per RPC, and graceful shutdown (NOT_SERVING, then drain).
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use futures_util::StreamExt as _;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+mod layer;
+
+pub use layer::{RequestContextLayer, RequestContextService};
+pub use portico_telemetry::RequestContext;
+
+/// Errors of the gRPC server plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection descriptors could not be loaded.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The health state of one server: `""` plus each of its full service names.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("names", &self.names).finish()
+    }
+}
+
+impl Health {
+    /// Sets `""` and every service name to SERVING or NOT_SERVING.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+
+    /// Probes a required dependency (the database) every `interval` and reports NOT_SERVING
+    /// while it fails, SERVING again once it recovers. Stops with `shutdown`.
+    pub fn watch_dependency<F, Fut>(
+        &self,
+        dependency: &'static str,
+        interval: Duration,
+        shutdown: CancellationToken,
+        mut probe: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut healthy = true;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                let ok = probe().await;
+                if ok != healthy {
+                    healthy = ok;
+                    if ok {
+                        tracing::info!(dependency, "dependency recovered: SERVING");
+                    } else {
+                        tracing::error!(dependency, "dependency unreachable: NOT_SERVING");
+                    }
+                    health.set_serving(ok).await;
+                }
+            }
+        })
+    }
+}
+
+/// A running gRPC server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Address the server listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// Its health state.
+    pub health: Health,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ServerHandle {
+    /// Flips health to NOT_SERVING, stops accepting, and waits for in-flight RPCs to finish,
+    /// at most `timeout`. Returns false when the drain had to be cut short.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        self.shutdown.cancel();
+        self.wait(timeout).await
+    }
+
+    /// Waits for the server to stop (after its shutdown token fired), at most `timeout`.
+    pub async fn wait(self, timeout: Duration) -> bool {
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(error))) => {
+                tracing::error!(%error, "gRPC server failed");
+                false
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(?timeout, "drain deadline passed; closing remaining connections");
+                abort.abort();
+                false
+            }
+        }
+    }
+}
+
+/// Serves `routes` on `listener` with health, reflection and the request-context layer.
+/// `component` names the process part in spans (`auth`, …); `service_names` are the full
+/// gRPC names reported by health. Cancelling `shutdown` starts the graceful drain.
+pub async fn serve(
+    component: &'static str,
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&'static str],
+    shutdown: CancellationToken,
+) -> Result<ServerHandle, ServeError> {
+    let local_addr = listener.local_addr()?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        names: service_names.to_vec(),
+    };
+    health.set_serving(true).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portico_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portico_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // Small RPCs must not wait for Nagle's algorithm.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
+    let signal = {
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_serving(false).await;
+            tracing::info!(component, "shutting down: NOT_SERVING, draining in-flight RPCs");
+        }
+    };
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(RequestContextLayer::new(component))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal),
+    );
+    tracing::info!(component, %local_addr, "gRPC server listening");
+    Ok(ServerHandle {
+        local_addr,
+        health,
+        shutdown,
+        task,
+    })
+}

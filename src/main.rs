@@ -1,0 +1,227 @@
+//! `portico`: the one binary of the suite. The subcommand picks what runs (DESIGN §1).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use portico::{Component, Suite};
+use portico_config::{ExposeSecret as _, Settings};
+use portico_migrations::Owner;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for invalid configuration (like sysexits' EX_USAGE family: fix the input).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about = "Four gRPC services behind one REST edge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole suite in one process (the default).
+    Serve,
+    /// The REST edge only (EDGE_ADDR).
+    Edge,
+    /// The auth service only (AUTH_ADDR).
+    Auth,
+    /// The content service only (CONTENT_ADDR).
+    Content,
+    /// The chat gateway only (CHAT_ADDR).
+    ChatGateway,
+    /// The ratelimit service only (RATELIMIT_ADDR).
+    Ratelimit,
+    /// Database migrations of DATABASE_URL.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+        /// Only this service's migrations (default: every service).
+        #[arg(long, value_enum, global = true)]
+        service: Option<MigrateService>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Roll back the last migrations.
+    Down {
+        /// How many migrations to roll back per service.
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List applied and pending migrations.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MigrateService {
+    Auth,
+    Content,
+    ChatGateway,
+}
+
+impl From<MigrateService> for Owner {
+    fn from(service: MigrateService) -> Self {
+        match service {
+            MigrateService::Auth => Owner::Auth,
+            MigrateService::Content => Owner::Content,
+            MigrateService::ChatGateway => Owner::Chat,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprint!("portico: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portico: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "portico failed");
+            eprintln!("portico: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    let component = match &command {
+        Command::Serve => "suite",
+        Command::Edge => "edge",
+        Command::Auth => "auth",
+        Command::Content => "content",
+        Command::ChatGateway => "chat-gateway",
+        Command::Ratelimit => "ratelimit",
+        Command::Migrate { .. } => "migrate",
+    };
+    let telemetry = match portico_telemetry::init(component, &settings.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("portico: {error}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let clean = match command {
+        Command::Serve => serve(settings).await?,
+        Command::Edge => {
+            let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
+            let shutdown = CancellationToken::new();
+            let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
+            println!("portico edge listening on http://{}", portico::dialable(edge.local_addr));
+            wait_for_signal().await;
+            shutdown.cancel();
+            edge.wait(settings.shutdown_timeout).await
+        }
+        Command::Auth => service(Component::Auth, settings.addrs.auth, "AUTH_ADDR", &settings).await?,
+        Command::Content => service(Component::Content, settings.addrs.content, "CONTENT_ADDR", &settings).await?,
+        Command::ChatGateway => service(Component::Chat, settings.addrs.chat, "CHAT_ADDR", &settings).await?,
+        Command::Ratelimit => {
+            service(Component::RateLimit, settings.addrs.ratelimit, "RATELIMIT_ADDR", &settings).await?
+        }
+        Command::Migrate { action, service } => {
+            migrate(&settings, action, service).await?;
+            true
+        }
+    };
+    drop(telemetry);
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<bool> {
+    let suite = Suite::start(settings).await?;
+    println!("Portico is up: edge http://{}", portico::dialable(suite.edge_addr));
+    for component in Component::ALL {
+        if let Some(addr) = suite.service_addr(component) {
+            println!("  {:<13} grpc://{}", component.name(), portico::dialable(addr));
+        }
+    }
+    wait_for_signal().await;
+    Ok(suite.shutdown().await)
+}
+
+async fn service(
+    component: Component,
+    addr: std::net::SocketAddr,
+    variable: &str,
+    settings: &Settings,
+) -> anyhow::Result<bool> {
+    let listener = portico::bind(variable, addr).await?;
+    let shutdown = CancellationToken::new();
+    let handle = portico::start_service(component, settings, listener, shutdown.clone()).await?;
+    println!("portico {} listening on grpc://{}", component.name(), portico::dialable(handle.local_addr));
+    wait_for_signal().await;
+    shutdown.cancel();
+    Ok(handle.wait(settings.shutdown_timeout).await)
+}
+
+async fn migrate(
+    settings: &Settings,
+    action: MigrateAction,
+    service: Option<MigrateService>,
+) -> anyhow::Result<()> {
+    let db = portico_migrations::connect(settings.storage.database_url.expose_secret(), None).await?;
+    let owners: Vec<Owner> = match service {
+        Some(service) => vec![service.into()],
+        None => Owner::ALL.to_vec(),
+    };
+    for owner in owners {
+        match action {
+            MigrateAction::Up => {
+                portico_migrations::up(&db, owner).await?;
+                println!("{}: up to date", owner.name());
+            }
+            MigrateAction::Down { steps } => {
+                portico_migrations::down(&db, owner, steps).await?;
+                println!("{}: rolled back {steps}", owner.name());
+            }
+            MigrateAction::Status => {
+                let (applied, pending) = portico_migrations::status(&db, owner).await?;
+                for name in applied {
+                    println!("{:<13} applied  {name}", owner.name());
+                }
+                for name in pending {
+                    println!("{:<13} pending  {name}", owner.name());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
