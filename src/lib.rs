@@ -29,7 +29,12 @@ pub enum Component {
 
 impl Component {
     /// Every service, in start order.
-    pub const ALL: [Component; 4] = [Component::Auth, Component::Content, Component::Chat, Component::RateLimit];
+    pub const ALL: [Component; 4] = [
+        Component::Auth,
+        Component::Content,
+        Component::Chat,
+        Component::RateLimit,
+    ];
 
     /// The name used in logs and subcommands.
     pub fn name(self) -> &'static str {
@@ -174,7 +179,10 @@ impl Suite {
             .services
             .into_iter()
             .map(|(_, _, handle)| handle.wait(remaining.max(Duration::from_millis(100))));
-        let services_ok = futures_util::future::join_all(drains).await.into_iter().all(|ok| ok);
+        let services_ok = futures_util::future::join_all(drains)
+            .await
+            .into_iter()
+            .all(|ok| ok);
         edge_ok && services_ok
     }
 }
@@ -182,8 +190,12 @@ impl Suite {
 /// An address a client can dial: a wildcard listen address is reached over loopback.
 pub fn dialable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }

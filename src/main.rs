@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "portico", version, about = "Four gRPC services behind one REST edge")]
+#[command(
+    name = "portico",
+    version,
+    about = "Four gRPC services behind one REST edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -82,7 +86,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("portico: cannot start the async runtime: {error}");
@@ -122,16 +129,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
             let shutdown = CancellationToken::new();
             let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
-            println!("portico edge listening on http://{}", portico::dialable(edge.local_addr));
+            println!(
+                "portico edge listening on http://{}",
+                portico::dialable(edge.local_addr)
+            );
             wait_for_signal().await;
             shutdown.cancel();
             edge.wait(settings.shutdown_timeout).await
         }
-        Command::Auth => service(Component::Auth, settings.addrs.auth, "AUTH_ADDR", &settings).await?,
-        Command::Content => service(Component::Content, settings.addrs.content, "CONTENT_ADDR", &settings).await?,
-        Command::ChatGateway => service(Component::Chat, settings.addrs.chat, "CHAT_ADDR", &settings).await?,
+        Command::Auth => {
+            service(Component::Auth, settings.addrs.auth, "AUTH_ADDR", &settings).await?
+        }
+        Command::Content => {
+            service(
+                Component::Content,
+                settings.addrs.content,
+                "CONTENT_ADDR",
+                &settings,
+            )
+            .await?
+        }
+        Command::ChatGateway => {
+            service(Component::Chat, settings.addrs.chat, "CHAT_ADDR", &settings).await?
+        }
         Command::Ratelimit => {
-            service(Component::RateLimit, settings.addrs.ratelimit, "RATELIMIT_ADDR", &settings).await?
+            service(
+                Component::RateLimit,
+                settings.addrs.ratelimit,
+                "RATELIMIT_ADDR",
+                &settings,
+            )
+            .await?
         }
         Command::Migrate { action, service } => {
             migrate(&settings, action, service).await?;
@@ -139,15 +167,26 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         }
     };
     drop(telemetry);
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<bool> {
     let suite = Suite::start(settings).await?;
-    println!("Portico is up: edge http://{}", portico::dialable(suite.edge_addr));
+    println!(
+        "Portico is up: edge http://{}",
+        portico::dialable(suite.edge_addr)
+    );
     for component in Component::ALL {
         if let Some(addr) = suite.service_addr(component) {
-            println!("  {:<13} grpc://{}", component.name(), portico::dialable(addr));
+            println!(
+                "  {:<13} grpc://{}",
+                component.name(),
+                portico::dialable(addr)
+            );
         }
     }
     wait_for_signal().await;
@@ -163,7 +202,11 @@ async fn service(
     let listener = portico::bind(variable, addr).await?;
     let shutdown = CancellationToken::new();
     let handle = portico::start_service(component, settings, listener, shutdown.clone()).await?;
-    println!("portico {} listening on grpc://{}", component.name(), portico::dialable(handle.local_addr));
+    println!(
+        "portico {} listening on grpc://{}",
+        component.name(),
+        portico::dialable(handle.local_addr)
+    );
     wait_for_signal().await;
     shutdown.cancel();
     Ok(handle.wait(settings.shutdown_timeout).await)
@@ -174,7 +217,8 @@ async fn migrate(
     action: MigrateAction,
     service: Option<MigrateService>,
 ) -> anyhow::Result<()> {
-    let db = portico_migrations::connect(settings.storage.database_url.expose_secret(), None).await?;
+    let db =
+        portico_migrations::connect(settings.storage.database_url.expose_secret(), None).await?;
     let owners: Vec<Owner> = match service {
         Some(service) => vec![service.into()],
         None => Owner::ALL.to_vec(),

@@ -48,7 +48,12 @@ impl Backends {
             auth: Backend::new("auth", names::AUTH, true, &settings.auth_url)?,
             content: Backend::new("content", names::CONTENT, true, &settings.content_url)?,
             chat: Backend::new("chat", names::CHAT, false, &settings.chat_url)?,
-            ratelimit: Backend::new("ratelimit", names::RATELIMIT, false, &settings.ratelimit_url)?,
+            ratelimit: Backend::new(
+                "ratelimit",
+                names::RATELIMIT,
+                false,
+                &settings.ratelimit_url,
+            )?,
         })
     }
 

@@ -58,7 +58,10 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let peer: SocketAddr = "203.0.113.9:5000".parse().expect("addr");
-        assert_eq!(client_ip(peer, &headers("10.0.0.1"), &[]).to_string(), "203.0.113.9");
+        assert_eq!(
+            client_ip(peer, &headers("10.0.0.1"), &[]).to_string(),
+            "203.0.113.9"
+        );
     }
 
     #[test]
@@ -73,6 +76,9 @@ mod tests {
     fn mapped_ipv6_peer_compares_as_ipv4() {
         let peer: SocketAddr = "[::ffff:10.0.0.2]:5000".parse().expect("addr");
         let trusted = nets(&["10.0.0.0/8"]);
-        assert_eq!(client_ip(peer, &headers("198.51.100.7"), &trusted).to_string(), "198.51.100.7");
+        assert_eq!(
+            client_ip(peer, &headers("198.51.100.7"), &trusted).to_string(),
+            "198.51.100.7"
+        );
     }
 }

@@ -84,8 +84,11 @@ impl ApiError {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let message = match status.code() {
-            // A transport failure's message is tonic's, not the service's: say what happened.
-            Code::Unavailable if status.message().is_empty() || status.message().contains("transport") => {
+            // A transport failure (connect refused, reset) carries its cause as `source`; its
+            // message is tonic's, not the service's, so say what happened instead.
+            Code::Unavailable
+                if status.message().is_empty() || std::error::Error::source(status).is_some() =>
+            {
                 format!("the {service} service is unavailable")
             }
             _ => status.message().to_owned(),
@@ -115,7 +118,9 @@ impl ApiError {
         });
         let mut response = json_response(self.status(), &body);
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(http::header::RETRY_AFTER, seconds.into());
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, seconds.into());
         }
         response
     }
@@ -180,15 +185,25 @@ mod tests {
     #[test]
     fn llm_failures_are_bad_gateway_and_timeouts_gateway_timeout() {
         let mut status = tonic::Status::unavailable("all providers failed");
-        status.metadata_mut().insert(ERROR_REASON_KEY, REASON_LLM_UNAVAILABLE.parse().expect("ascii"));
-        status.metadata_mut().insert("retry-after", "30".parse().expect("ascii"));
+        status.metadata_mut().insert(
+            ERROR_REASON_KEY,
+            REASON_LLM_UNAVAILABLE.parse().expect("ascii"),
+        );
+        status
+            .metadata_mut()
+            .insert("retry-after", "30".parse().expect("ascii"));
         let error = ApiError::from_status(&status, "chat");
         assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(error.retry_after, Some(30));
 
         let mut status = tonic::Status::deadline_exceeded("provider timed out");
-        status.metadata_mut().insert(ERROR_REASON_KEY, REASON_LLM_TIMEOUT.parse().expect("ascii"));
-        assert_eq!(ApiError::from_status(&status, "chat").status(), StatusCode::GATEWAY_TIMEOUT);
+        status
+            .metadata_mut()
+            .insert(ERROR_REASON_KEY, REASON_LLM_TIMEOUT.parse().expect("ascii"));
+        assert_eq!(
+            ApiError::from_status(&status, "chat").status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
 
         // Without the marker an UNAVAILABLE service is the usual 503.
         let status = tonic::Status::unavailable("");

@@ -10,7 +10,9 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use portico_telemetry::RequestContext;
 use serde_json::{json, Map, Value};
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
 
 use crate::{backends::Backend, Edge};
 
@@ -38,7 +40,11 @@ pub fn liveness(edge: &Edge) -> Value {
 }
 
 /// Asks one backend whether its service is SERVING.
-pub async fn check_backend(backend: &Backend, context: &RequestContext, timeout: Duration) -> Check {
+pub async fn check_backend(
+    backend: &Backend,
+    context: &RequestContext,
+    timeout: Duration,
+) -> Check {
     let started = Instant::now();
     let request = crate::backends::request(
         HealthCheckRequest {
@@ -55,7 +61,11 @@ pub async fn check_backend(backend: &Backend, context: &RequestContext, timeout:
     let (ok, reason, code) = match outcome {
         Ok(Ok(response)) => {
             let serving = response.get_ref().status == ServingStatus::Serving as i32;
-            (serving, (!serving).then_some("NOT_SERVING"), tonic::Code::Ok)
+            (
+                serving,
+                (!serving).then_some("NOT_SERVING"),
+                tonic::Code::Ok,
+            )
         }
         Ok(Err(status)) => (false, Some("unreachable"), status.code()),
         Err(_) => (false, Some("timeout"), tonic::Code::DeadlineExceeded),
@@ -166,7 +176,14 @@ pub async fn startup(edge: &Edge, context: &RequestContext) -> bool {
         return true;
     }
     let timeout = edge.inner.settings.health_check_timeout;
-    let checks = join_all(edge.inner.backends.all().iter().map(|b| check_backend(b, context, timeout))).await;
+    let checks = join_all(
+        edge.inner
+            .backends
+            .all()
+            .iter()
+            .map(|b| check_backend(b, context, timeout)),
+    )
+    .await;
     let started = checks.iter().all(|c| c.ok);
     if started {
         edge.inner.started.store(true, Ordering::Relaxed);
@@ -223,7 +240,10 @@ mod tests {
         assert_eq!(body["checks"]["chat"]["status"], "degraded");
 
         let (status, body) = aggregate(&[check("auth", true, true)]);
-        assert_eq!((status, body["status"].clone()), (StatusCode::OK, json!("ok")));
+        assert_eq!(
+            (status, body["status"].clone()),
+            (StatusCode::OK, json!("ok"))
+        );
     }
 
     #[test]

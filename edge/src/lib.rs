@@ -70,7 +70,9 @@ impl Edge {
     /// Builds the edge's state: lazy gRPC channels, a lazy database pool for readiness, and a
     /// Redis client when `REDIS_URL` is set.
     pub async fn new(settings: &Settings) -> Result<Self, EdgeError> {
-        let database = Some(portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?);
+        let database = Some(
+            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
+        );
         let redis = match &settings.storage.redis_url {
             Some(url) => Some(redis_client(url.expose_secret())?),
             None => None,
@@ -79,7 +81,10 @@ impl Edge {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
                 backends: backends::Backends::new(&settings.edge)?,
-                cors: cors::Cors::new(&settings.edge.cors_origins, settings.edge.cors_allow_credentials),
+                cors: cors::Cors::new(
+                    &settings.edge.cors_origins,
+                    settings.edge.cors_allow_credentials,
+                ),
                 database,
                 redis,
                 started_at: Instant::now(),
@@ -97,7 +102,14 @@ impl Edge {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let matched = routes::find(if method == Method::HEAD { &Method::GET } else { &method }, &path);
+        let matched = routes::find(
+            if method == Method::HEAD {
+                &Method::GET
+            } else {
+                &method
+            },
+            &path,
+        );
         let route_label = match &matched {
             routes::Match::Found(route, _) => route.path,
             _ => "unmatched",
@@ -138,7 +150,9 @@ impl Edge {
         .await;
 
         span.record("http.response.status_code", response.status().as_u16());
-        self.inner.cors.apply(&request_headers, response.headers_mut(), preflight);
+        self.inner
+            .cors
+            .apply(&request_headers, response.headers_mut(), preflight);
         if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
         }
@@ -173,10 +187,18 @@ impl Edge {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let correlation_id = context.correlation_id.as_str();
+        // An oversized body is refused before anything else looks at the request.
+        if let Err(error) = check_declared_length(request.headers()) {
+            return error.into_response(correlation_id);
+        }
         let (route, _params) = match matched {
             routes::Match::Found(route, params) => (route, params),
             routes::Match::MethodNotAllowed(allowed) => {
-                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let mut response = ApiError::new(
                     Code::Unimplemented,
                     format!("{} is not allowed here; allowed: {allow}", request.method()),
@@ -189,8 +211,11 @@ impl Edge {
                 return response;
             }
             routes::Match::NotFound => {
-                return ApiError::new(Code::NotFound, format!("no route for {}", request.uri().path()))
-                    .into_response(correlation_id);
+                return ApiError::new(
+                    Code::NotFound,
+                    format!("no route for {}", request.uri().path()),
+                )
+                .into_response(correlation_id);
             }
         };
         if self.inner.settings.maintenance_mode && !route.handler.is_operational() {
@@ -198,12 +223,15 @@ impl Edge {
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
                 .into_response(correlation_id);
         }
-        if let Err(error) = check_declared_length(request.headers()) {
-            return error.into_response(correlation_id);
-        }
-        let client_ip = client_ip::client_ip(peer, request.headers(), &self.inner.settings.trusted_proxies);
+        let client_ip = client_ip::client_ip(
+            peer,
+            request.headers(),
+            &self.inner.settings.trusted_proxies,
+        );
         match route.handler {
-            routes::Handler::Live => response::json_response(StatusCode::OK, &health::liveness(self)),
+            routes::Handler::Live => {
+                response::json_response(StatusCode::OK, &health::liveness(self))
+            }
             routes::Handler::Startup => {
                 if health::startup(self, context).await {
                     response::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -226,22 +254,33 @@ impl Edge {
         }
     }
 
-    fn metrics(&self, headers: &http::HeaderMap, client_ip: IpAddr, correlation_id: &str) -> Response {
+    fn metrics(
+        &self,
+        headers: &http::HeaderMap,
+        client_ip: IpAddr,
+        correlation_id: &str,
+    ) -> Response {
         if !self.inner.settings.metrics_enabled {
-            return ApiError::new(Code::NotFound, "metrics are disabled (METRICS_ENABLED=false)")
-                .into_response(correlation_id);
+            return ApiError::new(
+                Code::NotFound,
+                "metrics are disabled (METRICS_ENABLED=false)",
+            )
+            .into_response(correlation_id);
         }
         let allowed = match &self.inner.settings.metrics_guard {
             MetricsGuard::None => true,
-            MetricsGuard::Secret(secret) => headers
-                .get("x-metrics-secret")
-                .is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.expose_secret().as_bytes()))),
+            MetricsGuard::Secret(secret) => headers.get("x-metrics-secret").is_some_and(|given| {
+                bool::from(given.as_bytes().ct_eq(secret.expose_secret().as_bytes()))
+            }),
             MetricsGuard::Cidr(allowlist) => allowlist.iter().any(|net| net.contains(&client_ip)),
         };
         if !allowed {
             tracing::warn!(metrics_guard = true, client_ip = %client_ip, "metrics_guard refused a scrape");
-            return ApiError::new(Code::PermissionDenied, "metrics are not available to this caller")
-                .into_response(correlation_id);
+            return ApiError::new(
+                Code::PermissionDenied,
+                "metrics are not available to this caller",
+            )
+            .into_response(correlation_id);
         }
         response::text_response(
             StatusCode::OK,
@@ -260,8 +299,16 @@ impl Edge {
             None,
             self.inner.settings.request_timeout,
         );
-        let result = AuthServiceClient::new(backend.channel.clone()).get_jwks(request).await;
-        backends::record(backend.name, "GetJwks", result.as_ref().map_or_else(tonic::Status::code, |_| Code::Ok));
+        let result = AuthServiceClient::new(backend.channel.clone())
+            .get_jwks(request)
+            .await;
+        backends::record(
+            backend.name,
+            "GetJwks",
+            result
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| Code::Ok),
+        );
         match result {
             Ok(response) => {
                 let mut response = response::text_response(
@@ -269,12 +316,15 @@ impl Edge {
                     "application/json",
                     response.into_inner().jwks_json,
                 );
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=300"),
+                );
                 response
             }
-            Err(status) => ApiError::from_status(&status, backend.name).into_response(&context.correlation_id),
+            Err(status) => {
+                ApiError::from_status(&status, backend.name).into_response(&context.correlation_id)
+            }
         }
     }
 }
@@ -305,10 +355,16 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match http_body_util::Limited::new(body, BODY_LIMIT_BYTES).collect().await {
+    match http_body_util::Limited::new(body, BODY_LIMIT_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
-        Err(error) => Err(ApiError::new(Code::InvalidArgument, format!("cannot read the request body: {error}"))),
+        Err(error) => Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("cannot read the request body: {error}"),
+        )),
     }
 }
 

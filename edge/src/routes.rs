@@ -25,7 +25,10 @@ pub enum Handler {
 impl Handler {
     /// Health and metrics stay up in maintenance mode and are never rate limited.
     pub fn is_operational(self) -> bool {
-        matches!(self, Handler::Live | Handler::Startup | Handler::Ready | Handler::Metrics)
+        matches!(
+            self,
+            Handler::Live | Handler::Startup | Handler::Ready | Handler::Metrics
+        )
     }
 }
 
@@ -44,7 +47,12 @@ pub struct Route {
     pub summary: &'static str,
 }
 
-const fn get(path: &'static str, handler: Handler, tag: &'static str, summary: &'static str) -> Route {
+const fn get(
+    path: &'static str,
+    handler: Handler,
+    tag: &'static str,
+    summary: &'static str,
+) -> Route {
     Route {
         path,
         method: Method::GET,
@@ -61,15 +69,60 @@ pub static ROUTES: &[Route] = &[
     get("/livez", Handler::Live, "health", "Liveness"),
     get("/api/health", Handler::Live, "health", "Liveness"),
     get("/api/health/live", Handler::Live, "health", "Liveness"),
-    get("/api/health/startup", Handler::Startup, "health", "Startup: 200 once every service answered SERVING"),
-    get("/ready", Handler::Ready, "health", "Readiness with dependency checks"),
-    get("/readyz", Handler::Ready, "health", "Readiness with dependency checks"),
-    get("/api/health/ready", Handler::Ready, "health", "Readiness with dependency checks"),
-    get("/api/v1/health/ready", Handler::Ready, "health", "Readiness with dependency checks"),
-    get("/metrics", Handler::Metrics, "operations", "Prometheus metrics (guarded by METRICS_GUARD)"),
-    get("/api/metrics", Handler::Metrics, "operations", "Prometheus metrics (guarded by METRICS_GUARD)"),
-    get("/api/openapi.json", Handler::OpenApi, "operations", "This OpenAPI document"),
-    get("/.well-known/jwks.json", Handler::Jwks, "auth", "Public keys that verify access tokens"),
+    get(
+        "/api/health/startup",
+        Handler::Startup,
+        "health",
+        "Startup: 200 once every service answered SERVING",
+    ),
+    get(
+        "/ready",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
+    get(
+        "/readyz",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
+    get(
+        "/api/health/ready",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
+    get(
+        "/api/v1/health/ready",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
+    get(
+        "/metrics",
+        Handler::Metrics,
+        "operations",
+        "Prometheus metrics (guarded by METRICS_GUARD)",
+    ),
+    get(
+        "/api/metrics",
+        Handler::Metrics,
+        "operations",
+        "Prometheus metrics (guarded by METRICS_GUARD)",
+    ),
+    get(
+        "/api/openapi.json",
+        Handler::OpenApi,
+        "operations",
+        "This OpenAPI document",
+    ),
+    get(
+        "/.well-known/jwks.json",
+        Handler::Jwks,
+        "auth",
+        "Public keys that verify access tokens",
+    ),
 ];
 
 /// The result of matching a request against [`ROUTES`].
@@ -208,7 +261,11 @@ pub fn openapi(version: &str) -> Value {
 
 fn operation_id(route: &Route) -> String {
     let mut id = route.method.as_str().to_ascii_lowercase();
-    for part in route.path.split(|c: char| !c.is_ascii_alphanumeric()).filter(|p| !p.is_empty()) {
+    for part in route
+        .path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+    {
         let mut chars = part.chars();
         if let Some(first) = chars.next() {
             id.push(first.to_ascii_uppercase());
@@ -223,12 +280,12 @@ fn error_response(description: &str) -> Value {
 }
 
 fn responses(handler: Handler) -> Value {
-    let json_ok = |schema: &str| {
-        json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
-    };
+    let json_ok = |schema: &str| json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
     match handler {
         Handler::Live => json!({"200": json_ok("Liveness")}),
-        Handler::Startup => json!({"200": {"description": "Started"}, "503": {"description": "Still starting"}}),
+        Handler::Startup => {
+            json!({"200": {"description": "Started"}, "503": {"description": "Still starting"}})
+        }
         Handler::Ready => json!({
             "200": json_ok("Readiness"),
             "503": {"description": "A critical dependency is down", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
@@ -238,7 +295,9 @@ fn responses(handler: Handler) -> Value {
             "403": error_response("Refused by METRICS_GUARD"),
             "404": error_response("Metrics disabled")
         }),
-        Handler::OpenApi => json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}),
+        Handler::OpenApi => {
+            json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}})
+        }
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
             "501": error_response("Not implemented yet"),

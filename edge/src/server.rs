@@ -36,7 +36,10 @@ impl EdgeHandle {
         match tokio::time::timeout(timeout, self.task).await {
             Ok(result) => result.is_ok(),
             Err(_) => {
-                tracing::warn!(?timeout, "edge drain deadline passed; closing remaining connections");
+                tracing::warn!(
+                    ?timeout,
+                    "edge drain deadline passed; closing remaining connections"
+                );
                 abort.abort();
                 false
             }
@@ -80,7 +83,9 @@ pub async fn serve(
                 let edge = edge.clone();
                 async move { Ok::<_, Infallible>(edge.handle(request, peer).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(error) = connection.await {

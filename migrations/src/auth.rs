@@ -80,8 +80,18 @@ impl MigrationTrait for Initial {
             .create_table(
                 Table::create()
                     .table(Users::Table)
-                    .col(ColumnDef::new(Users::Id).string_len(36).not_null().primary_key())
-                    .col(ColumnDef::new(Users::Email).string_len(254).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Users::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Users::Email)
+                            .string_len(254)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Users::PasswordHash).string().not_null())
                     .col(ColumnDef::new(Users::Role).string_len(16).not_null())
                     .col(ColumnDef::new(Users::EmailVerified).boolean().not_null())
@@ -94,13 +104,38 @@ impl MigrationTrait for Initial {
             .create_table(
                 Table::create()
                     .table(RefreshTokens::Table)
-                    .col(ColumnDef::new(RefreshTokens::TokenHash).string_len(64).not_null().primary_key())
-                    .col(ColumnDef::new(RefreshTokens::FamilyId).string_len(36).not_null())
-                    .col(ColumnDef::new(RefreshTokens::UserId).string_len(36).not_null())
-                    .col(ColumnDef::new(RefreshTokens::ExpiresAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(RefreshTokens::TokenHash)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::FamilyId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::UserId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::ExpiresAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(RefreshTokens::SpentAt).big_integer().null())
-                    .col(ColumnDef::new(RefreshTokens::RevokedAt).big_integer().null())
-                    .col(ColumnDef::new(RefreshTokens::CreatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(RefreshTokens::RevokedAt)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -129,7 +164,11 @@ impl MigrationTrait for Initial {
                     .col(ColumnDef::new(Lockouts::Email).string_len(254).not_null())
                     .col(ColumnDef::new(Lockouts::Ip).string_len(45).not_null())
                     .col(ColumnDef::new(Lockouts::Failures).integer().not_null())
-                    .col(ColumnDef::new(Lockouts::WindowStartedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Lockouts::WindowStartedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Lockouts::LockedUntil).big_integer().null())
                     .primary_key(Index::create().col(Lockouts::Email).col(Lockouts::Ip))
                     .to_owned(),
@@ -146,13 +185,25 @@ impl MigrationTrait for Initial {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(AuditEvents::EventType).string_len(32).not_null())
+                    .col(
+                        ColumnDef::new(AuditEvents::EventType)
+                            .string_len(32)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(AuditEvents::UserId).string_len(36).null())
                     .col(ColumnDef::new(AuditEvents::Email).string_len(254).null())
                     .col(ColumnDef::new(AuditEvents::Ip).string_len(45).null())
-                    .col(ColumnDef::new(AuditEvents::CorrelationId).string_len(128).null())
+                    .col(
+                        ColumnDef::new(AuditEvents::CorrelationId)
+                            .string_len(128)
+                            .null(),
+                    )
                     .col(ColumnDef::new(AuditEvents::Detail).text().null())
-                    .col(ColumnDef::new(AuditEvents::CreatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(AuditEvents::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -160,10 +211,27 @@ impl MigrationTrait for Initial {
             .create_table(
                 Table::create()
                     .table(EmailVerifications::Table)
-                    .col(ColumnDef::new(EmailVerifications::TokenHash).string_len(64).not_null().primary_key())
-                    .col(ColumnDef::new(EmailVerifications::UserId).string_len(36).not_null())
-                    .col(ColumnDef::new(EmailVerifications::ExpiresAt).big_integer().not_null())
-                    .col(ColumnDef::new(EmailVerifications::UsedAt).big_integer().null())
+                    .col(
+                        ColumnDef::new(EmailVerifications::TokenHash)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(EmailVerifications::UserId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EmailVerifications::ExpiresAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EmailVerifications::UsedAt)
+                            .big_integer()
+                            .null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -171,8 +239,17 @@ impl MigrationTrait for Initial {
             .create_table(
                 Table::create()
                     .table(TokenDenylist::Table)
-                    .col(ColumnDef::new(TokenDenylist::Jti).string_len(64).not_null().primary_key())
-                    .col(ColumnDef::new(TokenDenylist::ExpiresAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(TokenDenylist::Jti)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(TokenDenylist::ExpiresAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await
@@ -187,7 +264,9 @@ impl MigrationTrait for Initial {
             RefreshTokens::Table.into_iden(),
             Users::Table.into_iden(),
         ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
         }
         Ok(())
     }

@@ -31,22 +31,49 @@ impl MigrationTrait for Initial {
             .create_table(
                 Table::create()
                     .table(LlmProviders::Table)
-                    .col(ColumnDef::new(LlmProviders::Name).string_len(64).not_null().primary_key())
-                    .col(ColumnDef::new(LlmProviders::BaseUrl).string_len(2048).not_null())
-                    .col(ColumnDef::new(LlmProviders::Model).string_len(256).not_null())
+                    .col(
+                        ColumnDef::new(LlmProviders::Name)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(LlmProviders::BaseUrl)
+                            .string_len(2048)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LlmProviders::Model)
+                            .string_len(256)
+                            .not_null(),
+                    )
                     // The *name* of the variable holding the key: secrets never enter the database.
-                    .col(ColumnDef::new(LlmProviders::ApiKeyEnv).string_len(128).null())
+                    .col(
+                        ColumnDef::new(LlmProviders::ApiKeyEnv)
+                            .string_len(128)
+                            .null(),
+                    )
                     .col(ColumnDef::new(LlmProviders::Priority).integer().not_null())
                     .col(ColumnDef::new(LlmProviders::Enabled).boolean().not_null())
                     .col(ColumnDef::new(LlmProviders::TimeoutMs).big_integer().null())
-                    .col(ColumnDef::new(LlmProviders::CreatedAt).big_integer().not_null())
-                    .col(ColumnDef::new(LlmProviders::UpdatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(LlmProviders::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LlmProviders::UpdatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(LlmProviders::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(LlmProviders::Table).to_owned())
+            .await
     }
 }

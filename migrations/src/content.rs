@@ -39,7 +39,12 @@ impl MigrationTrait for Initial {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Content::Slug).string_len(100).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Content::Slug)
+                            .string_len(100)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Content::Title).string_len(200).not_null())
                     .col(ColumnDef::new(Content::Body).text().not_null())
                     // JSON array of tags; at most 16, so a join table buys nothing.
@@ -66,6 +71,8 @@ impl MigrationTrait for Initial {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(Content::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(Content::Table).to_owned())
+            .await
     }
 }

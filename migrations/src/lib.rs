@@ -124,7 +124,10 @@ pub async fn status(
 /// Opens the database at `url` (creating a SQLite file's directory), and runs `owner`'s
 /// migrations when given. Fails fast: a database that does not answer within a few seconds
 /// is an error, not a hang.
-pub async fn connect(url: &str, migrate: Option<Owner>) -> Result<sea_orm::DatabaseConnection, DbErr> {
+pub async fn connect(
+    url: &str,
+    migrate: Option<Owner>,
+) -> Result<sea_orm::DatabaseConnection, DbErr> {
     let mut options = options(url)?;
     options
         .connect_timeout(Duration::from_secs(3))
@@ -169,7 +172,9 @@ fn options(url: &str) -> Result<sea_orm::ConnectOptions, DbErr> {
 
 /// The file path of a `sqlite://path?…` or `sqlite:path` URL (not of in-memory databases).
 fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && !path.starts_with(':')).then_some(path)
 }

@@ -30,7 +30,8 @@ pub mod envoy_rls {
 }
 
 /// Encoded `FileDescriptorSet` of every Portico proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portico_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/portico_descriptor.bin"));
 
 /// Full gRPC service names, as used by health checks and reflection.
 pub mod names {

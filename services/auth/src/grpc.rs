@@ -16,7 +16,10 @@ fn unimplemented(rpc: &str) -> Status {
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
-    async fn register(&self, _: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        _: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         Err(unimplemented("Register"))
     }
 
@@ -24,11 +27,17 @@ impl AuthService for AuthGrpc {
         Err(unimplemented("Login"))
     }
 
-    async fn refresh(&self, _: Request<pb::RefreshRequest>) -> Result<Response<pb::TokenPair>, Status> {
+    async fn refresh(
+        &self,
+        _: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::TokenPair>, Status> {
         Err(unimplemented("Refresh"))
     }
 
-    async fn logout(&self, _: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        _: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
         Err(unimplemented("Logout"))
     }
 
@@ -50,7 +59,10 @@ impl AuthService for AuthGrpc {
         Err(unimplemented("ValidateToken"))
     }
 
-    async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+    async fn get_jwks(
+        &self,
+        _: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Err(unimplemented("GetJwks"))
     }
 

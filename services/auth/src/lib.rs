@@ -32,7 +32,8 @@ pub async fn serve(
     )
     .await?;
     let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { _db: db.clone() }));
-    let handle = portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
+    let handle =
+        portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
     handle
         .health
         .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {

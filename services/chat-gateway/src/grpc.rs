@@ -23,11 +23,17 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::CompletionChunk, Status>
 impl ChatService for ChatGrpc {
     type StreamCompleteStream = ChunkStream;
 
-    async fn complete(&self, _: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteResponse>, Status> {
+    async fn complete(
+        &self,
+        _: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
         Err(unimplemented("Complete"))
     }
 
-    async fn stream_complete(&self, _: Request<pb::CompleteRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn stream_complete(
+        &self,
+        _: Request<pb::CompleteRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         Err(unimplemented("StreamComplete"))
     }
 

@@ -32,7 +32,14 @@ pub async fn serve(
     )
     .await?;
     let routes = Routes::new(ChatServiceServer::new(grpc::ChatGrpc { _db: db.clone() }));
-    let handle = portico_grpc::serve("chat-gateway", listener, routes, &[names::CHAT], shutdown.clone()).await?;
+    let handle = portico_grpc::serve(
+        "chat-gateway",
+        listener,
+        routes,
+        &[names::CHAT],
+        shutdown.clone(),
+    )
+    .await?;
     handle
         .health
         .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {

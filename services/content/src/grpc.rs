@@ -16,7 +16,10 @@ fn unimplemented(rpc: &str) -> Status {
 
 #[tonic::async_trait]
 impl ContentService for ContentGrpc {
-    async fn get_content(&self, _: Request<pb::GetContentRequest>) -> Result<Response<pb::Content>, Status> {
+    async fn get_content(
+        &self,
+        _: Request<pb::GetContentRequest>,
+    ) -> Result<Response<pb::Content>, Status> {
         Err(unimplemented("GetContent"))
     }
 
@@ -27,11 +30,17 @@ impl ContentService for ContentGrpc {
         Err(unimplemented("ListContent"))
     }
 
-    async fn create_content(&self, _: Request<pb::CreateContentRequest>) -> Result<Response<pb::Content>, Status> {
+    async fn create_content(
+        &self,
+        _: Request<pb::CreateContentRequest>,
+    ) -> Result<Response<pb::Content>, Status> {
         Err(unimplemented("CreateContent"))
     }
 
-    async fn update_content(&self, _: Request<pb::UpdateContentRequest>) -> Result<Response<pb::Content>, Status> {
+    async fn update_content(
+        &self,
+        _: Request<pb::UpdateContentRequest>,
+    ) -> Result<Response<pb::Content>, Status> {
         Err(unimplemented("UpdateContent"))
     }
 

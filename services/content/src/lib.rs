@@ -31,8 +31,17 @@ pub async fn serve(
         storage.migrate_on_boot.then_some(Owner::Content),
     )
     .await?;
-    let routes = Routes::new(ContentServiceServer::new(grpc::ContentGrpc { _db: db.clone() }));
-    let handle = portico_grpc::serve("content", listener, routes, &[names::CONTENT], shutdown.clone()).await?;
+    let routes = Routes::new(ContentServiceServer::new(grpc::ContentGrpc {
+        _db: db.clone(),
+    }));
+    let handle = portico_grpc::serve(
+        "content",
+        listener,
+        routes,
+        &[names::CONTENT],
+        shutdown.clone(),
+    )
+    .await?;
     handle
         .health
         .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {

@@ -17,11 +17,17 @@ fn unimplemented(rpc: &str) -> Status {
 
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
-    async fn check(&self, _: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(
+        &self,
+        _: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         Err(unimplemented("RateLimitService.Check"))
     }
 
-    async fn reset(&self, _: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
+    async fn reset(
+        &self,
+        _: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetResponse>, Status> {
         Err(unimplemented("RateLimitService.Reset"))
     }
 }
@@ -32,6 +38,8 @@ impl EnvoyRateLimitService for RateLimitGrpc {
         &self,
         _: Request<envoy_rls::RateLimitRequest>,
     ) -> Result<Response<envoy_rls::RateLimitResponse>, Status> {
-        Err(unimplemented("envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit"))
+        Err(unimplemented(
+            "envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit",
+        ))
     }
 }

@@ -4,8 +4,8 @@
 use portico_config::Settings;
 use portico_grpc::ServerHandle;
 use portico_proto::{
-    envoy_rls::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer, names,
-    ratelimit::rate_limit_service_server::RateLimitServiceServer,
+    envoy_rls::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
+    names, ratelimit::rate_limit_service_server::RateLimitServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -123,7 +123,10 @@ impl<'a> Reader<'a> {
         let expected = format!("a number from {min} to {max}");
         let value = self.parse(key, default, &expected);
         if value < min || value > max {
-            self.problem(key, format!("`{value}` is out of range: expected {expected}"));
+            self.problem(
+                key,
+                format!("`{value}` is out of range: expected {expected}"),
+            );
             return default;
         }
         value
@@ -137,7 +140,10 @@ impl<'a> Reader<'a> {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
                 _ => {
-                    self.problem(key, format!("`{raw}` is not a boolean: expected true or false"));
+                    self.problem(
+                        key,
+                        format!("`{raw}` is not a boolean: expected true or false"),
+                    );
                     default
                 }
             },
@@ -165,7 +171,11 @@ impl<'a> Reader<'a> {
     pub fn addr(&mut self, key: &str, default: &str) -> SocketAddr {
         let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
         let default = default.parse().unwrap_or(fallback);
-        self.parse(key, default, "a socket address such as 127.0.0.1:3000 or 0.0.0.0:3000")
+        self.parse(
+            key,
+            default,
+            "a socket address such as 127.0.0.1:3000 or 0.0.0.0:3000",
+        )
     }
 
     /// A duration: a number with a unit (`500ms`, `30s`, `15m`, `2h`, `7d`); a bare number
@@ -312,11 +322,26 @@ mod tests {
 
     #[test]
     fn durations_accept_units_and_bare_numbers() {
-        assert_eq!(parse_duration("500ms", Unit::Seconds), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("15m", Unit::Seconds), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("7d", Unit::Seconds), Some(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("60000", Unit::Millis), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("30", Unit::Seconds), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_duration("500ms", Unit::Seconds),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("15m", Unit::Seconds),
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(
+            parse_duration("7d", Unit::Seconds),
+            Some(Duration::from_secs(604_800))
+        );
+        assert_eq!(
+            parse_duration("60000", Unit::Millis),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_duration("30", Unit::Seconds),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_duration("3 weeks", Unit::Seconds), None);
         assert_eq!(parse_duration("-1s", Unit::Seconds), None);
     }
@@ -341,6 +366,10 @@ mod tests {
         let nets = reader.cidrs("N");
         assert!(reader.finish().is_ok());
         assert_eq!(nets.len(), 3);
-        assert!(nets[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))));
+        assert!(nets[1].contains(
+            &"127.0.0.1"
+                .parse::<std::net::IpAddr>()
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+        ));
     }
 }

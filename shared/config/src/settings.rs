@@ -241,7 +241,11 @@ impl Settings {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mut r = Reader::new(source);
         let app_env = match r
-            .choice("APP_ENV", "development", &["development", "test", "production"])
+            .choice(
+                "APP_ENV",
+                "development",
+                &["development", "test", "production"],
+            )
             .as_str()
         {
             "production" => AppEnv::Production,
@@ -293,10 +297,16 @@ fn read_storage(r: &mut Reader<'_>) -> Storage {
     }
     let redis_url = r.raw("REDIS_URL");
     let ratelimit_redis_url = r.raw("RATE_LIMIT_REDIS_URL").or_else(|| redis_url.clone());
-    for (key, url) in [("REDIS_URL", &redis_url), ("RATE_LIMIT_REDIS_URL", &ratelimit_redis_url)] {
+    for (key, url) in [
+        ("REDIS_URL", &redis_url),
+        ("RATE_LIMIT_REDIS_URL", &ratelimit_redis_url),
+    ] {
         if let Some(url) = url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                r.problem(key, "unsupported scheme: expected redis://host:6379 or rediss://host:6380");
+                r.problem(
+                    key,
+                    "unsupported scheme: expected redis://host:6379 or rediss://host:6380",
+                );
             }
         }
     }
@@ -415,7 +425,11 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
             Duration::from_secs(10),
             Unit::Seconds,
         ),
-        request_timeout: r.duration("EDGE_REQUEST_TIMEOUT", Duration::from_secs(10), Unit::Seconds),
+        request_timeout: r.duration(
+            "EDGE_REQUEST_TIMEOUT",
+            Duration::from_secs(10),
+            Unit::Seconds,
+        ),
         health_check_timeout: r.duration(
             "HEALTH_CHECK_TIMEOUT",
             Duration::from_millis(500),
@@ -430,7 +444,11 @@ fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
         verify_key_files: r.list("JWT_VERIFY_KEY_FILES"),
         issuer: r.string("JWT_ISSUER", "portico"),
         audience: r.string("JWT_AUDIENCE", "portico"),
-        access_ttl: r.duration("JWT_ACCESS_TTL", Duration::from_secs(15 * 60), Unit::Seconds),
+        access_ttl: r.duration(
+            "JWT_ACCESS_TTL",
+            Duration::from_secs(15 * 60),
+            Unit::Seconds,
+        ),
         refresh_ttl: r.duration(
             "JWT_REFRESH_TTL",
             Duration::from_secs(7 * 86_400),
@@ -472,7 +490,10 @@ fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
     let base_url = r.raw("LLM_BASE_URL");
     if let Some(url) = &base_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            r.problem("LLM_BASE_URL", format!("`{url}` is not a URL: expected https://api.example.com/v1"));
+            r.problem(
+                "LLM_BASE_URL",
+                format!("`{url}` is not a URL: expected https://api.example.com/v1"),
+            );
         }
     }
     ChatSettings {
@@ -482,7 +503,11 @@ fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         model: r.raw("LLM_MODEL"),
         timeout: r.duration("LLM_TIMEOUT", Duration::from_secs(30), Unit::Seconds),
         cb_failure_threshold: r.number("LLM_CB_FAILURE_THRESHOLD", 5u32, 1, 1000),
-        cb_reset_timeout: r.duration("LLM_CB_RESET_TIMEOUT", Duration::from_secs(30), Unit::Seconds),
+        cb_reset_timeout: r.duration(
+            "LLM_CB_RESET_TIMEOUT",
+            Duration::from_secs(30),
+            Unit::Seconds,
+        ),
         cb_success_threshold: r.number("LLM_CB_SUCCESS_THRESHOLD", 1u32, 1, 1000),
         allow_anonymous: r.bool("CHAT_ALLOW_ANONYMOUS", true),
     }
@@ -518,7 +543,11 @@ mod tests {
     fn production_requires_cors_origins() {
         let error = settings(&[("APP_ENV", "production")]).expect_err("CORS_ORIGINS missing");
         assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
-        assert!(settings(&[("APP_ENV", "production"), ("CORS_ORIGINS", "https://app.example.com")]).is_ok());
+        assert!(settings(&[
+            ("APP_ENV", "production"),
+            ("CORS_ORIGINS", "https://app.example.com")
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub struct Health {
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health").field("names", &self.names).finish()
+        f.debug_struct("Health")
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -122,7 +124,10 @@ impl ServerHandle {
             }
             Ok(Err(_)) => false,
             Err(_) => {
-                tracing::warn!(?timeout, "drain deadline passed; closing remaining connections");
+                tracing::warn!(
+                    ?timeout,
+                    "drain deadline passed; closing remaining connections"
+                );
                 abort.abort();
                 false
             }
@@ -174,7 +179,10 @@ pub async fn serve(
         async move {
             shutdown.cancelled().await;
             health.set_serving(false).await;
-            tracing::info!(component, "shutting down: NOT_SERVING, draining in-flight RPCs");
+            tracing::info!(
+                component,
+                "shutting down: NOT_SERVING, draining in-flight RPCs"
+            );
         }
     };
     let task = tokio::spawn(

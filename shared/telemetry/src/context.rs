@@ -53,7 +53,8 @@ impl RequestContext {
             let _ = span.set_parent(parent);
             span.context().span().span_context().trace_id().to_string()
         } else {
-            incoming_trace_id(headers).unwrap_or_else(|| format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
+            incoming_trace_id(headers)
+                .unwrap_or_else(|| format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
         };
         span.record("trace_id", trace_id.as_str());
         span.record("correlation_id", correlation_id.as_str());
@@ -110,7 +111,10 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -145,9 +149,15 @@ mod tests {
 
         let mut outgoing = HeaderMap::new();
         context.inject(&mut outgoing);
-        let traceparent = outgoing.get(TRACEPARENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let traceparent = outgoing
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert_eq!(outgoing.get(CORRELATION_HEADER).map(|v| v.as_bytes()), Some(&b"abc-123"[..]));
+        assert_eq!(
+            outgoing.get(CORRELATION_HEADER).map(|v| v.as_bytes()),
+            Some(&b"abc-123"[..])
+        );
     }
 
     #[test]

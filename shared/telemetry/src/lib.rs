@@ -8,7 +8,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{trace as sdktrace, Resource};
 use portico_config::{Sampler, TelemetrySettings};
-use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter, Layer};
+use tracing_subscriber::{
+    layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter, Layer,
+};
 
 pub mod context;
 pub mod metrics;
@@ -67,14 +69,20 @@ impl Drop for TelemetryGuard {
 ///
 /// Must run inside a Tokio runtime (the OTLP exporter uses tonic). Calling it twice keeps the
 /// first subscriber.
-pub fn init(component: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    component: &str,
+    settings: &TelemetrySettings,
+) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&settings.log_filter)
         .map_err(|_| TelemetryError::Filter(settings.log_filter.clone()))?;
     init_with(component, settings, Some(filter))
 }
 
 /// Like [`init`], but with logging off (tests keep spans and export, without the noise).
-pub fn init_quiet(component: &str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init_quiet(
+    component: &str,
+    settings: &TelemetrySettings,
+) -> Result<TelemetryGuard, TelemetryError> {
     init_with(component, settings, None)
 }
 
@@ -139,13 +147,17 @@ fn tracer_provider(
         Sampler::ParentBasedAlwaysOn => {
             sdktrace::Sampler::ParentBased(Box::new(sdktrace::Sampler::AlwaysOn))
         }
-        Sampler::ParentBasedTraceIdRatio(ratio) => sdktrace::Sampler::ParentBased(Box::new(
-            sdktrace::Sampler::TraceIdRatioBased(ratio),
-        )),
+        Sampler::ParentBasedTraceIdRatio(ratio) => {
+            sdktrace::Sampler::ParentBased(Box::new(sdktrace::Sampler::TraceIdRatioBased(ratio)))
+        }
     };
     Ok(sdktrace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(sampler)
-        .with_resource(Resource::builder().with_service_name(service_name.to_owned()).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
         .build())
 }

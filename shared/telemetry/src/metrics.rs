@@ -16,13 +16,17 @@ fn registry() -> &'static Mutex<Registry> {
 
 /// Registers a metric in the process registry. Call once per metric (from a `OnceLock`).
 pub fn register(name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
-    let mut registry = registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut registry = registry()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     registry.register(name, help, metric);
 }
 
 /// The registry in Prometheus text exposition format.
 pub fn encode_text() -> String {
-    let registry = registry().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let registry = registry()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -81,13 +85,18 @@ pub fn http() -> &'static HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new([
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
             }),
             grpc_client: Family::default(),
             database_errors: Counter::default(),
         };
-        register("http_requests", "HTTP requests answered by the edge", metrics.requests.clone());
+        register(
+            "http_requests",
+            "HTTP requests answered by the edge",
+            metrics.requests.clone(),
+        );
         register(
             "http_request_duration_seconds",
             "Time to answer an HTTP request at the edge",

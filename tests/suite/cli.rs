@@ -1,0 +1,135 @@
+//! The `portico` binary: configuration errors exit 2 naming the variable; `serve` prints the
+//! edge URL, serves, and exits 0 on SIGTERM; `migrate` applies and reports migrations.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+
+fn temp_sqlite() -> String {
+    let path =
+        std::env::temp_dir().join(format!("portico-cli-{}.db", uuid::Uuid::new_v4().simple()));
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_every_bad_variable() {
+    let output = Command::new(BIN)
+        .env_clear()
+        .env("RATE_LIMIT_GLOBAL_MAX", "lots")
+        .env("METRICS_GUARD", "password")
+        .env("EDGE_ADDR", "localhost")
+        .env("LLM_TIMEOUT", "3 weeks")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "RATE_LIMIT_GLOBAL_MAX: `lots` is not a number from 1 to 10000000",
+        "METRICS_GUARD: `password` is not one of: none, secret, cidr",
+        "EDGE_ADDR: `localhost` is not a socket address",
+        "LLM_TIMEOUT: `3 weeks` is not a positive duration",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn production_without_cors_origins_refuses_to_start() {
+    let output = Command::new(BIN)
+        .env_clear()
+        .env("APP_ENV", "production")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("CORS_ORIGINS: required when APP_ENV=production"));
+}
+
+#[tokio::test]
+async fn serve_prints_the_edge_url_and_exits_cleanly_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("EDGE_ADDR", "127.0.0.1:0")
+        .env("AUTH_ADDR", "127.0.0.1:0")
+        .env("CONTENT_ADDR", "127.0.0.1:0")
+        .env("CHAT_ADDR", "127.0.0.1:0")
+        .env("RATELIMIT_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", temp_sqlite())
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let first_line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("reader")
+    .expect("a line");
+    let url = first_line
+        .trim()
+        .strip_prefix("Portico is up: edge ")
+        .unwrap_or_else(|| panic!("unexpected banner {first_line:?}"))
+        .to_owned();
+
+    let live = reqwest::get(format!("{url}/healthz"))
+        .await
+        .expect("edge answers");
+    assert_eq!(live.status(), 200);
+    let ready = reqwest::get(format!("{url}/readyz"))
+        .await
+        .expect("edge answers");
+    assert_eq!(ready.status(), 200);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waiter")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn migrate_up_then_status_lists_every_service_as_applied() {
+    let database = temp_sqlite();
+    let up = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", &database)
+        .env("LOG_LEVEL", "warn")
+        .args(["migrate", "up"])
+        .output()
+        .expect("binary runs");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let status = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", &database)
+        .env("LOG_LEVEL", "warn")
+        .args(["migrate", "status"])
+        .output()
+        .expect("binary runs");
+    let text = String::from_utf8_lossy(&status.stdout);
+    for service in ["auth", "content", "chat-gateway"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(service) && l.contains("applied")),
+            "{service} not applied:\n{text}"
+        );
+    }
+    assert!(!text.contains("pending"), "{text}");
+}

@@ -1,0 +1,297 @@
+//! `TestSuite::spawn()`: the whole suite in-process on port 0, each test with its own database
+//! and Redis key prefix. Embedded defaults (SQLite file + in-memory) unless `TEST_DATABASE_URL`
+//! / `TEST_REDIS_URL` point at real servers; with `TEST_REQUIRE_EXTERNAL=1` an unset or
+//! unreachable server fails the test instead of falling back.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::OnceLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use portico::{Component, Suite};
+use portico_config::Settings;
+use sea_orm::{ConnectionTrait as _, Database};
+use tonic::transport::Channel;
+
+/// One running suite and what a test needs to drive it.
+pub struct TestSuite {
+    /// `http://127.0.0.1:<port>` of the edge.
+    pub base_url: String,
+    /// Edge address.
+    pub edge_addr: SocketAddr,
+    /// A client with no default headers.
+    pub http: reqwest::Client,
+    /// The database this suite uses.
+    pub database_url: String,
+    /// Redis URL when running against Redis.
+    pub redis_url: Option<String>,
+    suite: Option<Suite>,
+}
+
+/// Extra environment for one suite.
+#[derive(Default)]
+pub struct Builder {
+    vars: HashMap<String, String>,
+}
+
+impl Builder {
+    /// Sets a variable for this suite only.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.vars.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Boots the suite.
+    pub async fn spawn(self) -> TestSuite {
+        init_logs();
+        let database_url = test_database().await;
+        let redis_url = test_redis().await;
+        let key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        let mut vars: HashMap<String, String> = [
+            ("APP_ENV", "test"),
+            ("EDGE_ADDR", "127.0.0.1:0"),
+            ("AUTH_ADDR", "127.0.0.1:0"),
+            ("CONTENT_ADDR", "127.0.0.1:0"),
+            ("CHAT_ADDR", "127.0.0.1:0"),
+            ("RATELIMIT_ADDR", "127.0.0.1:0"),
+            ("SHUTDOWN_TIMEOUT", "5s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        vars.insert("DATABASE_URL".into(), database_url.clone());
+        vars.insert("REDIS_KEY_PREFIX".into(), key_prefix.clone());
+        if let Some(url) = &redis_url {
+            vars.insert("REDIS_URL".into(), url.clone());
+        }
+        vars.extend(self.vars);
+        let settings = Settings::from_source(&vars).expect("test settings are valid");
+        let suite = Suite::start(settings).await.expect("suite starts");
+        let edge_addr = suite.edge_addr;
+        TestSuite {
+            base_url: format!("http://{edge_addr}"),
+            edge_addr,
+            http: reqwest::Client::new(),
+            database_url,
+            redis_url,
+            suite: Some(suite),
+        }
+    }
+}
+
+impl TestSuite {
+    /// A suite on the default test configuration.
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    /// A suite with extra variables.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// `base_url` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// GET `path` at the edge.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("edge answers")
+    }
+
+    /// The running suite.
+    pub fn suite(&mut self) -> &mut Suite {
+        self.suite.as_mut().expect("suite is running")
+    }
+
+    /// Address of one service.
+    pub fn service_addr(&self, component: Component) -> SocketAddr {
+        self.suite
+            .as_ref()
+            .and_then(|s| s.service_addr(component))
+            .expect("service is running")
+    }
+
+    /// A gRPC channel to one service.
+    pub async fn channel(&self, component: Component) -> Channel {
+        Channel::from_shared(format!("http://{}", self.service_addr(component)))
+            .expect("valid URL")
+            .connect()
+            .await
+            .expect("service accepts connections")
+    }
+
+    /// Stops one service, as a crash or a rollout would.
+    pub async fn stop(&mut self, component: Component) {
+        assert!(
+            self.suite().stop_service(component).await,
+            "{} drained",
+            component.name()
+        );
+    }
+
+    /// Graceful shutdown of the whole suite; true when it finished within the deadline.
+    pub async fn shutdown(mut self) -> bool {
+        let suite = self.suite.take().expect("suite is running");
+        suite.shutdown().await
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
+            let settings = Settings::from_source(&HashMap::from([(
+                "LOG_FORMAT".to_owned(),
+                "pretty".to_owned(),
+            )]))
+            .expect("log settings");
+            // The guard owns no exporter here; forgetting it keeps logging for the whole run.
+            std::mem::forget(portico_telemetry::init("test", &settings.telemetry));
+        }
+    });
+}
+
+fn require_external() -> bool {
+    std::env::var("TEST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+}
+
+/// A fresh database for one suite: a new PostgreSQL database under `TEST_DATABASE_URL`, or a
+/// new SQLite file.
+async fn test_database() -> String {
+    let external = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    match external {
+        Some(admin_url) => match create_postgres_database(&admin_url).await {
+            Ok(url) => url,
+            Err(error) if require_external() => {
+                panic!("TEST_DATABASE_URL={admin_url} is unreachable and TEST_REQUIRE_EXTERNAL=1: {error}")
+            }
+            Err(error) => {
+                eprintln!("WARNING: TEST_DATABASE_URL unreachable ({error}); using SQLite");
+                sqlite_file()
+            }
+        },
+        None if require_external() => {
+            panic!("TEST_REQUIRE_EXTERNAL=1 but TEST_DATABASE_URL is unset")
+        }
+        None => sqlite_file(),
+    }
+}
+
+fn sqlite_file() -> String {
+    let path =
+        std::env::temp_dir().join(format!("portico-test-{}.db", uuid::Uuid::new_v4().simple()));
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+async fn create_postgres_database(admin_url: &str) -> Result<String, sea_orm::DbErr> {
+    let admin = tokio::time::timeout(Duration::from_secs(5), Database::connect(admin_url))
+        .await
+        .map_err(|_| sea_orm::DbErr::Custom("connect timed out".into()))??;
+    drop_stale_databases(&admin).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let name = format!(
+        "portico_test_{now}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    admin.close().await?;
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(prefix, _)| prefix);
+    Ok(match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    })
+}
+
+/// Test databases older than two hours belong to finished runs: drop them once per process.
+async fn drop_stale_databases(admin: &sea_orm::DatabaseConnection) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let cutoff = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            - 7200;
+        let rows = admin
+            .query_all(sea_orm::Statement::from_string(
+                admin.get_database_backend(),
+                "SELECT datname FROM pg_database WHERE datname LIKE 'portico_test_%'",
+            ))
+            .await
+            .unwrap_or_default();
+        for row in rows {
+            let Ok(name) = row.try_get::<String>("", "datname") else {
+                continue;
+            };
+            let created = name
+                .split('_')
+                .nth(2)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            if created < cutoff {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    })
+    .await;
+}
+
+/// `TEST_REDIS_URL` when set and reachable.
+async fn test_redis() -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let Some(url) = url else {
+        if require_external() {
+            panic!("TEST_REQUIRE_EXTERNAL=1 but TEST_REDIS_URL is unset");
+        }
+        return None;
+    };
+    match redis_ping(&url).await {
+        Ok(()) => Some(url),
+        Err(error) if require_external() => {
+            panic!("TEST_REDIS_URL={url} is unreachable and TEST_REQUIRE_EXTERNAL=1: {error}")
+        }
+        Err(error) => {
+            eprintln!("WARNING: TEST_REDIS_URL unreachable ({error}); using in-memory");
+            None
+        }
+    }
+}
+
+async fn redis_ping(url: &str) -> Result<(), String> {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(url).map_err(|e| e.to_string())?)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = tokio::time::timeout(Duration::from_secs(3), async {
+        client.init().await?;
+        client.ping::<String>(None).await
+    })
+    .await;
+    let _ = client.quit().await;
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}

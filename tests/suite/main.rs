@@ -1,0 +1,12 @@
+//! Integration tests of the whole suite, one module per topic (one test binary, so the
+//! suite's crates are linked once).
+
+mod harness;
+
+mod cli;
+mod cors;
+mod edge_http;
+mod health;
+mod metrics_guard;
+mod migrations;
+mod shutdown;

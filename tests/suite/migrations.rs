@@ -1,0 +1,61 @@
+//! Migrations: each service's migrator keeps its own table, applies on boot, and rolls back
+//! and forward without touching the others (SQLite and PostgreSQL).
+
+use portico_migrations::Owner;
+use sea_orm::ConnectionTrait as _;
+
+use crate::harness::TestSuite;
+
+async fn table_exists(db: &sea_orm::DatabaseConnection, table: &str) -> bool {
+    db.execute_unprepared(&format!("SELECT 1 FROM {table} WHERE 1 = 0"))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
+    let suite = TestSuite::spawn().await;
+    let db = portico_migrations::connect(&suite.database_url, None)
+        .await
+        .expect("database");
+    for owner in Owner::ALL {
+        let (applied, pending) = portico_migrations::status(&db, owner)
+            .await
+            .expect("status");
+        assert_eq!(applied.len(), 1, "{}", owner.name());
+        assert!(pending.is_empty(), "{}", owner.name());
+    }
+    for table in [
+        "users",
+        "refresh_tokens",
+        "lockouts",
+        "audit_events",
+        "email_verifications",
+        "content",
+        "llm_providers",
+    ] {
+        assert!(table_exists(&db, table).await, "{table}");
+    }
+
+    portico_migrations::down(&db, Owner::Content, 1)
+        .await
+        .expect("content down");
+    assert!(!table_exists(&db, "content").await);
+    assert!(
+        table_exists(&db, "users").await,
+        "auth's tables are untouched"
+    );
+    let (_, pending) = portico_migrations::status(&db, Owner::Content)
+        .await
+        .expect("status");
+    assert_eq!(pending.len(), 1);
+    let (applied, _) = portico_migrations::status(&db, Owner::Auth)
+        .await
+        .expect("status");
+    assert_eq!(applied.len(), 1, "auth's migration table is its own");
+
+    portico_migrations::up(&db, Owner::Content)
+        .await
+        .expect("content up");
+    assert!(table_exists(&db, "content").await);
+}
