@@ -210,3 +210,15 @@ async fn a_service_sees_and_echoes_the_callers_correlation_id() {
         .unwrap_or_default();
     assert!(!echoed.is_empty() && echoed != "bad id!", "{echoed:?}");
 }
+
+#[tokio::test]
+async fn unreachable_cache_makes_readiness_degraded() {
+    // Port 1 refuses connections: Redis is "down" for this suite only.
+    let suite = TestSuite::builder().env("REDIS_URL", "redis://127.0.0.1:1").spawn().await;
+    let response = suite.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["cache"]["status"], "degraded");
+    assert_eq!(body["checks"]["cache"]["type"], "redis");
+}
