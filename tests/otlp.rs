@@ -36,21 +36,28 @@ impl TraceService for Collector {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
     }
 }
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
-    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        AnyValue::StringValue(s) => Some(s.clone()),
-        _ => None,
-    })
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_across_edge_and_service() {
     // Arrange: a collector on port 0, and telemetry exporting to it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     let (sender, mut received) = mpsc::unbounded_channel();
     tokio::spawn(
@@ -63,7 +70,9 @@ async fn one_request_is_one_trace_across_edge_and_service() {
         endpoint,
     )]))
     .expect("settings");
-    let guard = std::sync::Arc::new(portico_telemetry::init_quiet("suite", &settings.telemetry).expect("telemetry"));
+    let guard = std::sync::Arc::new(
+        portico_telemetry::init_quiet("suite", &settings.telemetry).expect("telemetry"),
+    );
     assert!(portico_telemetry::otlp_enabled());
     let suite = harness::TestSuite::spawn().await;
 
@@ -77,7 +86,9 @@ async fn one_request_is_one_trace_across_edge_and_service() {
         .expect("edge answers");
     assert_eq!(response.status(), 200);
     let flusher = guard.clone();
-    tokio::task::spawn_blocking(move || flusher.flush()).await.expect("flush");
+    tokio::task::spawn_blocking(move || flusher.flush())
+        .await
+        .expect("flush");
 
     // Assert: the edge's span and a service's span share the trace and the correlation ID.
     let mut edge_span: Option<Span> = None;
@@ -100,13 +111,25 @@ async fn one_request_is_one_trace_across_edge_and_service() {
     // The bound only turns a lost export into a failure instead of a hang.
     let _ = tokio::time::timeout(Duration::from_secs(15), collect).await;
     let edge_span = edge_span.expect("the edge's span was exported");
-    assert_eq!(service_spans.len(), 4, "one server span per service's health check");
+    assert_eq!(
+        service_spans.len(),
+        4,
+        "one server span per service's health check"
+    );
     for span in &service_spans {
         assert_eq!(span.trace_id, edge_span.trace_id, "one request, one trace");
-        assert!(!span.parent_span_id.is_empty(), "the service span has a remote parent");
-        assert_eq!(attribute(span, "correlation_id").as_deref(), Some("abc-123"));
+        assert!(
+            !span.parent_span_id.is_empty(),
+            "the service span has a remote parent"
+        );
+        assert_eq!(
+            attribute(span, "correlation_id").as_deref(),
+            Some("abc-123")
+        );
     }
-    let components: std::collections::HashSet<_> =
-        service_spans.iter().filter_map(|s| attribute(s, "component")).collect();
+    let components: std::collections::HashSet<_> = service_spans
+        .iter()
+        .filter_map(|s| attribute(s, "component"))
+        .collect();
     assert_eq!(components.len(), 4, "{components:?}");
 }

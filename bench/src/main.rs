@@ -1,1 +1,441 @@
-fn main() {}
+//! `portico-bench`: the one load generator of every Portico benchmark.
+//!
+//! Targets: HTTP/1.1 (`http`), gRPC unary (`grpc-unary`: Health/Check) and gRPC server
+//! streaming (`grpc-stream`: Health/Watch, open → first message → close). Load: a fixed number
+//! of connections each sending back to back (`--concurrency`), or a fixed arrival rate
+//! (`--rate`) split into per-connection schedules, where latency runs from the *intended* send
+//! time, so a stalled server cannot hide its queueing (coordinated omission). Each run prints
+//! one line of JSON: throughput, p50/p90/p99/max and errors.
+//!
+//! `scenario healthz` measures the edge's `/healthz` against a bare hyper server in the same
+//! run and prints both lines plus their ratio.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+#[derive(Debug, Parser)]
+#[command(name = "portico-bench", about = "Portico's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP/1.1 GET against a URL.
+    Http {
+        /// Full URL, e.g. http://127.0.0.1:3000/healthz.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// gRPC unary: grpc.health.v1.Health/Check.
+    GrpcUnary {
+        /// Server address, e.g. 127.0.0.1:50051.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// gRPC server streaming: grpc.health.v1.Health/Watch until the first message.
+    GrpcStream {
+        /// Server address, e.g. 127.0.0.1:50051.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// A benchmark with its same-run baseline.
+    Scenario {
+        #[command(subcommand)]
+        scenario: Scenario,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// The edge's /healthz against a bare hyper server answering the same bytes.
+    Healthz {
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+/// How load is applied.
+#[derive(Debug, Clone, Args)]
+struct Load {
+    /// Connections (HTTP) or concurrent calls (gRPC).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Requests per second across all connections; unset = as fast as each connection can.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured warm-up seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+}
+
+/// One run's result line.
+#[derive(Debug, Serialize)]
+struct Report {
+    name: String,
+    mode: &'static str,
+    concurrency: usize,
+    rate: Option<f64>,
+    duration_s: f64,
+    requests: u64,
+    errors: u64,
+    throughput_rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Clone)]
+enum Target {
+    Http {
+        addr: SocketAddr,
+        path: String,
+        host: String,
+    },
+    GrpcUnary(tonic::transport::Channel),
+    GrpcStream(tonic::transport::Channel),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Http { url, load } => {
+            let target = http_target(&url)?;
+            print(&run(&url, target, &load).await?)?;
+        }
+        Command::GrpcUnary { addr, load } => {
+            let target = Target::GrpcUnary(grpc_channel(addr).await?);
+            print(&run(&format!("grpc-unary {addr}"), target, &load).await?)?;
+        }
+        Command::GrpcStream { addr, load } => {
+            let target = Target::GrpcStream(grpc_channel(addr).await?);
+            print(&run(&format!("grpc-stream {addr}"), target, &load).await?)?;
+        }
+        Command::Scenario {
+            scenario: Scenario::Healthz { load },
+        } => healthz_scenario(&load).await?,
+    }
+    Ok(())
+}
+
+fn print(report: &Report) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(report)?);
+    Ok(())
+}
+
+fn http_target(url: &str) -> anyhow::Result<Target> {
+    let uri: http::Uri = url.parse().context("--url")?;
+    let authority = uri.authority().context("--url needs host:port")?.clone();
+    let addr = tokio_lookup(authority.as_str())?;
+    Ok(Target::Http {
+        addr,
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        host: authority.to_string(),
+    })
+}
+
+fn tokio_lookup(authority: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    authority
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {authority}"))
+}
+
+async fn grpc_channel(addr: SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?,
+    )
+}
+
+/// Runs `load` against `target`: warm-up, then the measured window.
+async fn run(name: &str, target: Target, load: &Load) -> anyhow::Result<Report> {
+    if load.warmup > 0.0 {
+        measure(target.clone(), load, Duration::from_secs_f64(load.warmup)).await?;
+    }
+    let window = Duration::from_secs_f64(load.duration);
+    let (histogram, errors, elapsed) = measure(target, load, window).await?;
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Report {
+        name: name.to_owned(),
+        mode: if load.rate.is_some() {
+            "fixed-rate"
+        } else {
+            "fixed-concurrency"
+        },
+        concurrency: load.concurrency,
+        rate: load.rate,
+        duration_s: elapsed.as_secs_f64(),
+        requests: histogram.len(),
+        errors,
+        throughput_rps: histogram.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms(0.50),
+        p90_ms: ms(0.90),
+        p99_ms: ms(0.99),
+        max_ms: histogram.max() as f64 / 1000.0,
+    })
+}
+
+async fn measure(
+    target: Target,
+    load: &Load,
+    window: Duration,
+) -> anyhow::Result<(Histogram<u64>, u64, Duration)> {
+    let start = Instant::now();
+    let deadline = start + window;
+    let concurrency = load.concurrency.max(1);
+    // Each connection keeps its own schedule: connection i sends at start + (i + k·n)/rate.
+    let interval = load
+        .rate
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    let mut workers = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let target = target.clone();
+        let offset = load.rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(i as f64 / rate)
+        });
+        workers.push(tokio::spawn(worker(
+            target,
+            start + offset,
+            interval,
+            deadline,
+        )));
+    }
+    let mut histogram = new_histogram()?;
+    let mut errors = 0;
+    for worker in workers {
+        let (h, e) = worker.await??;
+        histogram.add(h)?;
+        errors += e;
+    }
+    Ok((histogram, errors, start.elapsed()))
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    // Microseconds from 1 µs to 60 s at 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+async fn worker(
+    target: Target,
+    first: Instant,
+    interval: Option<Duration>,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut histogram = new_histogram()?;
+    let mut errors = 0u64;
+    let mut connection = Connection::open(&target).await?;
+    let mut intended = first;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let sent_at = match interval {
+            Some(interval) => {
+                let slot = intended;
+                intended += interval;
+                if slot > now {
+                    // Idle until the slot: the timer's wake-up slop (~1 ms) is not the
+                    // server's latency, so measure from the actual send.
+                    tokio::time::sleep_until(slot.into()).await;
+                    Instant::now()
+                } else {
+                    // Behind schedule: the wait since the intended send *is* latency a real
+                    // client would see (no coordinated omission).
+                    slot
+                }
+            }
+            None => now,
+        };
+        if sent_at >= deadline {
+            break;
+        }
+        match connection.call(&target).await {
+            Ok(()) => {
+                let micros = sent_at.elapsed().as_micros().max(1) as u64;
+                histogram.saturating_record(micros);
+            }
+            Err(_) => {
+                errors += 1;
+                connection = Connection::open(&target).await?;
+            }
+        }
+    }
+    Ok((histogram, errors))
+}
+
+enum Connection {
+    Http(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Grpc(HealthClient<tonic::transport::Channel>),
+}
+
+impl Connection {
+    async fn open(target: &Target) -> anyhow::Result<Self> {
+        match target {
+            Target::Http { addr, .. } => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Ok(Connection::Http(sender))
+            }
+            Target::GrpcUnary(channel) | Target::GrpcStream(channel) => {
+                Ok(Connection::Grpc(HealthClient::new(channel.clone())))
+            }
+        }
+    }
+
+    async fn call(&mut self, target: &Target) -> anyhow::Result<()> {
+        match (self, target) {
+            (Connection::Http(sender), Target::Http { path, host, .. }) => {
+                sender.ready().await?;
+                let request = http::Request::get(path.as_str())
+                    .header(http::header::HOST, host.as_str())
+                    .body(Empty::<Bytes>::new())?;
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                anyhow::ensure!(ok, "non-2xx");
+                Ok(())
+            }
+            (Connection::Grpc(client), Target::GrpcUnary(_)) => {
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                Ok(())
+            }
+            (Connection::Grpc(client), Target::GrpcStream(_)) => {
+                let mut stream = client
+                    .watch(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                stream
+                    .message()
+                    .await?
+                    .context("stream ended before its first message")?;
+                Ok(())
+            }
+            _ => anyhow::bail!("connection does not match target"),
+        }
+    }
+}
+
+/// The baseline: a bare hyper server answering the bytes the edge's liveness answers.
+async fn bare_server() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let body = Bytes::from_static(
+        br#"{"status":"ok","timestamp":"2026-11-22T00:00:00.000Z","uptime":1.0,"version":"0.1.0"}"#,
+    );
+    tokio::spawn(async move {
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+            TokioExecutor::new(),
+        ));
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let builder = builder.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = body.clone();
+                    async move {
+                        let mut response = http::Response::new(Full::new(body));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn healthz_scenario(load: &Load) -> anyhow::Result<()> {
+    let data = std::env::temp_dir().join(format!("portico-bench-{}.db", std::process::id()));
+    let vars: std::collections::HashMap<String, String> = [
+        ("EDGE_ADDR", "127.0.0.1:0"),
+        ("AUTH_ADDR", "127.0.0.1:0"),
+        ("CONTENT_ADDR", "127.0.0.1:0"),
+        ("CHAT_ADDR", "127.0.0.1:0"),
+        ("RATELIMIT_ADDR", "127.0.0.1:0"),
+        ("LOG_LEVEL", "error"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([(
+        "DATABASE_URL".to_owned(),
+        format!("sqlite://{}?mode=rwc", data.display()),
+    )])
+    .collect();
+    let settings = portico_config::Settings::from_source(&vars)?;
+    let suite = portico::Suite::start(settings).await?;
+    let bare = bare_server().await?;
+
+    let baseline = run(
+        "bare-hyper /healthz",
+        http_target(&format!("http://{bare}/"))?,
+        load,
+    )
+    .await?;
+    let subject = run(
+        "edge /healthz",
+        http_target(&format!("http://{}/healthz", suite.edge_addr))?,
+        load,
+    )
+    .await?;
+    print(&baseline)?;
+    print(&subject)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "healthz",
+            "throughput_ratio": subject.throughput_rps / baseline.throughput_rps,
+            "p99_ratio": subject.p99_ms / baseline.p99_ms.max(0.001),
+            "errors": subject.errors + baseline.errors,
+        })
+    );
+    suite.shutdown().await;
+    let _ = std::fs::remove_file(&data);
+    Ok(())
+}

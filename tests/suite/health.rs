@@ -214,7 +214,10 @@ async fn a_service_sees_and_echoes_the_callers_correlation_id() {
 #[tokio::test]
 async fn unreachable_cache_makes_readiness_degraded() {
     // Port 1 refuses connections: Redis is "down" for this suite only.
-    let suite = TestSuite::builder().env("REDIS_URL", "redis://127.0.0.1:1").spawn().await;
+    let suite = TestSuite::builder()
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .spawn()
+        .await;
     let response = suite.get("/readyz").await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("json");
