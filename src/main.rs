@@ -129,10 +129,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
             let shutdown = CancellationToken::new();
             let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
-            println!(
+            say(format_args!(
                 "portico edge listening on http://{}",
                 portico::dialable(edge.local_addr)
-            );
+            ));
             wait_for_signal().await;
             shutdown.cancel();
             edge.wait(settings.shutdown_timeout).await
@@ -176,17 +176,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
 
 async fn serve(settings: Settings) -> anyhow::Result<bool> {
     let suite = Suite::start(settings).await?;
-    println!(
+    say(format_args!(
         "Portico is up: edge http://{}",
         portico::dialable(suite.edge_addr)
-    );
+    ));
     for component in Component::ALL {
         if let Some(addr) = suite.service_addr(component) {
-            println!(
+            say(format_args!(
                 "  {:<13} grpc://{}",
                 component.name(),
                 portico::dialable(addr)
-            );
+            ));
         }
     }
     wait_for_signal().await;
@@ -202,11 +202,11 @@ async fn service(
     let listener = portico::bind(variable, addr).await?;
     let shutdown = CancellationToken::new();
     let handle = portico::start_service(component, settings, listener, shutdown.clone()).await?;
-    println!(
+    say(format_args!(
         "portico {} listening on grpc://{}",
         component.name(),
         portico::dialable(handle.local_addr)
-    );
+    ));
     wait_for_signal().await;
     shutdown.cancel();
     Ok(handle.wait(settings.shutdown_timeout).await)
@@ -227,24 +227,31 @@ async fn migrate(
         match action {
             MigrateAction::Up => {
                 portico_migrations::up(&db, owner).await?;
-                println!("{}: up to date", owner.name());
+                say(format_args!("{}: up to date", owner.name()));
             }
             MigrateAction::Down { steps } => {
                 portico_migrations::down(&db, owner, steps).await?;
-                println!("{}: rolled back {steps}", owner.name());
+                say(format_args!("{}: rolled back {steps}", owner.name()));
             }
             MigrateAction::Status => {
                 let (applied, pending) = portico_migrations::status(&db, owner).await?;
                 for name in applied {
-                    println!("{:<13} applied  {name}", owner.name());
+                    say(format_args!("{:<13} applied  {name}", owner.name()));
                 }
                 for name in pending {
-                    println!("{:<13} pending  {name}", owner.name());
+                    say(format_args!("{:<13} pending  {name}", owner.name()));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Prints a line for the operator. Unlike `println!`, a closed stdout (`portico | head -1`) is
+/// not a reason for a running server to panic.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -381,3 +381,31 @@ fn redis_client(url: &str) -> Result<fred::clients::Client, fred::error::Error> 
     let _connection = client.connect();
     Ok(client)
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{Full, StreamBody};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_413_even_without_content_length() {
+        // A streamed body declares no length; the limit is enforced while reading.
+        let chunks = (0..17).map(|_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                b'x';
+                64 * 1024
+            ])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let error = read_body(body).await.expect_err("over 1 MiB");
+        assert_eq!(error.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let exact = Full::new(Bytes::from(vec![b'x'; BODY_LIMIT_BYTES]));
+        assert_eq!(
+            read_body(exact).await.map(|b| b.len()).ok(),
+            Some(BODY_LIMIT_BYTES)
+        );
+    }
+}

@@ -121,6 +121,9 @@ pub async fn status(
     }
 }
 
+/// Serialises SQLite initialisation (journal mode, migrations) within the process.
+static SQLITE_INIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Opens the database at `url` (creating a SQLite file's directory), and runs `owner`'s
 /// migrations when given. Fails fast: a database that does not answer within a few seconds
 /// is an error, not a hang.
@@ -134,8 +137,17 @@ pub async fn connect(
         .acquire_timeout(Duration::from_secs(3))
         .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 });
     let db = sea_orm::Database::connect(options).await?;
-    if url.starts_with("sqlite:") && !url.contains(":memory:") && !url.contains("mode=memory") {
-        // WAL lets readers and a writer work at once: the services of `portico serve` share one file.
+    let sqlite = url.starts_with("sqlite:");
+    // The services of `portico serve` share one SQLite file. A migration's read-then-write
+    // transaction gets SQLITE_BUSY at once when another writer holds the lock (SQLite skips the
+    // busy handler on lock upgrades), so initialisation takes turns within the process.
+    let _turn = if sqlite {
+        Some(SQLITE_INIT.lock().await)
+    } else {
+        None
+    };
+    if sqlite && !url.contains(":memory:") && !url.contains("mode=memory") {
+        // WAL lets readers and a writer work at once.
         use sea_orm::ConnectionTrait as _;
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }

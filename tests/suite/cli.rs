@@ -61,24 +61,25 @@ async fn serve_prints_the_edge_url_and_exits_cleanly_on_sigterm() {
         .env("CHAT_ADDR", "127.0.0.1:0")
         .env("RATELIMIT_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", temp_sqlite())
-        .env("LOG_LEVEL", "warn")
+        .env("LOG_LEVEL", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
+    // Read until the banner, then keep draining stdout so the child never writes into a closed pipe.
     let stdout = child.stdout.take().expect("stdout");
-    let first_line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .expect("reader")
-    .expect("a line");
-    let url = first_line
-        .trim()
-        .strip_prefix("Portico is up: edge ")
-        .unwrap_or_else(|| panic!("unexpected banner {first_line:?}"))
-        .to_owned();
+    let (banner_tx, banner_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut banner_tx = Some(banner_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Portico is up: edge ") {
+                if let Some(tx) = banner_tx.take() {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        }
+    });
+    let url = banner_rx.await.expect("the banner names the edge URL");
 
     let live = reqwest::get(format!("{url}/healthz"))
         .await

@@ -16,7 +16,7 @@ mod grpc;
 pub use error::Error;
 
 /// How often the database is probed for the health status.
-const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the chat gateway on
 /// `listener` until `shutdown` is cancelled.

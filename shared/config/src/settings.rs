@@ -324,7 +324,8 @@ fn read_telemetry(r: &mut Reader<'_>) -> TelemetrySettings {
     let log_filter = r
         .raw("LOG_LEVEL")
         .or_else(|| r.raw("RUST_LOG"))
-        .unwrap_or_else(|| "info".to_owned());
+        // sqlx logs every PostgreSQL NOTICE at info ("relation … already exists, skipping").
+        .unwrap_or_else(|| "info,sqlx=warn".to_owned());
     let otlp_endpoint = r.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
     if let Some(endpoint) = &otlp_endpoint {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {

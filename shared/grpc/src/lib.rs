@@ -57,7 +57,8 @@ impl Health {
     }
 
     /// Probes a required dependency (the database) every `interval` and reports NOT_SERVING
-    /// while it fails, SERVING again once it recovers. Stops with `shutdown`.
+    /// while it fails or takes longer than `interval`, SERVING again once it recovers. Stops
+    /// with `shutdown`.
     pub fn watch_dependency<F, Fut>(
         &self,
         dependency: &'static str,
@@ -79,13 +80,21 @@ impl Health {
                     () = shutdown.cancelled() => return,
                     _ = ticker.tick() => {}
                 }
-                let ok = probe().await;
+                // A probe that hangs (a half-dead TCP connection) counts as a failure.
+                let ok = tokio::time::timeout(interval, probe())
+                    .await
+                    .unwrap_or(false);
                 if ok != healthy {
                     healthy = ok;
+                    let services = health.names.join(",");
                     if ok {
-                        tracing::info!(dependency, "dependency recovered: SERVING");
+                        tracing::info!(dependency, services, "dependency recovered: SERVING");
                     } else {
-                        tracing::error!(dependency, "dependency unreachable: NOT_SERVING");
+                        tracing::error!(
+                            dependency,
+                            services,
+                            "dependency unreachable: NOT_SERVING"
+                        );
                     }
                     health.set_serving(ok).await;
                 }
@@ -205,4 +214,91 @@ pub async fn serve(
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    use super::*;
+
+    #[tokio::test]
+    async fn dependency_outage_flips_health_and_recovery_flips_it_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let shutdown = CancellationToken::new();
+        let handle = serve(
+            "test",
+            listener,
+            Routes::default(),
+            &["test.v1.Service"],
+            shutdown.clone(),
+        )
+        .await
+        .expect("serve");
+        let database_up = Arc::new(AtomicBool::new(true));
+        let probe_state = database_up.clone();
+        handle.health.watch_dependency(
+            "database",
+            Duration::from_millis(20),
+            shutdown.clone(),
+            move || {
+                let up = probe_state.load(Ordering::SeqCst);
+                async move { up }
+            },
+        );
+
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", handle.local_addr))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+        let mut client = HealthClient::new(channel);
+        let mut watch = client
+            .watch(HealthCheckRequest {
+                service: "test.v1.Service".into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let status = |m: Option<tonic_health::pb::HealthCheckResponse>| m.map(|m| m.status);
+        assert_eq!(
+            status(watch.message().await.expect("stream")),
+            Some(ServingStatus::Serving as i32)
+        );
+
+        database_up.store(false, Ordering::SeqCst);
+        assert_eq!(
+            status(watch.message().await.expect("stream")),
+            Some(ServingStatus::NotServing as i32)
+        );
+        let server = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("check");
+        assert_eq!(
+            server.get_ref().status,
+            ServingStatus::NotServing as i32,
+            "the whole server too"
+        );
+
+        database_up.store(true, Ordering::SeqCst);
+        assert_eq!(
+            status(watch.message().await.expect("stream")),
+            Some(ServingStatus::Serving as i32)
+        );
+
+        drop(watch);
+        drop(client);
+        assert!(handle.shutdown(Duration::from_secs(5)).await);
+    }
 }
