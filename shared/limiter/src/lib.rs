@@ -1,0 +1,216 @@
+//! Token buckets as GCRA (the generic cell rate algorithm): exact token-bucket admission with one
+//! number of state per bucket — the *theoretical arrival time* (TAT) — instead of fixed windows.
+//! This crate holds the decision math (shared with the Redis script, which does the same
+//! arithmetic), an injectable clock, and the sharded in-memory store. It is used by the ratelimit
+//! service and by the edge (as its ceiling when the ratelimit service is unreachable).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// A bucket's shape: `capacity` tokens, refilled continuously at `refill_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// Burst size and `RateLimit-Limit`.
+    pub capacity: u32,
+    /// Tokens added per second.
+    pub refill_per_second: f64,
+}
+
+impl Limit {
+    /// `capacity` tokens per `window`, refilled evenly (100 per 60 s = one every 600 ms).
+    pub fn per_window(capacity: u32, window: Duration) -> Self {
+        Self {
+            capacity,
+            refill_per_second: f64::from(capacity) / window.as_secs_f64().max(1e-9),
+        }
+    }
+
+    /// Whole microseconds between two tokens (at least 1). Whole numbers keep every quantity
+    /// of [`decide`] an exact integer in `f64` (exact up to 2^53 µs, the year 2255), so Rust
+    /// and the Redis script agree to the microsecond.
+    pub fn interval_micros(&self) -> f64 {
+        (1_000_000.0 / self.refill_per_second).round().max(1.0)
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the tokens were taken.
+    pub allowed: bool,
+    /// The bucket's capacity.
+    pub limit: u32,
+    /// Whole tokens left after this decision.
+    pub remaining: u32,
+    /// Milliseconds until the bucket is full again.
+    pub reset_after_ms: u64,
+    /// Milliseconds until `cost` tokens are available (0 when allowed).
+    pub retry_after_ms: u64,
+}
+
+impl Decision {
+    /// An allowed decision that touched no bucket (whitelisted callers).
+    pub fn unlimited(limit: u32) -> Self {
+        Self {
+            allowed: true,
+            limit,
+            remaining: limit,
+            reset_after_ms: 0,
+            retry_after_ms: 0,
+        }
+    }
+}
+
+/// One GCRA step. `tat` is the stored theoretical arrival time (whole µs since the epoch,
+/// `None` for a fresh bucket), `now` the current time (whole µs). Returns the decision and, when allowed, the new
+/// TAT to store (with a lifetime of `reset_after_ms`).
+///
+/// The Redis script (`services/ratelimit/src/gcra.lua`) performs exactly this arithmetic.
+pub fn decide(tat: Option<f64>, now: f64, limit: Limit, cost: u32) -> (Decision, Option<f64>) {
+    let interval = limit.interval_micros();
+    let burst_span = f64::from(limit.capacity) * interval;
+    let tat = tat.unwrap_or(now).max(now);
+    let new_tat = tat + f64::from(cost) * interval;
+    let allow_at = new_tat - burst_span;
+    let whole = |span: f64| (span / interval).floor().max(0.0) as u32;
+    let ms = |micros: f64| (micros.max(0.0) / 1000.0).ceil() as u64;
+    if allow_at > now {
+        let decision = Decision {
+            allowed: false,
+            limit: limit.capacity,
+            remaining: whole(burst_span - (tat - now)),
+            reset_after_ms: ms(tat - now),
+            retry_after_ms: ms(allow_at - now),
+        };
+        (decision, None)
+    } else {
+        let decision = Decision {
+            allowed: true,
+            limit: limit.capacity,
+            remaining: whole(burst_span - (new_tat - now)),
+            reset_after_ms: ms(new_tat - now),
+            retry_after_ms: 0,
+        };
+        (decision, Some(new_tat))
+    }
+}
+
+/// Time source of the limiter, injectable so tests can move time without sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&self) -> u64;
+
+    /// True for the real clock: the Redis backend then uses the server's `TIME` instead.
+    fn is_system(&self) -> bool {
+        false
+    }
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    }
+
+    fn is_system(&self) -> bool {
+        true
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    micros: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock at `start_micros`.
+    pub fn new(start_micros: u64) -> Arc<Self> {
+        Arc::new(Self {
+            micros: AtomicU64::new(start_micros),
+        })
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.micros.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> u64 {
+        self.micros.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: f64 = 1_000_000_000_000.0;
+
+    #[test]
+    fn burst_then_exact_refill() {
+        let limit = Limit::per_window(5, Duration::from_secs(5)); // one token per second
+        let mut tat = None;
+        for expected_remaining in (0..5).rev() {
+            let (decision, new_tat) = decide(tat, NOW, limit, 1);
+            assert!(decision.allowed);
+            assert_eq!(decision.remaining, expected_remaining);
+            tat = new_tat;
+        }
+        let (denied, none) = decide(tat, NOW, limit, 1);
+        assert!(!denied.allowed && none.is_none());
+        assert_eq!(denied.retry_after_ms, 1000);
+        assert_eq!(denied.reset_after_ms, 5000);
+
+        // 999 ms later: still nothing; at 1000 ms: exactly one token.
+        assert!(!decide(tat, NOW + 999_000.0, limit, 1).0.allowed);
+        let (one, tat_after) = decide(tat, NOW + 1_000_000.0, limit, 1);
+        assert!(one.allowed);
+        assert_eq!(one.remaining, 0);
+        assert!(!decide(tat_after, NOW + 1_000_000.0, limit, 1).0.allowed);
+    }
+
+    #[test]
+    fn cost_takes_several_tokens_and_is_refused_whole() {
+        let limit = Limit { capacity: 10, refill_per_second: 1.0 };
+        let (d, tat) = decide(None, NOW, limit, 7);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 3);
+        let (d, unchanged) = decide(tat, NOW, limit, 4);
+        assert!(!d.allowed && unchanged.is_none());
+        assert_eq!(d.remaining, 3, "a refused request takes nothing");
+        assert_eq!(d.retry_after_ms, 1000);
+        assert!(decide(tat, NOW, limit, 3).0.allowed);
+    }
+
+    #[test]
+    fn fractional_rates_count_whole_tokens() {
+        let limit = Limit { capacity: 5, refill_per_second: 0.333 };
+        let mut tat = None;
+        let mut allowed = 0;
+        for _ in 0..10 {
+            let (d, t) = decide(tat, NOW, limit, 1);
+            if d.allowed {
+                allowed += 1;
+                tat = t;
+            }
+        }
+        assert_eq!(allowed, 5);
+        let wait = decide(tat, NOW, limit, 1).0.retry_after_ms;
+        assert_eq!(wait, 3004, "1 / 0.333 s, rounded up to the millisecond");
+    }
+}
