@@ -103,7 +103,9 @@ async fn one_request_is_one_trace_across_edge_and_service() {
                 "grpc.health.v1.Health/Check" => service_spans.push(span),
                 _ => {}
             }
-            if edge_span.is_some() && service_spans.len() >= 4 {
+            let components: std::collections::HashSet<_> =
+                service_spans.iter().filter_map(|s| attribute(s, "component")).collect();
+            if edge_span.is_some() && components.len() == 4 {
                 break;
             }
         }
@@ -111,11 +113,6 @@ async fn one_request_is_one_trace_across_edge_and_service() {
     // The bound only turns a lost export into a failure instead of a hang.
     let _ = tokio::time::timeout(Duration::from_secs(15), collect).await;
     let edge_span = edge_span.expect("the edge's span was exported");
-    assert_eq!(
-        service_spans.len(),
-        4,
-        "one server span per service's health check"
-    );
     for span in &service_spans {
         assert_eq!(span.trace_id, edge_span.trace_id, "one request, one trace");
         assert!(
@@ -131,5 +128,5 @@ async fn one_request_is_one_trace_across_edge_and_service() {
         .iter()
         .filter_map(|s| attribute(s, "component"))
         .collect();
-    assert_eq!(components.len(), 4, "{components:?}");
+    assert_eq!(components.len(), 4, "a server span from every service: {components:?}");
 }

@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use portico_config::EdgeSettings;
 use portico_telemetry::{metrics, RequestContext};
 use tonic::{
-    metadata::{MetadataMap, MetadataValue},
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 
@@ -22,6 +22,8 @@ pub struct Backend {
     pub service: &'static str,
     /// Whether readiness is `unhealthy` (rather than `degraded`) when it is down.
     pub critical: bool,
+    /// A health name whose NOT_SERVING makes this backend `degraded` (its optional dependency).
+    pub component: Option<&'static str>,
     /// The lazily connected channel.
     pub channel: Channel,
 }
@@ -45,13 +47,14 @@ impl Backends {
     pub fn new(settings: &EdgeSettings) -> Result<Self, tonic::transport::Error> {
         use portico_proto::names;
         Ok(Self {
-            auth: Backend::new("auth", names::AUTH, true, &settings.auth_url)?,
-            content: Backend::new("content", names::CONTENT, true, &settings.content_url)?,
-            chat: Backend::new("chat", names::CHAT, false, &settings.chat_url)?,
+            auth: Backend::new("auth", names::AUTH, true, None, &settings.auth_url)?,
+            content: Backend::new("content", names::CONTENT, true, None, &settings.content_url)?,
+            chat: Backend::new("chat", names::CHAT, false, None, &settings.chat_url)?,
             ratelimit: Backend::new(
                 "ratelimit",
                 names::RATELIMIT,
                 false,
+                Some(names::RATELIMIT_REDIS),
                 &settings.ratelimit_url,
             )?,
         })
@@ -68,6 +71,7 @@ impl Backend {
         name: &'static str,
         service: &'static str,
         critical: bool,
+        component: Option<&'static str>,
         url: &str,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
@@ -80,8 +84,49 @@ impl Backend {
             name,
             service,
             critical,
+            component,
             channel,
         })
+    }
+}
+
+/// What the edge forwards about the HTTP caller on every call.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The client IP as the edge decided it (`x-forwarded-for`); none for the edge's own calls.
+    pub client_ip: Option<IpAddr>,
+    /// The caller's `Authorization` header.
+    pub authorization: Option<http::HeaderValue>,
+    /// The caller's `X-Admin-Key` header (checked by the service itself).
+    pub admin_key: Option<http::HeaderValue>,
+}
+
+impl Forwarded {
+    /// From an HTTP request's headers.
+    pub fn from_headers(client_ip: IpAddr, headers: &http::HeaderMap) -> Self {
+        Self {
+            client_ip: Some(client_ip),
+            authorization: headers.get(http::header::AUTHORIZATION).cloned(),
+            admin_key: headers.get("x-admin-key").cloned(),
+        }
+    }
+
+    /// Only the client IP.
+    pub fn client(client_ip: IpAddr) -> Self {
+        Self {
+            client_ip: Some(client_ip),
+            authorization: None,
+            admin_key: None,
+        }
+    }
+
+    /// Nothing: the edge calling on its own behalf (health checks).
+    pub fn none() -> Self {
+        Self {
+            client_ip: None,
+            authorization: None,
+            admin_key: None,
+        }
     }
 }
 
@@ -89,24 +134,24 @@ impl Backend {
 pub fn request<T>(
     message: T,
     context: &RequestContext,
-    client_ip: Option<IpAddr>,
-    authorization: Option<&http::HeaderValue>,
+    forwarded: &Forwarded,
     timeout: Duration,
 ) -> tonic::Request<T> {
     let mut headers = http::HeaderMap::new();
     context.inject(&mut headers);
+    if let Some(ip) = forwarded.client_ip {
+        if let Ok(value) = http::HeaderValue::from_str(&ip.to_string()) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    if let Some(value) = &forwarded.authorization {
+        headers.insert(http::header::AUTHORIZATION, value.clone());
+    }
+    if let Some(value) = &forwarded.admin_key {
+        headers.insert("x-admin-key", value.clone());
+    }
     let mut request = tonic::Request::new(message);
     *request.metadata_mut() = MetadataMap::from_headers(headers);
-    if let Some(ip) = client_ip {
-        if let Ok(value) = MetadataValue::try_from(ip.to_string()) {
-            request.metadata_mut().insert("x-forwarded-for", value);
-        }
-    }
-    if let Some(value) = authorization.and_then(|v| v.to_str().ok()) {
-        if let Ok(value) = MetadataValue::try_from(value) {
-            request.metadata_mut().insert("authorization", value);
-        }
-    }
     request.set_timeout(timeout);
     request
 }

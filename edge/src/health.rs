@@ -39,51 +39,69 @@ pub fn liveness(edge: &Edge) -> Value {
     })
 }
 
-/// Asks one backend whether its service is SERVING.
-pub async fn check_backend(
-    backend: &Backend,
-    context: &RequestContext,
-    timeout: Duration,
-) -> Check {
+/// Asks one backend whether its service is SERVING, and whether its optional dependency (its
+/// health component) is; a down component makes the backend `degraded`.
+pub async fn check_backend(backend: &Backend, context: &RequestContext, timeout: Duration) -> Check {
     let started = Instant::now();
-    let request = crate::backends::request(
-        HealthCheckRequest {
-            service: backend.service.to_owned(),
-        },
-        context,
-        None,
-        None,
-        timeout,
-    );
     let mut client = HealthClient::new(backend.channel.clone());
-    let outcome = tokio::time::timeout(timeout, client.check(request)).await;
+    let (serving, reason) = ask(&mut client, backend, backend.service, context, timeout).await;
     let latency_ms = started.elapsed().as_millis() as u64;
-    let (ok, reason, code) = match outcome {
-        Ok(Ok(response)) => {
-            let serving = response.get_ref().status == ServingStatus::Serving as i32;
-            (
-                serving,
-                (!serving).then_some("NOT_SERVING"),
-                tonic::Code::Ok,
-            )
+    let mut detail = json!({"latencyMs": latency_ms});
+    let ok = match (serving, backend.component) {
+        (true, Some(component)) => {
+            let (component_ok, _) = ask(&mut client, backend, component, context, timeout).await;
+            if !component_ok {
+                detail["error"] = json!(format!("{component} is NOT_SERVING"));
+            }
+            component_ok
         }
-        Ok(Err(status)) => (false, Some("unreachable"), status.code()),
-        Err(_) => (false, Some("timeout"), tonic::Code::DeadlineExceeded),
+        (serving, _) => {
+            if let Some(reason) = reason {
+                detail["error"] = json!(reason);
+            }
+            serving
+        }
     };
-    crate::backends::record(backend.name, "Health/Check", code);
-    let mut detail = json!({
-        "status": if ok { "ok" } else { "unhealthy" },
-        "latencyMs": latency_ms,
-    });
-    if let Some(reason) = reason {
-        detail["error"] = json!(reason);
-    }
+    detail["status"] = json!(if ok { "ok" } else { "unhealthy" });
     Check {
         name: backend.name,
         critical: backend.critical,
         ok,
         detail,
     }
+}
+
+/// One Health/Check of `service`; `(serving, why not)`. An unknown name (a component the
+/// backend does not have, such as Redis when none is configured) counts as serving.
+async fn ask(
+    client: &mut HealthClient<tonic::transport::Channel>,
+    backend: &Backend,
+    service: &str,
+    context: &RequestContext,
+    timeout: Duration,
+) -> (bool, Option<&'static str>) {
+    let request = crate::backends::request(
+        HealthCheckRequest {
+            service: service.to_owned(),
+        },
+        context,
+        &crate::backends::Forwarded::none(),
+        timeout,
+    );
+    let outcome = tokio::time::timeout(timeout, client.check(request)).await;
+    let (result, code) = match outcome {
+        Ok(Ok(response)) => {
+            let serving = response.get_ref().status == ServingStatus::Serving as i32;
+            ((serving, (!serving).then_some("NOT_SERVING")), tonic::Code::Ok)
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound && service != backend.service => {
+            ((true, None), tonic::Code::NotFound)
+        }
+        Ok(Err(status)) => ((false, Some("unreachable")), status.code()),
+        Err(_) => ((false, Some("timeout")), tonic::Code::DeadlineExceeded),
+    };
+    crate::backends::record(backend.name, "Health/Check", code);
+    result
 }
 
 async fn check_database(edge: &Edge, timeout: Duration) -> Check {

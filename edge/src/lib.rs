@@ -22,6 +22,7 @@ pub mod client_ip;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod response;
 pub mod routes;
 mod server;
@@ -59,6 +60,7 @@ pub struct Edge {
 struct Inner {
     settings: EdgeSettings,
     backends: backends::Backends,
+    limiter: limits::EdgeLimiter,
     cors: cors::Cors,
     database: Option<sea_orm::DatabaseConnection>,
     redis: Option<fred::clients::Client>,
@@ -77,10 +79,13 @@ impl Edge {
             Some(url) => Some(redis_client(url.expose_secret())?),
             None => None,
         };
+        let backends = backends::Backends::new(&settings.edge)?;
+        let limiter = limits::EdgeLimiter::new(backends.ratelimit.channel.clone(), &settings.ratelimit);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
-                backends: backends::Backends::new(&settings.edge)?,
+                limiter,
+                backends,
                 cors: cors::Cors::new(
                     &settings.edge.cors_origins,
                     settings.edge.cors_allow_credentials,
@@ -223,15 +228,23 @@ impl Edge {
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
                 .into_response(correlation_id);
         }
-        let client_ip = client_ip::client_ip(
-            peer,
-            request.headers(),
-            &self.inner.settings.trusted_proxies,
-        );
-        match route.handler {
-            routes::Handler::Live => {
-                response::json_response(StatusCode::OK, &health::liveness(self))
+        let client_ip = client_ip::client_ip(peer, request.headers(), &self.inner.settings.trusted_proxies);
+        let mut granted = None;
+        if !route.handler.is_operational() {
+            match self.inner.limiter.check("global", &client_ip.to_string(), client_ip, context).await {
+                Ok(decision) => granted = decision,
+                Err(refusal) => {
+                    let mut response = refusal.error.into_response(correlation_id);
+                    if let Some(decision) = &refusal.decision {
+                        limits::apply_headers(response.headers_mut(), decision);
+                    }
+                    return response;
+                }
             }
+        }
+        let forwarded = backends::Forwarded::from_headers(client_ip, request.headers());
+        let mut response = match route.handler {
+            routes::Handler::Live => response::json_response(StatusCode::OK, &health::liveness(self)),
             routes::Handler::Startup => {
                 if health::startup(self, context).await {
                     response::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -250,8 +263,58 @@ impl Edge {
             routes::Handler::OpenApi => {
                 response::json_response(StatusCode::OK, &routes::openapi(env!("CARGO_PKG_VERSION")))
             }
-            routes::Handler::Jwks => self.jwks(context, client_ip).await,
+            routes::Handler::Jwks => self.jwks(context, &forwarded).await,
+            routes::Handler::RateLimitReset => self
+                .ratelimit_reset(request.into_body(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
+        };
+        if let Some(decision) = &granted {
+            limits::apply_headers(response.headers_mut(), decision);
         }
+        response
+    }
+
+    async fn ratelimit_reset<B>(
+        &self,
+        body: B,
+        context: &RequestContext,
+        forwarded: &backends::Forwarded,
+    ) -> Result<Response, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use portico_proto::ratelimit::{
+            rate_limit_service_client::RateLimitServiceClient, reset_request::Target, ResetRequest,
+        };
+
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            key: Option<String>,
+            prefix: Option<String>,
+        }
+        let body: Body = parse_json(&read_body(body).await?)?;
+        let target = match (body.key, body.prefix) {
+            (Some(key), None) => Target::Key(key),
+            (None, Some(prefix)) => Target::Prefix(prefix),
+            _ => return Err(ApiError::new(Code::InvalidArgument, "give exactly one of `key` or `prefix`")),
+        };
+        let backend = &self.inner.backends.ratelimit;
+        let request = backends::request(
+            ResetRequest { target: Some(target) },
+            context,
+            forwarded,
+            self.inner.settings.request_timeout,
+        );
+        let result = RateLimitServiceClient::new(backend.channel.clone()).reset(request).await;
+        backends::record(backend.name, "Reset", result.as_ref().map_or_else(tonic::Status::code, |_| Code::Ok));
+        let removed = result
+            .map_err(|status| ApiError::from_status(&status, backend.name))?
+            .into_inner()
+            .removed;
+        Ok(response::json_response(StatusCode::OK, &serde_json::json!({ "removed": removed })))
     }
 
     fn metrics(
@@ -289,16 +352,10 @@ impl Edge {
         )
     }
 
-    async fn jwks(&self, context: &RequestContext, client_ip: IpAddr) -> Response {
+    async fn jwks(&self, context: &RequestContext, forwarded: &backends::Forwarded) -> Response {
         use portico_proto::auth::{auth_service_client::AuthServiceClient, GetJwksRequest};
         let backend = &self.inner.backends.auth;
-        let request = backends::request(
-            GetJwksRequest {},
-            context,
-            Some(client_ip),
-            None,
-            self.inner.settings.request_timeout,
-        );
+        let request = backends::request(GetJwksRequest {}, context, forwarded, self.inner.settings.request_timeout);
         let result = AuthServiceClient::new(backend.channel.clone())
             .get_jwks(request)
             .await;
@@ -347,6 +404,12 @@ fn body_too_large() -> ApiError {
         format!("request body exceeds {BODY_LIMIT_BYTES} bytes"),
     )
     .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Parses a JSON body, refusing unknown fields (per the target type) with a 400 that says why.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::new(Code::InvalidArgument, format!("invalid JSON body: {error}")))
 }
 
 /// Reads a request body of at most 1 MiB (413 beyond, also for chunked bodies).

@@ -20,6 +20,8 @@ pub enum Handler {
     OpenApi,
     /// AuthService.GetJwks.
     Jwks,
+    /// RateLimitService.Reset (admin).
+    RateLimitReset,
 }
 
 impl Handler {
@@ -123,6 +125,13 @@ pub static ROUTES: &[Route] = &[
         "auth",
         "Public keys that verify access tokens",
     ),
+    Route {
+        path: "/api/v1/admin/ratelimit/reset",
+        method: Method::POST,
+        handler: Handler::RateLimitReset,
+        tag: "admin",
+        summary: "Reset rate limit buckets by key ({policy}:{key}) or prefix (X-Admin-Key)",
+    },
 ];
 
 /// The result of matching a request against [`ROUTES`].
@@ -203,6 +212,9 @@ pub fn openapi(version: &str) -> Value {
             "parameters": parameters,
             "responses": responses(route.handler),
         });
+        if let Some(body) = request_body(route.handler) {
+            operation["requestBody"] = body;
+        }
         if route.handler == Handler::Metrics {
             operation["parameters"] = json!([{
                 "name": "x-metrics-secret", "in": "header", "required": false,
@@ -259,6 +271,24 @@ pub fn openapi(version: &str) -> Value {
     })
 }
 
+fn request_body(handler: Handler) -> Option<Value> {
+    match handler {
+        Handler::RateLimitReset => Some(json!({
+            "required": true,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "key": {"type": "string", "description": "One bucket: {policy}:{key}, e.g. global:203.0.113.7"},
+                    "prefix": {"type": "string", "description": "Every bucket starting with this, e.g. global: (empty = all)"}
+                },
+                "oneOf": [{"required": ["key"]}, {"required": ["prefix"]}]
+            }}}
+        })),
+        _ => None,
+    }
+}
+
 fn operation_id(route: &Route) -> String {
     let mut id = route.method.as_str().to_ascii_lowercase();
     for part in route
@@ -298,6 +328,15 @@ fn responses(handler: Handler) -> Value {
         Handler::OpenApi => {
             json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}})
         }
+        Handler::RateLimitReset => json!({
+            "200": {"description": "Buckets removed", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"removed": {"type": "integer"}}
+            }}}},
+            "400": error_response("Neither or both of key and prefix, or invalid JSON"),
+            "401": error_response("X-Admin-Key missing"),
+            "403": error_response("X-Admin-Key wrong, or ADMIN_API_KEY not configured"),
+            "429": error_response("Rate limited")
+        }),
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
             "501": error_response("Not implemented yet"),

@@ -27,6 +27,7 @@ pub mod ratelimit {
 pub mod envoy_rls {
     pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common;
     pub use envoy_types::pb::envoy::service::ratelimit::v3::*;
+    pub use envoy_types::pb::google::protobuf as wkt;
 }
 
 /// Encoded `FileDescriptorSet` of every Portico proto, for server reflection.
@@ -40,4 +41,6 @@ pub mod names {
     pub const CHAT: &str = "portico.chat.v1.ChatService";
     pub const RATELIMIT: &str = "portico.ratelimit.v1.RateLimitService";
     pub const ENVOY_RLS: &str = "envoy.service.ratelimit.v3.RateLimitService";
+    /// Health name of the ratelimit service's Redis: NOT_SERVING while the fail mode applies.
+    pub const RATELIMIT_REDIS: &str = "portico.ratelimit.v1.RateLimitService/redis";
 }

@@ -1,34 +1,86 @@
-//! `portico.ratelimit.v1.RateLimitService` and Envoy's `envoy.service.ratelimit.v3` over gRPC.
-//! The decisions arrive with the ratelimit issue; until then each RPC answers UNIMPLEMENTED.
+//! `portico.ratelimit.v1.RateLimitService` and Envoy's `envoy.service.ratelimit.v3` over gRPC:
+//! decode, call the limiter, encode.
 
+use std::{net::IpAddr, sync::Arc};
+
+use portico_config::{ExposeSecret as _, SecretString};
 use portico_proto::{
     envoy_rls::{self, rate_limit_service_server::RateLimitService as EnvoyRateLimitService},
-    ratelimit::{self as pb, rate_limit_service_server::RateLimitService},
+    ratelimit::{self as pb, rate_limit_service_server::RateLimitService, reset_request::Target},
 };
+use subtle::ConstantTimeEq as _;
 use tonic::{Request, Response, Status};
 
-/// The gRPC face of the ratelimit service (Portico's API and Envoy's).
-#[derive(Debug, Clone, Default)]
-pub struct RateLimitGrpc;
+use crate::{envoy::Descriptors, limiter::RateLimiter, Error};
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented yet"))
+/// Longest bucket key accepted.
+const MAX_KEY_LEN: usize = 512;
+
+/// The gRPC face of the ratelimit service (Portico's API and Envoy's).
+#[derive(Debug, Clone)]
+pub struct RateLimitGrpc {
+    pub(crate) limiter: RateLimiter,
+    pub(crate) descriptors: Arc<Descriptors>,
+    pub(crate) admin_key: Option<SecretString>,
+}
+
+impl RateLimitGrpc {
+    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        let Some(expected) = &self.admin_key else {
+            return Err(Error::PermissionDenied(
+                "admin access is not configured: set ADMIN_API_KEY".into(),
+            ));
+        };
+        let given = request
+            .metadata()
+            .get("x-admin-key")
+            .ok_or_else(|| Error::Unauthenticated("x-admin-key is required".into()))?;
+        if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied("x-admin-key is not valid".into()))
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
-    async fn check(
-        &self,
-        _: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
-        Err(unimplemented("RateLimitService.Check"))
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let request = request.into_inner();
+        if request.key.is_empty() || request.key.len() > MAX_KEY_LEN {
+            return Err(Status::invalid_argument(format!("key must be 1 to {MAX_KEY_LEN} bytes")));
+        }
+        let client_ip = match request.client_ip.as_str() {
+            "" => None,
+            raw => Some(
+                raw.parse::<IpAddr>()
+                    .map_err(|_| Status::invalid_argument(format!("client_ip `{raw}` is not an IP address")))?,
+            ),
+        };
+        let outcome = self
+            .limiter
+            .check(&request.policy, &request.key, request.cost.max(1), client_ip)
+            .await?;
+        let d = outcome.decision;
+        Ok(Response::new(pb::CheckResponse {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after_ms: d.reset_after_ms,
+            retry_after_ms: d.retry_after_ms,
+            degraded: outcome.degraded,
+        }))
     }
 
-    async fn reset(
-        &self,
-        _: Request<pb::ResetRequest>,
-    ) -> Result<Response<pb::ResetResponse>, Status> {
-        Err(unimplemented("RateLimitService.Reset"))
+    async fn reset(&self, request: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
+        self.require_admin(&request)?;
+        let removed = match request.into_inner().target {
+            Some(Target::Key(key)) if !key.is_empty() => self.limiter.reset_key(&key).await?,
+            Some(Target::Prefix(prefix)) => self.limiter.reset_prefix(&prefix).await?,
+            _ => return Err(Status::invalid_argument("give a non-empty `key` or a `prefix`")),
+        };
+        tracing::info!(removed, "rate limit buckets reset");
+        Ok(Response::new(pb::ResetResponse { removed }))
     }
 }
 
@@ -36,10 +88,10 @@ impl RateLimitService for RateLimitGrpc {
 impl EnvoyRateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
         &self,
-        _: Request<envoy_rls::RateLimitRequest>,
+        request: Request<envoy_rls::RateLimitRequest>,
     ) -> Result<Response<envoy_rls::RateLimitResponse>, Status> {
-        Err(unimplemented(
-            "envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit",
-        ))
+        let response =
+            crate::envoy::should_rate_limit(&self.descriptors, &self.limiter, request.get_ref()).await?;
+        Ok(Response::new(response))
     }
 }

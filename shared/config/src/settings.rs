@@ -206,6 +206,8 @@ pub struct RateLimitSettings {
     pub descriptors_file: Option<String>,
     /// `RATE_LIMIT_FAIL_MODE`: true = open.
     pub fail_open: bool,
+    /// `RATE_LIMIT_CHECK_TIMEOUT`: the edge's deadline for one decision.
+    pub check_timeout: Duration,
 }
 
 /// The chat gateway.
@@ -484,6 +486,7 @@ fn read_ratelimit(r: &mut Reader<'_>) -> RateLimitSettings {
         whitelist: r.cidrs("RATE_LIMIT_WHITELIST"),
         descriptors_file: r.raw("RATE_LIMIT_DESCRIPTORS_FILE"),
         fail_open: r.choice("RATE_LIMIT_FAIL_MODE", "open", &["open", "closed"]) == "open",
+        check_timeout: r.duration("RATE_LIMIT_CHECK_TIMEOUT", Duration::from_millis(100), Unit::Millis),
     }
 }
 

@@ -56,12 +56,55 @@ impl Health {
         }
     }
 
+    /// Sets one extra health name (a component such as Redis) without touching `""` or the
+    /// service names.
+    pub async fn set_component(&self, name: &str, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(name, status).await;
+    }
+
     /// Probes a required dependency (the database) every `interval` and reports NOT_SERVING
-    /// while it fails or takes longer than `interval`, SERVING again once it recovers. Stops
-    /// with `shutdown`.
+    /// for `""` and every service name while it fails or takes longer than `interval`, SERVING
+    /// again once it recovers. Stops with `shutdown`.
     pub fn watch_dependency<F, Fut>(
         &self,
         dependency: &'static str,
+        interval: Duration,
+        shutdown: CancellationToken,
+        probe: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        self.watch(dependency, None, interval, shutdown, probe)
+    }
+
+    /// Probes an optional dependency every `interval` and reports it under its own health
+    /// `name` only: the server stays SERVING, and whoever cares (the edge's readiness) reads the
+    /// component to report "degraded".
+    pub fn watch_component<F, Fut>(
+        &self,
+        name: &'static str,
+        interval: Duration,
+        shutdown: CancellationToken,
+        probe: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        self.watch(name, Some(name), interval, shutdown, probe)
+    }
+
+    fn watch<F, Fut>(
+        &self,
+        dependency: &'static str,
+        component: Option<&'static str>,
         interval: Duration,
         shutdown: CancellationToken,
         mut probe: F,
@@ -72,6 +115,9 @@ impl Health {
     {
         let health = self.clone();
         tokio::spawn(async move {
+            if let Some(name) = component {
+                health.set_component(name, true).await;
+            }
             let mut healthy = true;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -81,22 +127,20 @@ impl Health {
                     _ = ticker.tick() => {}
                 }
                 // A probe that hangs (a half-dead TCP connection) counts as a failure.
-                let ok = tokio::time::timeout(interval, probe())
-                    .await
-                    .unwrap_or(false);
-                if ok != healthy {
-                    healthy = ok;
-                    let services = health.names.join(",");
-                    if ok {
-                        tracing::info!(dependency, services, "dependency recovered: SERVING");
-                    } else {
-                        tracing::error!(
-                            dependency,
-                            services,
-                            "dependency unreachable: NOT_SERVING"
-                        );
-                    }
-                    health.set_serving(ok).await;
+                let ok = tokio::time::timeout(interval, probe()).await.unwrap_or(false);
+                if ok == healthy {
+                    continue;
+                }
+                healthy = ok;
+                let services = health.names.join(",");
+                if ok {
+                    tracing::info!(dependency, services, "dependency recovered: SERVING");
+                } else {
+                    tracing::error!(dependency, services, "dependency unreachable: NOT_SERVING");
+                }
+                match component {
+                    Some(name) => health.set_component(name, ok).await,
+                    None => health.set_serving(ok).await,
                 }
             }
         })

@@ -16,6 +16,47 @@ mod memory;
 
 pub use memory::MemoryStore;
 
+/// The named policies of DESIGN §8, from `RATE_LIMIT_*`.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// `global`: per client IP, every route.
+    pub global: Limit,
+    /// `auth`: login and register per IP.
+    pub auth: Limit,
+    /// `chat`: per user, or per IP for anonymous callers.
+    pub chat: Limit,
+}
+
+impl Policies {
+    /// The policies configured by `settings`.
+    pub fn from_settings(settings: &portico_config::RateLimitSettings) -> Self {
+        Self {
+            global: Limit::per_window(settings.global_max, settings.global_window),
+            auth: Limit::per_window(settings.auth_max, settings.global_window),
+            chat: Limit {
+                capacity: settings.chat_capacity,
+                refill_per_second: settings.chat_refill_rate,
+            },
+        }
+    }
+
+    /// The policy called `name`.
+    pub fn get(&self, name: &str) -> Option<Limit> {
+        match name {
+            "global" => Some(self.global),
+            "auth" => Some(self.auth),
+            "chat" => Some(self.chat),
+            _ => None,
+        }
+    }
+}
+
+/// The storage key of bucket `key` under `policy` (before `REDIS_KEY_PREFIX`):
+/// `ratelimit:{policy}:{key}`, so `redis-cli del ratelimit:global:<ip>` resets one caller.
+pub fn bucket_key(policy: &str, key: &str) -> String {
+    format!("ratelimit:{policy}:{key}")
+}
+
 /// A bucket's shape: `capacity` tokens, refilled continuously at `refill_per_second`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {

@@ -64,6 +64,13 @@ pub struct GrpcClientLabels {
     pub code: String,
 }
 
+/// Labels of `rate_limit_exceeded_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `global`, `auth` or `chat`.
+    pub policy: String,
+}
+
 /// HTTP metrics of the edge.
 #[derive(Debug)]
 pub struct HttpMetrics {
@@ -75,6 +82,8 @@ pub struct HttpMetrics {
     pub grpc_client: Family<GrpcClientLabels, Counter>,
     /// `database_connection_errors_total`.
     pub database_errors: Counter,
+    /// `rate_limit_exceeded_total{policy}`.
+    pub rate_limited: Family<PolicyLabels, Counter>,
 }
 
 /// The edge's metrics, registered on first use.
@@ -91,6 +100,7 @@ pub fn http() -> &'static HttpMetrics {
             }),
             grpc_client: Family::default(),
             database_errors: Counter::default(),
+            rate_limited: Family::default(),
         };
         register(
             "http_requests",
@@ -111,6 +121,11 @@ pub fn http() -> &'static HttpMetrics {
             "database_connection_errors",
             "Failed database health probes",
             metrics.database_errors.clone(),
+        );
+        register(
+            "rate_limit_exceeded",
+            "Requests refused with 429 by a rate limit policy",
+            metrics.rate_limited.clone(),
         );
         metrics
     })

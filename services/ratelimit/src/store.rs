@@ -1,0 +1,110 @@
+//! The Redis bucket store: one EVALSHA of `gcra.lua` per decision (re-loaded on NOSCRIPT), keys
+//! `{REDIS_KEY_PREFIX}ratelimit:{policy}:{key}` with TTL = time to full refill.
+
+use fred::{
+    prelude::*,
+    types::{scan::Scanner as _, scripts::Script},
+};
+use futures_util::TryStreamExt as _;
+use portico_limiter::{Clock, Decision, Limit};
+use portico_redis::{fred, Redis};
+
+const GCRA: &str = include_str!("gcra.lua");
+
+/// Buckets in Redis, shared by every replica.
+#[derive(Debug, Clone)]
+pub struct RedisBuckets {
+    redis: Redis,
+    script: Script,
+}
+
+impl RedisBuckets {
+    /// Buckets in `redis`.
+    pub fn new(redis: Redis) -> Self {
+        Self {
+            redis,
+            script: Script::from_lua(GCRA),
+        }
+    }
+
+    /// The connection.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// One decision on `bucket` (unprefixed key). `clock` supplies "now" unless it is the system
+    /// clock, in which case Redis's own `TIME` does, so replicas never disagree about time.
+    pub async fn check(
+        &self,
+        bucket: &str,
+        limit: Limit,
+        cost: u32,
+        clock: &dyn Clock,
+    ) -> Result<Decision, Error> {
+        let now = if clock.is_system() {
+            String::new()
+        } else {
+            clock.now_micros().to_string()
+        };
+        let args: Vec<String> = vec![
+            format!("{:.0}", limit.interval_micros()),
+            limit.capacity.to_string(),
+            cost.to_string(),
+            now,
+        ];
+        let reply: Vec<i64> = self
+            .script
+            .evalsha_with_reload(self.redis.client(), vec![self.redis.key(bucket)], args)
+            .await?;
+        let [allowed, remaining, reset_after_ms, retry_after_ms] = reply[..] else {
+            return Err(Error::new(ErrorKind::Parse, format!("unexpected script reply {reply:?}")));
+        };
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: limit.capacity,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset_after_ms: u64::try_from(reset_after_ms).unwrap_or(0),
+            retry_after_ms: u64::try_from(retry_after_ms).unwrap_or(0),
+        })
+    }
+
+    /// Deletes one bucket; returns how many keys were removed.
+    pub async fn reset_key(&self, bucket: &str) -> Result<u64, Error> {
+        self.redis.client().unlink(self.redis.key(bucket)).await
+    }
+
+    /// Deletes every bucket whose unprefixed key starts with `prefix` (SCAN + UNLINK, never KEYS).
+    pub async fn reset_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        let pattern = format!("{}*", escape_glob(&self.redis.key(prefix)));
+        let mut pages = self.redis.client().scan(pattern, Some(500), None);
+        let mut removed = 0;
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(keys) = page.take_results() {
+                if !keys.is_empty() {
+                    removed += self.redis.client().unlink::<u64, _>(keys).await?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Escapes Redis glob characters so a prefix matches only itself.
+fn escape_glob(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(super::escape_glob("t:[a]*?\\"), "t:\\[a\\]\\*\\?\\\\");
+    }
+}

@@ -1,0 +1,124 @@
+//! Redis for Portico's services: one handle that connects in the background (a process starts
+//! while Redis is down), keeps every key under `REDIS_KEY_PREFIX`, fails a command fast (a
+//! per-command timeout instead of waiting for a reconnect), and knows whether Redis is up — so a
+//! caller skips Redis at once while it is down, and a background probe notices when it returns.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+pub use fred;
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+/// How often a down Redis is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A shared Redis connection.
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    prefix: Arc<str>,
+    up: Arc<AtomicBool>,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl Redis {
+    /// A handle to `url`, connecting in the background. Commands give up after
+    /// `command_timeout`. The recovery probe stops with `shutdown`.
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = command_timeout.max(Duration::from_millis(250));
+                c.internal_command_timeout = command_timeout.max(Duration::from_millis(250));
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| p.default_command_timeout = command_timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
+        let _connection = client.connect();
+        let redis = Self {
+            client,
+            prefix: prefix.into(),
+            up: Arc::new(AtomicBool::new(true)),
+            command_timeout,
+        };
+        redis.spawn_probe(shutdown);
+        Ok(redis)
+    }
+
+    /// The client, for commands.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `REDIS_KEY_PREFIX` + `key`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// False after a command failed, until the probe reaches Redis again.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed command: callers skip Redis until the probe succeeds.
+    pub fn mark_down(&self, error: &Error) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(%error, "redis unreachable; using the fallback until it returns");
+        }
+    }
+
+    /// PING with the command timeout.
+    pub async fn ping(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.command_timeout, self.client.ping::<String>(None)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    fn spawn_probe(&self, shutdown: CancellationToken) {
+        let redis = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = redis.client.quit().await;
+                        return;
+                    }
+                    _ = ticker.tick() => {}
+                }
+                if !redis.is_up() && redis.ping().await {
+                    redis.up.store(true, Ordering::Relaxed);
+                    tracing::info!("redis reachable again");
+                }
+            }
+        });
+    }
+}
