@@ -103,8 +103,10 @@ async fn one_request_is_one_trace_across_edge_and_service() {
                 "grpc.health.v1.Health/Check" => service_spans.push(span),
                 _ => {}
             }
-            let components: std::collections::HashSet<_> =
-                service_spans.iter().filter_map(|s| attribute(s, "component")).collect();
+            let components: std::collections::HashSet<_> = service_spans
+                .iter()
+                .filter_map(|s| attribute(s, "component"))
+                .collect();
             if edge_span.is_some() && components.len() == 4 {
                 break;
             }
@@ -128,5 +130,9 @@ async fn one_request_is_one_trace_across_edge_and_service() {
         .iter()
         .filter_map(|s| attribute(s, "component"))
         .collect();
-    assert_eq!(components.len(), 4, "a server span from every service: {components:?}");
+    assert_eq!(
+        components.len(),
+        4,
+        "a server span from every service: {components:?}"
+    );
 }

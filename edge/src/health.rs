@@ -41,7 +41,11 @@ pub fn liveness(edge: &Edge) -> Value {
 
 /// Asks one backend whether its service is SERVING, and whether its optional dependency (its
 /// health component) is; a down component makes the backend `degraded`.
-pub async fn check_backend(backend: &Backend, context: &RequestContext, timeout: Duration) -> Check {
+pub async fn check_backend(
+    backend: &Backend,
+    context: &RequestContext,
+    timeout: Duration,
+) -> Check {
     let started = Instant::now();
     let mut client = HealthClient::new(backend.channel.clone());
     let (serving, reason) = ask(&mut client, backend, backend.service, context, timeout).await;
@@ -92,7 +96,10 @@ async fn ask(
     let (result, code) = match outcome {
         Ok(Ok(response)) => {
             let serving = response.get_ref().status == ServingStatus::Serving as i32;
-            ((serving, (!serving).then_some("NOT_SERVING")), tonic::Code::Ok)
+            (
+                (serving, (!serving).then_some("NOT_SERVING")),
+                tonic::Code::Ok,
+            )
         }
         Ok(Err(status)) if status.code() == tonic::Code::NotFound && service != backend.service => {
             ((true, None), tonic::Code::NotFound)

@@ -80,7 +80,8 @@ impl Edge {
             None => None,
         };
         let backends = backends::Backends::new(&settings.edge)?;
-        let limiter = limits::EdgeLimiter::new(backends.ratelimit.channel.clone(), &settings.ratelimit);
+        let limiter =
+            limits::EdgeLimiter::new(backends.ratelimit.channel.clone(), &settings.ratelimit);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
@@ -228,10 +229,19 @@ impl Edge {
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
                 .into_response(correlation_id);
         }
-        let client_ip = client_ip::client_ip(peer, request.headers(), &self.inner.settings.trusted_proxies);
+        let client_ip = client_ip::client_ip(
+            peer,
+            request.headers(),
+            &self.inner.settings.trusted_proxies,
+        );
         let mut granted = None;
         if !route.handler.is_operational() {
-            match self.inner.limiter.check("global", &client_ip.to_string(), client_ip, context).await {
+            match self
+                .inner
+                .limiter
+                .check("global", &client_ip.to_string(), client_ip, context)
+                .await
+            {
                 Ok(decision) => granted = decision,
                 Err(refusal) => {
                     let mut response = refusal.error.into_response(correlation_id);
@@ -244,7 +254,9 @@ impl Edge {
         }
         let forwarded = backends::Forwarded::from_headers(client_ip, request.headers());
         let mut response = match route.handler {
-            routes::Handler::Live => response::json_response(StatusCode::OK, &health::liveness(self)),
+            routes::Handler::Live => {
+                response::json_response(StatusCode::OK, &health::liveness(self))
+            }
             routes::Handler::Startup => {
                 if health::startup(self, context).await {
                     response::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -299,22 +311,40 @@ impl Edge {
         let target = match (body.key, body.prefix) {
             (Some(key), None) => Target::Key(key),
             (None, Some(prefix)) => Target::Prefix(prefix),
-            _ => return Err(ApiError::new(Code::InvalidArgument, "give exactly one of `key` or `prefix`")),
+            _ => {
+                return Err(ApiError::new(
+                    Code::InvalidArgument,
+                    "give exactly one of `key` or `prefix`",
+                ))
+            }
         };
         let backend = &self.inner.backends.ratelimit;
         let request = backends::request(
-            ResetRequest { target: Some(target) },
+            ResetRequest {
+                target: Some(target),
+            },
             context,
             forwarded,
             self.inner.settings.request_timeout,
         );
-        let result = RateLimitServiceClient::new(backend.channel.clone()).reset(request).await;
-        backends::record(backend.name, "Reset", result.as_ref().map_or_else(tonic::Status::code, |_| Code::Ok));
+        let result = RateLimitServiceClient::new(backend.channel.clone())
+            .reset(request)
+            .await;
+        backends::record(
+            backend.name,
+            "Reset",
+            result
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| Code::Ok),
+        );
         let removed = result
             .map_err(|status| ApiError::from_status(&status, backend.name))?
             .into_inner()
             .removed;
-        Ok(response::json_response(StatusCode::OK, &serde_json::json!({ "removed": removed })))
+        Ok(response::json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "removed": removed }),
+        ))
     }
 
     fn metrics(
@@ -355,7 +385,12 @@ impl Edge {
     async fn jwks(&self, context: &RequestContext, forwarded: &backends::Forwarded) -> Response {
         use portico_proto::auth::{auth_service_client::AuthServiceClient, GetJwksRequest};
         let backend = &self.inner.backends.auth;
-        let request = backends::request(GetJwksRequest {}, context, forwarded, self.inner.settings.request_timeout);
+        let request = backends::request(
+            GetJwksRequest {},
+            context,
+            forwarded,
+            self.inner.settings.request_timeout,
+        );
         let result = AuthServiceClient::new(backend.channel.clone())
             .get_jwks(request)
             .await;
@@ -408,8 +443,9 @@ fn body_too_large() -> ApiError {
 
 /// Parses a JSON body, refusing unknown fields (per the target type) with a 400 that says why.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::new(Code::InvalidArgument, format!("invalid JSON body: {error}")))
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(Code::InvalidArgument, format!("invalid JSON body: {error}"))
+    })
 }
 
 /// Reads a request body of at most 1 MiB (413 beyond, also for chunked bodies).

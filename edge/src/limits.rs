@@ -94,11 +94,19 @@ impl EdgeLimiter {
                     _ => Code::DeadlineExceeded,
                 };
                 backends::record("ratelimit", "Check", code);
-                tracing::warn!(?code, policy, fail_open = self.fail_open, "ratelimit service did not decide");
+                tracing::warn!(
+                    ?code,
+                    policy,
+                    fail_open = self.fail_open,
+                    "ratelimit service did not decide"
+                );
                 if !self.fail_open {
                     return Err(Refusal {
-                        error: ApiError::new(Code::Unavailable, "the rate limiter is unavailable; retry shortly")
-                            .with_retry_after(1),
+                        error: ApiError::new(
+                            Code::Unavailable,
+                            "the rate limiter is unavailable; retry shortly",
+                        )
+                        .with_retry_after(1),
                         decision: None,
                     });
                 }
@@ -132,5 +140,8 @@ impl EdgeLimiter {
 pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(decision.reset_after_ms.div_ceil(1000)));
+    headers.insert(
+        "ratelimit-reset",
+        HeaderValue::from(decision.reset_after_ms.div_ceil(1000)),
+    );
 }

@@ -295,3 +295,100 @@ async fn redis_ping(url: &str) -> Result<(), String> {
         Err(_) => Err("timed out".into()),
     }
 }
+
+/// A `redis-server` of this test's own, on a free port, that the test may stop and restart:
+/// outages are rehearsed without touching the shared server other tests use.
+pub struct PrivateRedis {
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts a server and waits until it answers PING.
+    pub async fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            probe.local_addr().expect("addr").port()
+        };
+        let mut redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Kills the server (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (it is part of this project's machine setup)");
+        self.child = Some(child);
+        // Wait for the event "accepts connections", bounded so a broken server fails the test.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while redis_ping(&self.url).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A standalone ratelimit service with extra variables and an injected clock.
+pub async fn spawn_ratelimit(
+    vars: &[(&str, &str)],
+    clock: std::sync::Arc<dyn portico_limiter::Clock>,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let mut source: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    source
+        .entry("REDIS_KEY_PREFIX".into())
+        .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
+    let settings = Settings::from_source(&source).expect("ratelimit settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_ratelimit::serve_with_clock(&settings, listener, shutdown.clone(), clock)
+        .await
+        .expect("ratelimit starts");
+    (handle.local_addr, shutdown)
+}
+
+/// `TEST_REDIS_URL` when set and reachable (see [`Builder::spawn`] for the rules).
+pub async fn shared_redis() -> Option<String> {
+    test_redis().await
+}

@@ -9,4 +9,5 @@ mod edge_http;
 mod health;
 mod metrics_guard;
 mod migrations;
+mod ratelimit;
 mod shutdown;

@@ -117,7 +117,11 @@ impl Descriptors {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("|");
-        Some((node.rule.clone()?, node.shadow, format!("envoy.{domain}:{bucket}")))
+        Some((
+            node.rule.clone()?,
+            node.shadow,
+            format!("envoy.{domain}:{bucket}"),
+        ))
     }
 }
 
@@ -141,7 +145,9 @@ fn insert(parent: &mut Node, descriptor: DescriptorFile, domain: &str) -> Result
             parent.wildcards.push((descriptor.key, prefix, node));
         }
         Some(value) => {
-            parent.children.insert(format!("{}_{value}", descriptor.key), node);
+            parent
+                .children
+                .insert(format!("{}_{value}", descriptor.key), node);
         }
         None => {
             parent.children.insert(descriptor.key, node);
@@ -155,7 +161,9 @@ fn rule(rate_limit: RateLimitFile, domain: &str, key: &str) -> Result<Rule, Stri
         return Ok(Rule::Unlimited);
     }
     let context = || format!("domain `{domain}`, descriptor `{key}`");
-    let unit_name = rate_limit.unit.ok_or_else(|| format!("{}: rate_limit needs a `unit`", context()))?;
+    let unit_name = rate_limit
+        .unit
+        .ok_or_else(|| format!("{}: rate_limit needs a `unit`", context()))?;
     let (unit, seconds) = match unit_name.to_ascii_lowercase().as_str() {
         "second" => (Unit::Second, 1),
         "minute" => (Unit::Minute, 60),
@@ -194,7 +202,9 @@ pub async fn should_rate_limit(
         return Err(Error::InvalidArgument("domain must not be empty".into()));
     }
     if request.descriptors.is_empty() {
-        return Err(Error::InvalidArgument("descriptors must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "descriptors must not be empty".into(),
+        ));
     }
     let mut over = false;
     let mut statuses = Vec::with_capacity(request.descriptors.len());
@@ -214,7 +224,16 @@ pub async fn should_rate_limit(
                 code: rate_limit_response::Code::Ok as i32,
                 ..Default::default()
             },
-            Some((Rule::Limited { limit, requests_per_unit, unit, name }, shadow, bucket)) => {
+            Some((
+                Rule::Limited {
+                    limit,
+                    requests_per_unit,
+                    unit,
+                    name,
+                },
+                shadow,
+                bucket,
+            )) => {
                 let decision = if hits > limit.capacity {
                     portico_limiter::Decision {
                         allowed: false,
@@ -293,24 +312,53 @@ descriptors:
 "#;
 
     fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn lookup_follows_envoyproxy_ratelimit_matching() {
         let d = Descriptors::parse(YAML).expect("valid");
-        let (rule, shadow, bucket) = d.lookup("edge_proxy", &entries(&[("remote_address", "1.2.3.4")])).expect("match");
-        assert!(matches!(rule, Rule::Limited { requests_per_unit: 10, .. }) && !shadow);
+        let (rule, shadow, bucket) = d
+            .lookup("edge_proxy", &entries(&[("remote_address", "1.2.3.4")]))
+            .expect("match");
+        assert!(
+            matches!(
+                rule,
+                Rule::Limited {
+                    requests_per_unit: 10,
+                    ..
+                }
+            ) && !shadow
+        );
         assert_eq!(bucket, "envoy.edge_proxy:remote_address=1.2.3.4");
-        assert!(d.lookup("edge_proxy", &entries(&[("path", "/login")])).is_some());
-        assert!(d.lookup("edge_proxy", &entries(&[("path", "/other")])).is_none(), "no key-only rule for path");
+        assert!(d
+            .lookup("edge_proxy", &entries(&[("path", "/login")]))
+            .is_some());
+        assert!(
+            d.lookup("edge_proxy", &entries(&[("path", "/other")]))
+                .is_none(),
+            "no key-only rule for path"
+        );
         assert!(matches!(
-            d.lookup("edge_proxy", &entries(&[("path", "/static/app.js")])).map(|m| m.0),
+            d.lookup("edge_proxy", &entries(&[("path", "/static/app.js")]))
+                .map(|m| m.0),
             Some(Rule::Unlimited)
         ));
-        let (_, shadow, _) = d.lookup("edge_proxy", &entries(&[("tenant", "acme"), ("plan", "free")])).expect("nested");
+        let (_, shadow, _) = d
+            .lookup(
+                "edge_proxy",
+                &entries(&[("tenant", "acme"), ("plan", "free")]),
+            )
+            .expect("nested");
         assert!(shadow);
-        assert!(d.lookup("edge_proxy", &entries(&[("tenant", "acme")])).is_none(), "no rule at the parent");
+        assert!(
+            d.lookup("edge_proxy", &entries(&[("tenant", "acme")]))
+                .is_none(),
+            "no rule at the parent"
+        );
         assert!(d.lookup("unknown", &entries(&[("k", "v")])).is_none());
         assert!(d.lookup("other", &entries(&[("k", "v")])).is_some());
     }
@@ -320,8 +368,10 @@ descriptors:
         let error = Descriptors::parse("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n")
             .expect_err("bad unit");
         assert!(error.contains("fortnight"), "{error}");
-        let error = Descriptors::parse("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second}\n")
-            .expect_err("no requests_per_unit");
+        let error = Descriptors::parse(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second}\n",
+        )
+        .expect_err("no requests_per_unit");
         assert!(error.contains("requests_per_unit"), "{error}");
     }
 }

@@ -45,21 +45,30 @@ impl RateLimitGrpc {
 
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
-    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
         let request = request.into_inner();
         if request.key.is_empty() || request.key.len() > MAX_KEY_LEN {
-            return Err(Status::invalid_argument(format!("key must be 1 to {MAX_KEY_LEN} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "key must be 1 to {MAX_KEY_LEN} bytes"
+            )));
         }
         let client_ip = match request.client_ip.as_str() {
             "" => None,
-            raw => Some(
-                raw.parse::<IpAddr>()
-                    .map_err(|_| Status::invalid_argument(format!("client_ip `{raw}` is not an IP address")))?,
-            ),
+            raw => Some(raw.parse::<IpAddr>().map_err(|_| {
+                Status::invalid_argument(format!("client_ip `{raw}` is not an IP address"))
+            })?),
         };
         let outcome = self
             .limiter
-            .check(&request.policy, &request.key, request.cost.max(1), client_ip)
+            .check(
+                &request.policy,
+                &request.key,
+                request.cost.max(1),
+                client_ip,
+            )
             .await?;
         let d = outcome.decision;
         Ok(Response::new(pb::CheckResponse {
@@ -72,12 +81,19 @@ impl RateLimitService for RateLimitGrpc {
         }))
     }
 
-    async fn reset(&self, request: Request<pb::ResetRequest>) -> Result<Response<pb::ResetResponse>, Status> {
+    async fn reset(
+        &self,
+        request: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetResponse>, Status> {
         self.require_admin(&request)?;
         let removed = match request.into_inner().target {
             Some(Target::Key(key)) if !key.is_empty() => self.limiter.reset_key(&key).await?,
             Some(Target::Prefix(prefix)) => self.limiter.reset_prefix(&prefix).await?,
-            _ => return Err(Status::invalid_argument("give a non-empty `key` or a `prefix`")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give a non-empty `key` or a `prefix`",
+                ))
+            }
         };
         tracing::info!(removed, "rate limit buckets reset");
         Ok(Response::new(pb::ResetResponse { removed }))
@@ -91,7 +107,8 @@ impl EnvoyRateLimitService for RateLimitGrpc {
         request: Request<envoy_rls::RateLimitRequest>,
     ) -> Result<Response<envoy_rls::RateLimitResponse>, Status> {
         let response =
-            crate::envoy::should_rate_limit(&self.descriptors, &self.limiter, request.get_ref()).await?;
+            crate::envoy::should_rate_limit(&self.descriptors, &self.limiter, request.get_ref())
+                .await?;
         Ok(Response::new(response))
     }
 }

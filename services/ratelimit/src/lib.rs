@@ -9,8 +9,8 @@ use portico_config::{ExposeSecret as _, Settings};
 use portico_grpc::ServerHandle;
 use portico_limiter::{Clock, Policies, SystemClock};
 use portico_proto::{
-    envoy_rls::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer, names,
-    ratelimit::rate_limit_service_server::RateLimitServiceServer,
+    envoy_rls::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
+    names, ratelimit::rate_limit_service_server::RateLimitServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,8 @@ pub async fn serve_with_clock(
 ) -> Result<ServerHandle, Error> {
     let rl = &settings.ratelimit;
     let descriptors = match &rl.descriptors_file {
-        Some(path) => Descriptors::load(path).map_err(|e| Error::Config(format!("RATE_LIMIT_DESCRIPTORS_FILE: {e}")))?,
+        Some(path) => Descriptors::load(path)
+            .map_err(|e| Error::Config(format!("RATE_LIMIT_DESCRIPTORS_FILE: {e}")))?,
         None => Descriptors::default(),
     };
     let redis = match &settings.storage.ratelimit_redis_url {
@@ -85,14 +86,20 @@ pub async fn serve_with_clock(
     )
     .await?;
     if let Some(redis) = redis {
-        // Not a readiness failure of the service itself (decisions continue under the fail
-        // mode): a separate name the edge's readiness reads as "degraded".
-        handle
-            .health
-            .watch_component(names::RATELIMIT_REDIS, Duration::from_millis(250), shutdown, move || {
-                let redis = redis.clone();
-                async move { redis.ping().await }
-            });
+        // Not a failure of the service itself (decisions continue under the fail mode): a
+        // separate health name, which the edge's readiness reads as "degraded".
+        let health = handle.health.clone();
+        let mut up = redis.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let serving = *up.borrow_and_update();
+                health.set_component(names::RATELIMIT_REDIS, serving).await;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = up.changed() => if changed.is_err() { return },
+                }
+            }
+        });
     }
     Ok(handle)
 }

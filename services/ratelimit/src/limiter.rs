@@ -117,10 +117,11 @@ impl RateLimiter {
         cost: u32,
         client_ip: Option<IpAddr>,
     ) -> Result<Outcome, Error> {
-        let limit = self
-            .policies
-            .get(policy)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown policy `{policy}`: expected global, auth or chat")))?;
+        let limit = self.policies.get(policy).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown policy `{policy}`: expected global, auth or chat"
+            ))
+        })?;
         if cost > limit.capacity {
             return Err(Error::InvalidArgument(format!(
                 "cost {cost} exceeds the `{policy}` bucket's capacity of {}",
@@ -134,8 +135,17 @@ impl RateLimiter {
                 degraded: false,
             });
         }
-        let outcome = self.check_bucket(&bucket_key(policy, key), limit, cost).await;
-        count(policy, if outcome.decision.allowed { "allowed" } else { "limited" });
+        let outcome = self
+            .check_bucket(&bucket_key(policy, key), limit, cost)
+            .await;
+        count(
+            policy,
+            if outcome.decision.allowed {
+                "allowed"
+            } else {
+                "limited"
+            },
+        );
         Ok(outcome)
     }
 
@@ -178,7 +188,10 @@ impl RateLimiter {
 
     /// Removes one bucket (`{policy}:{key}`); returns how many were removed.
     pub async fn reset_key(&self, key: &str) -> Result<u64, Error> {
-        let bucket = format!("ratelimit:{}", key.strip_prefix("ratelimit:").unwrap_or(key));
+        let bucket = format!(
+            "ratelimit:{}",
+            key.strip_prefix("ratelimit:").unwrap_or(key)
+        );
         let mut removed = self.memory.reset_key(&bucket);
         if let Some(redis) = &self.redis {
             removed += redis.reset_key(&bucket).await.map_err(Error::Redis)?;
@@ -188,7 +201,10 @@ impl RateLimiter {
 
     /// Removes every bucket whose `{policy}:{key}` starts with `prefix` ("" = all).
     pub async fn reset_prefix(&self, prefix: &str) -> Result<u64, Error> {
-        let prefix = format!("ratelimit:{}", prefix.strip_prefix("ratelimit:").unwrap_or(prefix));
+        let prefix = format!(
+            "ratelimit:{}",
+            prefix.strip_prefix("ratelimit:").unwrap_or(prefix)
+        );
         let mut removed = self.memory.reset_prefix(&prefix);
         if let Some(redis) = &self.redis {
             removed += redis.reset_prefix(&prefix).await.map_err(Error::Redis)?;

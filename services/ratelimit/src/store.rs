@@ -57,7 +57,10 @@ impl RedisBuckets {
             .evalsha_with_reload(self.redis.client(), vec![self.redis.key(bucket)], args)
             .await?;
         let [allowed, remaining, reset_after_ms, retry_after_ms] = reply[..] else {
-            return Err(Error::new(ErrorKind::Parse, format!("unexpected script reply {reply:?}")));
+            return Err(Error::new(
+                ErrorKind::Parse,
+                format!("unexpected script reply {reply:?}"),
+            ));
         };
         Ok(Decision {
             allowed: allowed == 1,

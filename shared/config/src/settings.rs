@@ -486,7 +486,11 @@ fn read_ratelimit(r: &mut Reader<'_>) -> RateLimitSettings {
         whitelist: r.cidrs("RATE_LIMIT_WHITELIST"),
         descriptors_file: r.raw("RATE_LIMIT_DESCRIPTORS_FILE"),
         fail_open: r.choice("RATE_LIMIT_FAIL_MODE", "open", &["open", "closed"]) == "open",
-        check_timeout: r.duration("RATE_LIMIT_CHECK_TIMEOUT", Duration::from_millis(100), Unit::Millis),
+        check_timeout: r.duration(
+            "RATE_LIMIT_CHECK_TIMEOUT",
+            Duration::from_millis(100),
+            Unit::Millis,
+        ),
     }
 }
 

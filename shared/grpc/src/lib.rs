@@ -75,38 +75,6 @@ impl Health {
         dependency: &'static str,
         interval: Duration,
         shutdown: CancellationToken,
-        probe: F,
-    ) -> JoinHandle<()>
-    where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = bool> + Send,
-    {
-        self.watch(dependency, None, interval, shutdown, probe)
-    }
-
-    /// Probes an optional dependency every `interval` and reports it under its own health
-    /// `name` only: the server stays SERVING, and whoever cares (the edge's readiness) reads the
-    /// component to report "degraded".
-    pub fn watch_component<F, Fut>(
-        &self,
-        name: &'static str,
-        interval: Duration,
-        shutdown: CancellationToken,
-        probe: F,
-    ) -> JoinHandle<()>
-    where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = bool> + Send,
-    {
-        self.watch(name, Some(name), interval, shutdown, probe)
-    }
-
-    fn watch<F, Fut>(
-        &self,
-        dependency: &'static str,
-        component: Option<&'static str>,
-        interval: Duration,
-        shutdown: CancellationToken,
         mut probe: F,
     ) -> JoinHandle<()>
     where
@@ -115,9 +83,6 @@ impl Health {
     {
         let health = self.clone();
         tokio::spawn(async move {
-            if let Some(name) = component {
-                health.set_component(name, true).await;
-            }
             let mut healthy = true;
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,7 +92,9 @@ impl Health {
                     _ = ticker.tick() => {}
                 }
                 // A probe that hangs (a half-dead TCP connection) counts as a failure.
-                let ok = tokio::time::timeout(interval, probe()).await.unwrap_or(false);
+                let ok = tokio::time::timeout(interval, probe())
+                    .await
+                    .unwrap_or(false);
                 if ok == healthy {
                     continue;
                 }
@@ -138,10 +105,7 @@ impl Health {
                 } else {
                     tracing::error!(dependency, services, "dependency unreachable: NOT_SERVING");
                 }
-                match component {
-                    Some(name) => health.set_component(name, ok).await,
-                    None => health.set_serving(ok).await,
-                }
+                health.set_serving(ok).await;
             }
         })
     }

@@ -162,7 +162,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_micros(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64
     }
 
     fn is_system(&self) -> bool {
@@ -186,7 +189,8 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.micros.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+        self.micros
+            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
     }
 }
 
@@ -227,7 +231,10 @@ mod tests {
 
     #[test]
     fn cost_takes_several_tokens_and_is_refused_whole() {
-        let limit = Limit { capacity: 10, refill_per_second: 1.0 };
+        let limit = Limit {
+            capacity: 10,
+            refill_per_second: 1.0,
+        };
         let (d, tat) = decide(None, NOW, limit, 7);
         assert!(d.allowed);
         assert_eq!(d.remaining, 3);
@@ -240,7 +247,10 @@ mod tests {
 
     #[test]
     fn fractional_rates_count_whole_tokens() {
-        let limit = Limit { capacity: 5, refill_per_second: 0.333 };
+        let limit = Limit {
+            capacity: 5,
+            refill_per_second: 0.333,
+        };
         let mut tat = None;
         let mut allowed = 0;
         for _ in 0..10 {

@@ -18,7 +18,12 @@ struct Bucket {
 struct UntilFull;
 
 impl Expiry<String, Bucket> for UntilFull {
-    fn expire_after_create(&self, _: &String, bucket: &Bucket, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        bucket: &Bucket,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(bucket.full_in)
     }
 
@@ -52,7 +57,10 @@ impl MemoryStore {
     /// A store holding at most `max_keys` buckets (the least recently used go first beyond it).
     pub fn new(max_keys: u64, clock: Arc<dyn Clock>) -> Self {
         Self {
-            buckets: Cache::builder().max_capacity(max_keys).expire_after(UntilFull).build(),
+            buckets: Cache::builder()
+                .max_capacity(max_keys)
+                .expire_after(UntilFull)
+                .build(),
             clock,
         }
     }
@@ -89,7 +97,10 @@ impl MemoryStore {
             .filter(|(key, _)| key.starts_with(prefix))
             .map(|(key, _)| key)
             .collect();
-        doomed.iter().filter(|key| self.buckets.remove(key.as_str()).is_some()).count() as u64
+        doomed
+            .iter()
+            .filter(|key| self.buckets.remove(key.as_str()).is_some())
+            .count() as u64
     }
 
     /// Buckets held now (after pending evictions).
@@ -116,11 +127,18 @@ mod tests {
         let clock = ManualClock::new(1_000_000_000_000);
         let store = MemoryStore::new(1000, clock.clone());
         let limit = Limit::per_window(3, Duration::from_secs(3));
-        let admitted = (0..10).filter(|_| store.check("global:1.1.1.1", limit, 1).allowed).count();
+        let admitted = (0..10)
+            .filter(|_| store.check("global:1.1.1.1", limit, 1).allowed)
+            .count();
         assert_eq!(admitted, 3);
-        assert!(store.check("global:2.2.2.2", limit, 1).allowed, "another key has its own bucket");
+        assert!(
+            store.check("global:2.2.2.2", limit, 1).allowed,
+            "another key has its own bucket"
+        );
         clock.advance(Duration::from_secs(2));
-        let admitted = (0..10).filter(|_| store.check("global:1.1.1.1", limit, 1).allowed).count();
+        let admitted = (0..10)
+            .filter(|_| store.check("global:1.1.1.1", limit, 1).allowed)
+            .count();
         assert_eq!(admitted, 2, "two seconds refill exactly two tokens");
     }
 
@@ -130,7 +148,13 @@ mod tests {
         let limit = Limit::per_window(100, Duration::from_secs(3600));
         let admitted: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| (0..100).filter(|_| store.check("k", limit, 1).allowed).count()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..100)
+                            .filter(|_| store.check("k", limit, 1).allowed)
+                            .count()
+                    })
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
         });
@@ -149,7 +173,10 @@ mod tests {
         assert!(store.check("global:a", limit, 1).allowed);
         assert_eq!(store.reset_prefix("global:"), 2);
         assert!(store.check("global:b", limit, 1).allowed);
-        assert!(!store.check("auth:a", limit, 1).allowed, "other prefixes untouched");
+        assert!(
+            !store.check("auth:a", limit, 1).allowed,
+            "other prefixes untouched"
+        );
     }
 
     #[test]

@@ -3,19 +3,14 @@
 //! per-command timeout instead of waiting for a reconnect), and knows whether Redis is up — so a
 //! caller skips Redis at once while it is down, and a background probe notices when it returns.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 pub use fred;
 use fred::prelude::*;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How often a down Redis is probed.
+/// How often Redis is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A shared Redis connection.
@@ -23,7 +18,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Redis {
     client: Client,
     prefix: Arc<str>,
-    up: Arc<AtomicBool>,
+    up: Arc<watch::Sender<bool>>,
     command_timeout: Duration,
 }
 
@@ -59,7 +54,7 @@ impl Redis {
         let redis = Self {
             client,
             prefix: prefix.into(),
-            up: Arc::new(AtomicBool::new(true)),
+            up: Arc::new(watch::Sender::new(true)),
             command_timeout,
         };
         redis.spawn_probe(shutdown);
@@ -81,15 +76,36 @@ impl Redis {
         &self.prefix
     }
 
-    /// False after a command failed, until the probe reaches Redis again.
+    /// False after a command or a probe failed, until a probe reaches Redis again.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        *self.up.borrow()
+    }
+
+    /// Follows [`Redis::is_up`]: one source of truth for "skip Redis" and for health.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
     }
 
     /// Records a failed command: callers skip Redis until the probe succeeds.
     pub fn mark_down(&self, error: &Error) {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(%error, "redis unreachable; using the fallback until it returns");
+        self.set_up(false, Some(error));
+    }
+
+    fn set_up(&self, up: bool, error: Option<&Error>) {
+        let changed = self
+            .up
+            .send_if_modified(|state| std::mem::replace(state, up) != up);
+        match (changed, up) {
+            (true, true) => tracing::info!("redis reachable again"),
+            (true, false) => match error {
+                Some(error) => {
+                    tracing::warn!(%error, "redis unreachable; using the fallback until it returns")
+                }
+                None => {
+                    tracing::warn!("redis unreachable (probe); using the fallback until it returns")
+                }
+            },
+            _ => {}
         }
     }
 
@@ -114,10 +130,10 @@ impl Redis {
                     }
                     _ = ticker.tick() => {}
                 }
-                if !redis.is_up() && redis.ping().await {
-                    redis.up.store(true, Ordering::Relaxed);
-                    tracing::info!("redis reachable again");
-                }
+                // Probe while up too: an idle replica must notice an outage before its next
+                // request pays a command timeout, and its readiness must say so.
+                let reachable = redis.ping().await;
+                redis.set_up(reachable, None);
             }
         });
     }

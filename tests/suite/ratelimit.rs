@@ -1,0 +1,676 @@
+//! The ratelimit service over gRPC: exact admission with an injected clock, cost, whitelist,
+//! validation, two replicas sharing Redis, Redis outages under both fail modes, reset, and
+//! Envoy's RLS v3 built from Envoy's own message definitions.
+
+use std::{sync::Arc, time::Duration};
+
+use portico_limiter::{ManualClock, SystemClock};
+use portico_proto::ratelimit::{
+    rate_limit_service_client::RateLimitServiceClient, reset_request::Target, CheckRequest,
+    ResetRequest,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+use crate::harness::{self, PrivateRedis};
+
+const START_MICROS: u64 = 1_800_000_000_000_000;
+
+async fn client(addr: std::net::SocketAddr) -> RateLimitServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    RateLimitServiceClient::new(channel)
+}
+
+fn check(policy: &str, key: &str, cost: u32) -> CheckRequest {
+    CheckRequest {
+        key: key.to_owned(),
+        policy: policy.to_owned(),
+        cost,
+        client_ip: String::new(),
+    }
+}
+
+/// The backend under test: the shared Redis when configured (CI's second run), else memory.
+async fn backend_vars() -> Vec<(&'static str, String)> {
+    match harness::shared_redis().await {
+        Some(url) => vec![("REDIS_URL", url)],
+        None => Vec::new(),
+    }
+}
+
+async fn spawn(
+    vars: &[(&str, &str)],
+    clock: Arc<dyn portico_limiter::Clock>,
+) -> RateLimitServiceClient<Channel> {
+    let backend = backend_vars().await;
+    let mut all: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(vars);
+    let (addr, _shutdown) = harness::spawn_ratelimit(&all, clock).await;
+    client(addr).await
+}
+
+#[tokio::test]
+async fn burst_then_exact_refill_with_an_injected_clock() {
+    let clock = ManualClock::new(START_MICROS);
+    let mut rl = spawn(
+        &[
+            ("RATE_LIMIT_CAPACITY", "5"),
+            ("RATE_LIMIT_REFILL_RATE", "1"),
+        ],
+        clock.clone(),
+    )
+    .await;
+
+    for expected in (0..5).rev() {
+        let r = rl
+            .check(check("chat", "user-1", 1))
+            .await
+            .expect("check")
+            .into_inner();
+        assert!(r.allowed);
+        assert_eq!((r.limit, r.remaining), (5, expected));
+    }
+    let denied = rl
+        .check(check("chat", "user-1", 1))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!denied.allowed);
+    assert_eq!(denied.retry_after_ms, 1000);
+    assert_eq!(denied.reset_after_ms, 5000);
+
+    clock.advance(Duration::from_millis(999));
+    assert!(
+        !rl.check(check("chat", "user-1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    clock.advance(Duration::from_millis(1));
+    assert!(
+        rl.check(check("chat", "user-1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !rl.check(check("chat", "user-1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+
+    clock.advance(Duration::from_millis(2500));
+    let admitted = {
+        let mut n = 0;
+        for _ in 0..10 {
+            if rl
+                .check(check("chat", "user-1", 1))
+                .await
+                .expect("check")
+                .into_inner()
+                .allowed
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(admitted, 2, "2.5 s refill exactly two whole tokens");
+    assert!(
+        rl.check(check("chat", "user-2", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed,
+        "keys are independent"
+    );
+}
+
+#[tokio::test]
+async fn cost_takes_several_tokens_and_a_refusal_takes_none() {
+    let mut rl = spawn(
+        &[("RATE_LIMIT_GLOBAL_MAX", "10")],
+        ManualClock::new(START_MICROS),
+    )
+    .await;
+    let r = rl
+        .check(check("global", "10.0.0.1", 7))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(r.allowed);
+    assert_eq!(r.remaining, 3);
+    let r = rl
+        .check(check("global", "10.0.0.1", 4))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!r.allowed);
+    assert_eq!(r.remaining, 3);
+    let r = rl
+        .check(check("global", "10.0.0.1", 3))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(r.allowed);
+    assert_eq!(r.remaining, 0);
+}
+
+#[tokio::test]
+async fn whitelisted_clients_are_never_limited() {
+    let mut rl = spawn(
+        &[
+            ("RATE_LIMIT_GLOBAL_MAX", "1"),
+            ("RATE_LIMIT_WHITELIST", "10.1.0.0/16, 192.0.2.7"),
+        ],
+        ManualClock::new(START_MICROS),
+    )
+    .await;
+    for ip in ["10.1.2.3", "192.0.2.7"] {
+        for _ in 0..5 {
+            let mut request = check("global", ip, 1);
+            request.client_ip = ip.to_owned();
+            assert!(
+                rl.check(request).await.expect("check").into_inner().allowed,
+                "{ip}"
+            );
+        }
+    }
+    let mut outsider = check("global", "10.2.0.1", 1);
+    outsider.client_ip = "10.2.0.1".into();
+    assert!(
+        rl.check(outsider.clone())
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !rl.check(outsider)
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_argument_with_a_message() {
+    let mut rl = spawn(
+        &[("RATE_LIMIT_GLOBAL_MAX", "10")],
+        ManualClock::new(START_MICROS),
+    )
+    .await;
+    let mut bad_ip = check("global", "k", 1);
+    bad_ip.client_ip = "not-an-ip".into();
+    for (request, fragment) in [
+        (check("weekly", "k", 1), "unknown policy"),
+        (check("global", "", 1), "key must be"),
+        (check("global", &"k".repeat(513), 1), "key must be"),
+        (check("global", "k", 11), "exceeds"),
+        (bad_ip, "not an IP address"),
+    ] {
+        let status = rl.check(request).await.expect_err("invalid");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(fragment), "{}", status.message());
+    }
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_no_more_than_the_limit() {
+    let redis = PrivateRedis::start().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let vars = [
+        ("REDIS_URL", redis.url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("RATE_LIMIT_GLOBAL_MAX", "50"),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1h"),
+    ];
+    let (a, _sa) = harness::spawn_ratelimit(&vars, Arc::new(SystemClock)).await;
+    let (b, _sb) = harness::spawn_ratelimit(&vars, Arc::new(SystemClock)).await;
+    let clients = [client(a).await, client(b).await];
+
+    let calls = (0..200).map(|i| {
+        let mut rl = clients[i % 2].clone();
+        async move {
+            rl.check(check("global", "203.0.113.9", 1))
+                .await
+                .expect("check")
+                .into_inner()
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let admitted = answers.iter().filter(|r| r.allowed).count();
+    assert_eq!(admitted, 50, "200 concurrent calls over two replicas");
+    assert!(answers.iter().all(|r| !r.degraded));
+}
+
+async fn redis_health(
+    addr: std::net::SocketAddr,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: portico_proto::names::RATELIMIT_REDIS.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+async fn next_status(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    watch
+        .message()
+        .await
+        .expect("stream")
+        .expect("status")
+        .status
+}
+
+#[tokio::test]
+async fn redis_outage_fails_open_to_a_local_ceiling_and_recovers() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let vars = [
+        ("REDIS_URL", redis.url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("RATE_LIMIT_GLOBAL_MAX", "3"),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1h"),
+        ("RATE_LIMIT_FAIL_MODE", "open"),
+    ];
+    let (addr, _shutdown) = harness::spawn_ratelimit(&vars, Arc::new(SystemClock)).await;
+    let mut rl = client(addr).await;
+    let mut health = redis_health(addr).await;
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::Serving as i32
+    );
+    let first = rl
+        .check(check("global", "198.51.100.1", 1))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(first.allowed && !first.degraded);
+
+    redis.stop();
+    // Decisions go on without Redis, but under this replica's own buckets: a ceiling.
+    let answers: Vec<_> = {
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            answers.push(
+                rl.check(check("global", "198.51.100.1", 1))
+                    .await
+                    .expect("check")
+                    .into_inner(),
+            );
+        }
+        answers
+    };
+    assert!(
+        answers.iter().all(|r| r.degraded),
+        "every decision says it was made without Redis"
+    );
+    assert_eq!(
+        answers.iter().filter(|r| r.allowed).count(),
+        3,
+        "fail-open still limits"
+    );
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::NotServing as i32
+    );
+
+    redis.restart().await;
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::Serving as i32
+    );
+    let back = rl
+        .check(check("global", "198.51.100.1", 1))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(back.allowed && !back.degraded, "shared limiting resumed");
+    let stored: Option<String> = {
+        use fred::prelude::*;
+        let redis_client = Builder::from_config(Config::from_url(&redis.url).expect("url"))
+            .build()
+            .expect("client");
+        redis_client.init().await.expect("connect");
+        redis_client
+            .get(format!("{prefix}ratelimit:global:198.51.100.1"))
+            .await
+            .expect("get")
+    };
+    assert!(stored.is_some(), "the bucket lives in Redis again");
+}
+
+#[tokio::test]
+async fn redis_outage_fails_closed_when_told_to() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let vars = [
+        ("REDIS_URL", redis.url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("RATE_LIMIT_FAIL_MODE", "closed"),
+    ];
+    let (addr, _shutdown) = harness::spawn_ratelimit(&vars, Arc::new(SystemClock)).await;
+    let mut rl = client(addr).await;
+    assert!(
+        rl.check(check("global", "198.51.100.2", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    redis.stop();
+    let denied = rl
+        .check(check("global", "198.51.100.2", 1))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!denied.allowed && denied.degraded);
+    assert_eq!(denied.retry_after_ms, 1000);
+}
+
+#[tokio::test]
+async fn reset_by_key_and_by_prefix_needs_the_admin_key() {
+    let mut rl = spawn(
+        &[
+            ("RATE_LIMIT_GLOBAL_MAX", "1"),
+            ("RATE_LIMIT_AUTH_MAX", "1"),
+            ("ADMIN_API_KEY", "admin-secret"),
+        ],
+        ManualClock::new(START_MICROS),
+    )
+    .await;
+    for key in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        assert!(
+            rl.check(check("global", key, 1))
+                .await
+                .expect("check")
+                .into_inner()
+                .allowed
+        );
+        assert!(
+            !rl.check(check("global", key, 1))
+                .await
+                .expect("check")
+                .into_inner()
+                .allowed
+        );
+    }
+    assert!(
+        rl.check(check("auth", "10.0.0.1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+
+    let reset = |target: Target, key: Option<&str>| {
+        let mut request = tonic::Request::new(ResetRequest {
+            target: Some(target),
+        });
+        if let Some(key) = key {
+            request
+                .metadata_mut()
+                .insert("x-admin-key", key.parse().expect("ascii"));
+        }
+        request
+    };
+    let status = rl
+        .reset(reset(Target::Key("global:10.0.0.1".into()), None))
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = rl
+        .reset(reset(Target::Key("global:10.0.0.1".into()), Some("wrong")))
+        .await
+        .expect_err("bad key");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+    let removed = rl
+        .reset(reset(
+            Target::Key("global:10.0.0.1".into()),
+            Some("admin-secret"),
+        ))
+        .await
+        .expect("reset")
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 1);
+    assert!(
+        rl.check(check("global", "10.0.0.1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !rl.check(check("global", "10.0.0.2", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+
+    let removed = rl
+        .reset(reset(
+            Target::Prefix("global:10.0.0.".into()),
+            Some("admin-secret"),
+        ))
+        .await
+        .expect("reset")
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 3);
+    assert!(
+        rl.check(check("global", "10.0.0.2", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !rl.check(check("auth", "10.0.0.1", 1))
+            .await
+            .expect("check")
+            .into_inner()
+            .allowed,
+        "other policies untouched"
+    );
+}
+
+mod envoy {
+    use envoy_types::pb::{
+        envoy::{
+            extensions::common::ratelimit::v3::{
+                rate_limit_descriptor::Entry, RateLimitDescriptor,
+            },
+            service::ratelimit::v3::{
+                rate_limit_response::{Code, DescriptorStatus},
+                rate_limit_service_client::RateLimitServiceClient,
+                RateLimitRequest,
+            },
+        },
+        google::protobuf::UInt64Value,
+    };
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+domain: edge_proxy
+descriptors:
+  - key: remote_address
+    rate_limit:
+      unit: minute
+      requests_per_unit: 3
+  - key: path
+    value: /static/*
+    rate_limit:
+      unlimited: true
+  - key: plan
+    value: free
+    shadow_mode: true
+    rate_limit:
+      unit: hour
+      requests_per_unit: 1
+"#;
+
+    fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>, hits: u32) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: domain.into(),
+            descriptors,
+            hits_addend: hits,
+        }
+    }
+
+    async fn envoy_client() -> RateLimitServiceClient<Channel> {
+        let path = std::env::temp_dir().join(format!(
+            "portico-rls-{}.yaml",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, CONFIG).expect("write config");
+        let backend = backend_vars().await;
+        let mut vars: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let path = path.display().to_string();
+        vars.push(("RATE_LIMIT_DESCRIPTORS_FILE", &path));
+        let (addr, _shutdown) =
+            harness::spawn_ratelimit(&vars, ManualClock::new(START_MICROS)).await;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        RateLimitServiceClient::new(channel)
+    }
+
+    fn code(status: &DescriptorStatus) -> Code {
+        Code::try_from(status.code).unwrap_or(Code::Unknown)
+    }
+
+    #[tokio::test]
+    async fn should_rate_limit_speaks_envoys_protocol() {
+        let mut rls = envoy_client().await;
+        let ip = [("remote_address", "203.0.113.1")];
+        for remaining in [2, 1, 0] {
+            let r = rls
+                .should_rate_limit(request("edge_proxy", vec![descriptor(&ip)], 0))
+                .await
+                .expect("rls")
+                .into_inner();
+            assert_eq!(Code::try_from(r.overall_code), Ok(Code::Ok));
+            assert_eq!(r.statuses.len(), 1);
+            assert_eq!(r.statuses[0].limit_remaining, remaining);
+            let limit = r.statuses[0].current_limit.as_ref().expect("limit");
+            assert_eq!(limit.requests_per_unit, 3);
+            assert!(r.statuses[0].duration_until_reset.is_some());
+        }
+        let over = rls
+            .should_rate_limit(request("edge_proxy", vec![descriptor(&ip)], 0))
+            .await
+            .expect("rls")
+            .into_inner();
+        assert_eq!(Code::try_from(over.overall_code), Ok(Code::OverLimit));
+        assert_eq!(code(&over.statuses[0]), Code::OverLimit);
+
+        // Another address has its own bucket; a request-level hits_addend of 3 spends it at once.
+        let other = [("remote_address", "203.0.113.2")];
+        let r = rls
+            .should_rate_limit(request("edge_proxy", vec![descriptor(&other)], 3))
+            .await
+            .expect("rls")
+            .into_inner();
+        assert_eq!(Code::try_from(r.overall_code), Ok(Code::Ok));
+        assert_eq!(r.statuses[0].limit_remaining, 0);
+
+        // A descriptor-level hits_addend overrides the request's.
+        let third = [("remote_address", "203.0.113.3")];
+        let mut heavy = descriptor(&third);
+        heavy.hits_addend = Some(UInt64Value { value: 4 });
+        let r = rls
+            .should_rate_limit(request("edge_proxy", vec![heavy], 1))
+            .await
+            .expect("rls")
+            .into_inner();
+        assert_eq!(
+            Code::try_from(r.overall_code),
+            Ok(Code::OverLimit),
+            "4 hits never fit a limit of 3"
+        );
+    }
+
+    #[tokio::test]
+    async fn unlimited_shadow_and_unknown_descriptors_never_refuse() {
+        let mut rls = envoy_client().await;
+        for _ in 0..5 {
+            let r = rls
+                .should_rate_limit(request(
+                    "edge_proxy",
+                    vec![
+                        descriptor(&[("path", "/static/app.js")]),
+                        descriptor(&[("plan", "free")]),
+                        descriptor(&[("unknown", "x")]),
+                    ],
+                    0,
+                ))
+                .await
+                .expect("rls")
+                .into_inner();
+            assert_eq!(Code::try_from(r.overall_code), Ok(Code::Ok));
+            assert_eq!(r.statuses.len(), 3);
+            assert!(r.statuses.iter().all(|s| code(s) == Code::Ok));
+            assert!(
+                r.statuses[0].current_limit.is_none(),
+                "unlimited has no limit"
+            );
+            assert!(
+                r.statuses[1].current_limit.is_some(),
+                "shadow mode still reports its limit"
+            );
+        }
+        let unknown_domain = rls
+            .should_rate_limit(request(
+                "nobody",
+                vec![descriptor(&[("remote_address", "1.1.1.1")])],
+                0,
+            ))
+            .await
+            .expect("rls")
+            .into_inner();
+        assert_eq!(Code::try_from(unknown_domain.overall_code), Ok(Code::Ok));
+        let status = rls
+            .should_rate_limit(request("", vec![], 0))
+            .await
+            .expect_err("invalid");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+}
