@@ -23,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_proto::ratelimit::{rate_limit_service_client::RateLimitServiceClient, CheckRequest};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -52,6 +53,14 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// gRPC unary: portico.ratelimit.v1.RateLimitService/Check (policy global, 1000 keys).
+    GrpcCheck {
+        /// Server address, e.g. 127.0.0.1:50054.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[command(flatten)]
+        load: Load,
+    },
     /// gRPC server streaming: grpc.health.v1.Health/Watch until the first message.
     GrpcStream {
         /// Server address, e.g. 127.0.0.1:50051.
@@ -71,6 +80,15 @@ enum Command {
 enum Scenario {
     /// The edge's /healthz against a bare hyper server answering the same bytes.
     Healthz {
+        #[command(flatten)]
+        load: Load,
+    },
+    /// RateLimitService.Check over gRPC: in memory against an empty unary RPC (Health/Check) on
+    /// the same server; on Redis against `redis-benchmark` running the same script directly.
+    Ratelimit {
+        /// Redis for the second half.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
         #[command(flatten)]
         load: Load,
     },
@@ -119,6 +137,7 @@ enum Target {
     },
     GrpcUnary(tonic::transport::Channel),
     GrpcStream(tonic::transport::Channel),
+    GrpcCheck(tonic::transport::Channel),
 }
 
 #[tokio::main]
@@ -133,6 +152,10 @@ async fn main() -> anyhow::Result<()> {
             let target = Target::GrpcUnary(grpc_channel(addr).await?);
             print(&run(&format!("grpc-unary {addr}"), target, &load).await?)?;
         }
+        Command::GrpcCheck { addr, load } => {
+            let target = Target::GrpcCheck(grpc_channel(addr).await?);
+            print(&run(&format!("grpc-check {addr}"), target, &load).await?)?;
+        }
         Command::GrpcStream { addr, load } => {
             let target = Target::GrpcStream(grpc_channel(addr).await?);
             print(&run(&format!("grpc-stream {addr}"), target, &load).await?)?;
@@ -140,6 +163,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Healthz { load },
         } => healthz_scenario(&load).await?,
+        Command::Scenario {
+            scenario: Scenario::Ratelimit { redis_url, load },
+        } => ratelimit_scenario(&redis_url, &load).await?,
     }
     Ok(())
 }
@@ -297,6 +323,7 @@ async fn worker(
 enum Connection {
     Http(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     Grpc(HealthClient<tonic::transport::Channel>),
+    Check(RateLimitServiceClient<tonic::transport::Channel>, u64),
 }
 
 impl Connection {
@@ -313,6 +340,10 @@ impl Connection {
             Target::GrpcUnary(channel) | Target::GrpcStream(channel) => {
                 Ok(Connection::Grpc(HealthClient::new(channel.clone())))
             }
+            Target::GrpcCheck(channel) => Ok(Connection::Check(
+                RateLimitServiceClient::new(channel.clone()),
+                0,
+            )),
         }
     }
 
@@ -348,6 +379,24 @@ impl Connection {
                     .message()
                     .await?
                     .context("stream ended before its first message")?;
+                Ok(())
+            }
+            (Connection::Check(client, n), Target::GrpcCheck(_)) => {
+                // Spread over 1000 keys like real clients; the same sequence in every run.
+                *n = n
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let key = format!("10.0.{}.{}", (*n >> 40) % 4, (*n >> 50) % 250);
+                let answer = client
+                    .check(CheckRequest {
+                        key,
+                        policy: "global".into(),
+                        cost: 1,
+                        client_ip: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(answer.allowed && !answer.degraded, "refused or degraded");
                 Ok(())
             }
             _ => anyhow::bail!("connection does not match target"),
@@ -438,4 +487,150 @@ async fn healthz_scenario(load: &Load) -> anyhow::Result<()> {
     suite.shutdown().await;
     let _ = std::fs::remove_file(&data);
     Ok(())
+}
+
+fn suite_vars(extra: &[(&str, String)]) -> std::collections::HashMap<String, String> {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("EDGE_ADDR", "127.0.0.1:0"),
+        ("AUTH_ADDR", "127.0.0.1:0"),
+        ("CONTENT_ADDR", "127.0.0.1:0"),
+        ("CHAT_ADDR", "127.0.0.1:0"),
+        ("RATELIMIT_ADDR", "127.0.0.1:0"),
+        ("LOG_LEVEL", "error"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    vars
+}
+
+async fn start_ratelimit(
+    extra: &[(&str, String)],
+) -> anyhow::Result<(SocketAddr, tokio_util::sync::CancellationToken)> {
+    let settings = portico_config::Settings::from_source(&suite_vars(extra))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_ratelimit::serve(&settings, listener, shutdown.clone()).await?;
+    Ok((handle.local_addr, shutdown))
+}
+
+async fn ratelimit_scenario(redis_url: &str, load: &Load) -> anyhow::Result<()> {
+    // Limits far above what a run can spend: every decision does the full work and is allowed.
+    let unlimited = [
+        ("RATE_LIMIT_GLOBAL_MAX", "10000000".to_owned()),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1s".to_owned()),
+    ];
+
+    let (memory, stop_memory) = start_ratelimit(&unlimited).await?;
+    let channel = grpc_channel(memory).await?;
+    let empty = run(
+        "memory: empty unary (Health/Check)",
+        Target::GrpcUnary(channel.clone()),
+        load,
+    )
+    .await?;
+    let checks = run(
+        "memory: RateLimitService/Check",
+        Target::GrpcCheck(channel),
+        load,
+    )
+    .await?;
+    stop_memory.cancel();
+    print(&empty)?;
+    print(&checks)?;
+
+    let prefix = format!("bench:{}:", std::process::id());
+    let mut redis_vars = unlimited.to_vec();
+    redis_vars.push(("REDIS_URL", redis_url.to_owned()));
+    redis_vars.push(("REDIS_KEY_PREFIX", prefix.clone()));
+    let (redis_addr, stop_redis) = start_ratelimit(&redis_vars).await?;
+    let redis_checks = run(
+        "redis: RateLimitService/Check",
+        Target::GrpcCheck(grpc_channel(redis_addr).await?),
+        load,
+    )
+    .await?;
+    stop_redis.cancel();
+    let direct = redis_benchmark(redis_url, &prefix, load).await?;
+    print(&redis_checks)?;
+    println!("{}", serde_json::to_string(&direct)?);
+
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "ratelimit",
+            "memory_throughput_ratio": checks.throughput_rps / empty.throughput_rps,
+            "memory_p99_ms": checks.p99_ms,
+            "empty_unary_p99_ms": empty.p99_ms,
+            "redis_throughput_ratio": redis_checks.throughput_rps / direct["throughput_rps"].as_f64().unwrap_or(f64::NAN),
+            "redis_p99_ms": redis_checks.p99_ms,
+            "errors": empty.errors + checks.errors + redis_checks.errors,
+        })
+    );
+    Ok(())
+}
+
+/// `redis-benchmark` running the service's own script by EVALSHA over 1000 keys, with the same
+/// concurrency, straight against Redis: the ceiling a gRPC decision can approach.
+async fn redis_benchmark(
+    redis_url: &str,
+    prefix: &str,
+    load: &Load,
+) -> anyhow::Result<serde_json::Value> {
+    let url: http::Uri = redis_url.replace("redis://", "http://").parse()?;
+    let host = url.host().unwrap_or("127.0.0.1").to_owned();
+    let port = url.port_u16().unwrap_or(6379).to_string();
+    let script = include_str!("../../services/ratelimit/src/gcra.lua");
+    let sha = tokio::process::Command::new("redis-cli")
+        .args(["-h", &host, "-p", &port, "SCRIPT", "LOAD", script])
+        .output()
+        .await
+        .context("redis-cli is needed for the Redis baseline")?;
+    let sha = String::from_utf8(sha.stdout)?.trim().to_owned();
+    anyhow::ensure!(sha.len() == 40, "SCRIPT LOAD failed: {sha}");
+    let requests = ((load.duration * 30_000.0) as u64).max(10_000).to_string();
+    let key = format!("{prefix}ratelimit:global:__rand_int__");
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-c",
+            &load.concurrency.to_string(),
+            "-n",
+            &requests,
+            "-r",
+            "1000",
+            "-q",
+        ])
+        .args(["EVALSHA", &sha, "1", &key, "100", "10000000", "1", ""])
+        .output()
+        .await
+        .context("redis-benchmark is needed for the Redis baseline")?;
+    let text = String::from_utf8_lossy(&output.stdout).replace('\r', "\n");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("requests per second"))
+        .with_context(|| format!("unexpected redis-benchmark output: {text}"))?;
+    let rps: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("cannot read requests per second from {line:?}"))?;
+    let p50 = line
+        .split("p50=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok());
+    Ok(serde_json::json!({
+        "name": "redis-benchmark EVALSHA gcra.lua",
+        "concurrency": load.concurrency,
+        "requests": requests,
+        "throughput_rps": rps,
+        "p50_ms": p50,
+    }))
 }
