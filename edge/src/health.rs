@@ -3,7 +3,7 @@
 //! aggregates: a critical dependency down → 503 `unhealthy`; a non-critical one → 200
 //! `degraded`.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use fred::prelude::ClientLike as _;
 use futures_util::future::join_all;
@@ -33,7 +33,7 @@ pub struct Check {
 pub fn liveness(edge: &Edge) -> Value {
     json!({
         "status": "ok",
-        "timestamp": rfc3339(SystemTime::now()),
+        "timestamp": portico_telemetry::rfc3339(SystemTime::now()),
         "uptime": edge.inner.started_at.elapsed().as_secs_f64(),
         "version": env!("CARGO_PKG_VERSION"),
     })
@@ -216,30 +216,6 @@ pub async fn startup(edge: &Edge, context: &RequestContext) -> bool {
     started
 }
 
-/// Formats a time as RFC 3339 UTC with milliseconds (`2026-11-22T12:00:00.000Z`).
-pub fn rfc3339(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (days, rem) = (seconds / 86_400, seconds % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,14 +245,5 @@ mod tests {
             (status, body["status"].clone()),
             (StatusCode::OK, json!("ok"))
         );
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_780_800_123);
-        assert_eq!(rfc3339(t), "2026-11-27T12:00:00.123Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq as _;
 use tonic::Code;
 use tracing::{field::Empty, Instrument as _};
 
+mod auth_routes;
 pub mod backends;
 pub mod client_ip;
 pub mod cors;
@@ -234,21 +235,31 @@ impl Edge {
             request.headers(),
             &self.inner.settings.trusted_proxies,
         );
-        let mut granted = None;
+        let mut granted: Option<portico_limiter::Decision> = None;
         if !route.handler.is_operational() {
-            match self
-                .inner
-                .limiter
-                .check("global", &client_ip.to_string(), client_ip, context)
-                .await
-            {
-                Ok(decision) => granted = decision,
-                Err(refusal) => {
-                    let mut response = refusal.error.into_response(correlation_id);
-                    if let Some(decision) = &refusal.decision {
-                        limits::apply_headers(response.headers_mut(), decision);
+            let ip = client_ip.to_string();
+            let policies = std::iter::once("global").chain(route.handler.extra_policy());
+            for policy in policies {
+                match self
+                    .inner
+                    .limiter
+                    .check(policy, &ip, client_ip, context)
+                    .await
+                {
+                    // The headers describe the tightest bucket.
+                    Ok(Some(decision))
+                        if granted.is_none_or(|g| decision.remaining < g.remaining) =>
+                    {
+                        granted = Some(decision);
                     }
-                    return response;
+                    Ok(_) => {}
+                    Err(refusal) => {
+                        let mut response = refusal.error.into_response(correlation_id);
+                        if let Some(decision) = &refusal.decision {
+                            limits::apply_headers(response.headers_mut(), decision);
+                        }
+                        return response;
+                    }
                 }
             }
         }
@@ -276,6 +287,17 @@ impl Edge {
                 response::json_response(StatusCode::OK, &routes::openapi(env!("CARGO_PKG_VERSION")))
             }
             routes::Handler::Jwks => self.jwks(context, &forwarded).await,
+            routes::Handler::Register
+            | routes::Handler::Login
+            | routes::Handler::Refresh
+            | routes::Handler::Logout
+            | routes::Handler::VerifyEmail
+            | routes::Handler::Me
+            | routes::Handler::Unlock
+            | routes::Handler::Revoke => self
+                .auth(route.handler, request.into_body(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)
                 .await
@@ -327,20 +349,10 @@ impl Edge {
             forwarded,
             self.inner.settings.request_timeout,
         );
-        let result = RateLimitServiceClient::new(backend.channel.clone())
+        let reset = RateLimitServiceClient::new(backend.channel.clone())
             .reset(request)
             .await;
-        backends::record(
-            backend.name,
-            "Reset",
-            result
-                .as_ref()
-                .map_or_else(tonic::Status::code, |_| Code::Ok),
-        );
-        let removed = result
-            .map_err(|status| ApiError::from_status(&status, backend.name))?
-            .into_inner()
-            .removed;
+        let removed = finish(backend, "Reset", reset)?.removed;
         Ok(response::json_response(
             StatusCode::OK,
             &serde_json::json!({ "removed": removed }),
@@ -391,32 +403,20 @@ impl Edge {
             forwarded,
             self.inner.settings.request_timeout,
         );
-        let result = AuthServiceClient::new(backend.channel.clone())
+        let answer = AuthServiceClient::new(backend.channel.clone())
             .get_jwks(request)
             .await;
-        backends::record(
-            backend.name,
-            "GetJwks",
-            result
-                .as_ref()
-                .map_or_else(tonic::Status::code, |_| Code::Ok),
-        );
-        match result {
-            Ok(response) => {
-                let mut response = response::text_response(
-                    StatusCode::OK,
-                    "application/json",
-                    response.into_inner().jwks_json,
-                );
+        match finish(backend, "GetJwks", answer) {
+            Ok(jwks) => {
+                let mut response =
+                    response::text_response(StatusCode::OK, "application/json", jwks.jwks_json);
                 response.headers_mut().insert(
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("public, max-age=300"),
                 );
                 response
             }
-            Err(status) => {
-                ApiError::from_status(&status, backend.name).into_response(&context.correlation_id)
-            }
+            Err(error) => error.into_response(&context.correlation_id),
         }
     }
 }
@@ -439,6 +439,24 @@ fn body_too_large() -> ApiError {
         format!("request body exceeds {BODY_LIMIT_BYTES} bytes"),
     )
     .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Records a finished backend call and maps its error (the one place both happen).
+pub(crate) fn finish<T>(
+    backend: &backends::Backend,
+    method: &str,
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, ApiError> {
+    backends::record(
+        backend.name,
+        method,
+        result
+            .as_ref()
+            .map_or_else(tonic::Status::code, |_| Code::Ok),
+    );
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|status| ApiError::from_status(&status, backend.name))
 }
 
 /// Parses a JSON body, refusing unknown fields (per the target type) with a 400 that says why.

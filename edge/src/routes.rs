@@ -22,6 +22,22 @@ pub enum Handler {
     Jwks,
     /// RateLimitService.Reset (admin).
     RateLimitReset,
+    /// AuthService.Register.
+    Register,
+    /// AuthService.Login.
+    Login,
+    /// AuthService.Refresh.
+    Refresh,
+    /// AuthService.Logout.
+    Logout,
+    /// AuthService.VerifyEmail.
+    VerifyEmail,
+    /// AuthService.GetMe.
+    Me,
+    /// AuthService.UnlockAccount (admin).
+    Unlock,
+    /// AuthService.RevokeToken (admin).
+    Revoke,
 }
 
 impl Handler {
@@ -31,6 +47,14 @@ impl Handler {
             self,
             Handler::Live | Handler::Startup | Handler::Ready | Handler::Metrics
         )
+    }
+
+    /// The policy applied on top of `global`, if any (DESIGN §8).
+    pub fn extra_policy(self) -> Option<&'static str> {
+        match self {
+            Handler::Register | Handler::Login => Some("auth"),
+            _ => None,
+        }
     }
 }
 
@@ -47,6 +71,21 @@ pub struct Route {
     pub tag: &'static str,
     /// One-line description.
     pub summary: &'static str,
+}
+
+const fn post(
+    path: &'static str,
+    handler: Handler,
+    tag: &'static str,
+    summary: &'static str,
+) -> Route {
+    Route {
+        path,
+        method: Method::POST,
+        handler,
+        tag,
+        summary,
+    }
 }
 
 const fn get(
@@ -124,6 +163,54 @@ pub static ROUTES: &[Route] = &[
         Handler::Jwks,
         "auth",
         "Public keys that verify access tokens",
+    ),
+    post(
+        "/api/v1/auth/register",
+        Handler::Register,
+        "auth",
+        "Create an account (201)",
+    ),
+    post(
+        "/api/v1/auth/login",
+        Handler::Login,
+        "auth",
+        "Email and password for an access and a refresh token",
+    ),
+    post(
+        "/api/v1/auth/refresh",
+        Handler::Refresh,
+        "auth",
+        "Spend a refresh token for a new pair (rotation)",
+    ),
+    post(
+        "/api/v1/auth/logout",
+        Handler::Logout,
+        "auth",
+        "Revoke the refresh family and the bearer's access token (204)",
+    ),
+    post(
+        "/api/v1/auth/verify-email",
+        Handler::VerifyEmail,
+        "auth",
+        "Consume an email verification token",
+    ),
+    get(
+        "/api/v1/auth/me",
+        Handler::Me,
+        "auth",
+        "The account behind the bearer token",
+    ),
+    post(
+        "/api/v1/admin/auth/unlock",
+        Handler::Unlock,
+        "admin",
+        "Clear login lockouts of an email (X-Admin-Key or admin JWT)",
+    ),
+    post(
+        "/api/v1/admin/auth/revoke",
+        Handler::Revoke,
+        "admin",
+        "Revoke an access token by jti or every session of a user",
     ),
     Route {
         path: "/api/v1/admin/ratelimit/reset",
@@ -271,9 +358,20 @@ pub fn openapi(version: &str) -> Value {
     })
 }
 
+fn object(properties: Value, required: &[&str]) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": false, "properties": properties, "required": required
+    }}}})
+}
+
 fn request_body(handler: Handler) -> Option<Value> {
-    match handler {
-        Handler::RateLimitReset => Some(json!({
+    let string = json!({"type": "string"});
+    let credentials = json!({
+        "email": {"type": "string", "maxLength": 254},
+        "password": {"type": "string", "minLength": 8, "maxLength": 128}
+    });
+    Some(match handler {
+        Handler::RateLimitReset => json!({
             "required": true,
             "content": {"application/json": {"schema": {
                 "type": "object",
@@ -284,9 +382,20 @@ fn request_body(handler: Handler) -> Option<Value> {
                 },
                 "oneOf": [{"required": ["key"]}, {"required": ["prefix"]}]
             }}}
-        })),
-        _ => None,
-    }
+        }),
+        Handler::Register | Handler::Login => object(credentials, &["email", "password"]),
+        Handler::Refresh | Handler::Logout => {
+            object(json!({"refreshToken": string}), &["refreshToken"])
+        }
+        Handler::VerifyEmail => object(json!({"token": string}), &["token"]),
+        Handler::Unlock => object(json!({"email": string, "ip": string}), &["email"]),
+        Handler::Revoke => json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false,
+            "properties": {"jti": string, "userId": string},
+            "oneOf": [{"required": ["jti"]}, {"required": ["userId"]}]
+        }}}}),
+        _ => return None,
+    })
 }
 
 fn operation_id(route: &Route) -> String {
@@ -336,6 +445,42 @@ fn responses(handler: Handler) -> Value {
             "401": error_response("X-Admin-Key missing"),
             "403": error_response("X-Admin-Key wrong, or ADMIN_API_KEY not configured"),
             "429": error_response("Rate limited")
+        }),
+        Handler::Register => json!({
+            "201": {"description": "Created", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "userId": {"type": "string"}, "verificationRequired": {"type": "boolean"}}}}}},
+            "400": error_response("Invalid email or password"),
+            "409": error_response("Email already registered (when verification is off)"),
+            "429": error_response("Rate limited")
+        }),
+        Handler::Login | Handler::Refresh => json!({
+            "200": {"description": "Tokens", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "accessToken": {"type": "string"}, "refreshToken": {"type": "string"},
+                "tokenType": {"type": "string", "enum": ["Bearer"]}, "expiresIn": {"type": "integer"}}}}}},
+            "400": error_response("Invalid input, or email not verified"),
+            "401": error_response("Invalid credentials or token"),
+            "429": error_response("Rate limited or locked out (Retry-After)")
+        }),
+        Handler::Logout => {
+            json!({"204": {"description": "Logged out"}, "401": error_response("Invalid refresh token")})
+        }
+        Handler::VerifyEmail => json!({
+            "200": {"description": "Verified", "content": {"application/json": {"schema": {"type": "object", "properties": {"userId": {"type": "string"}}}}}},
+            "400": error_response("Invalid, used or expired token")
+        }),
+        Handler::Me => json!({
+            "200": {"description": "The account", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "id": {"type": "string"}, "email": {"type": "string"}, "role": {"type": "string", "enum": ["user", "admin"]},
+                "emailVerified": {"type": "boolean"}, "createdAt": {"type": "string"}}}}}},
+            "401": error_response("Missing, invalid, expired or revoked bearer token")
+        }),
+        Handler::Unlock => json!({
+            "200": {"description": "Cleared", "content": {"application/json": {"schema": {"type": "object", "properties": {"cleared": {"type": "integer"}}}}}},
+            "401": error_response("No credentials"), "403": error_response("Not an admin")
+        }),
+        Handler::Revoke => json!({
+            "200": {"description": "Revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"familiesRevoked": {"type": "integer"}}}}}},
+            "401": error_response("No credentials"), "403": error_response("Not an admin")
         }),
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},

@@ -121,13 +121,13 @@ async fn maintenance_mode_closes_everything_but_health() {
 }
 
 #[tokio::test]
-async fn service_errors_map_to_http_and_a_down_service_is_503() {
+async fn jwks_is_served_and_a_down_service_is_503() {
     let mut suite = TestSuite::spawn().await;
-    // AuthService.GetJwks answers UNIMPLEMENTED until the auth issue lands: 501 end to end.
     let response = suite.get("/.well-known/jwks.json").await;
-    assert_eq!(response.status(), 501);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(body["error"]["code"], "UNIMPLEMENTED");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "public, max-age=300");
+    let jwks: Value = response.json().await.expect("json");
+    assert!(jwks["keys"][0]["kid"].as_str().is_some_and(|kid| kid.len() == 43), "{jwks}");
 
     suite.stop(Component::Auth).await;
     let response = suite.get("/.well-known/jwks.json").await;

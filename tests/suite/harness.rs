@@ -63,6 +63,7 @@ impl Builder {
         .collect();
         vars.insert("DATABASE_URL".into(), database_url.clone());
         vars.insert("REDIS_KEY_PREFIX".into(), key_prefix.clone());
+        vars.insert("JWT_SIGNING_KEY_FILE".into(), new_signing_key());
         if let Some(url) = &redis_url {
             vars.insert("REDIS_URL".into(), url.clone());
         }
@@ -142,6 +143,16 @@ impl TestSuite {
         let suite = self.suite.take().expect("suite is running");
         suite.shutdown().await
     }
+}
+
+/// A fresh Ed25519 signing key file for one suite.
+pub fn new_signing_key() -> String {
+    let path = std::env::temp_dir()
+        .join(format!("portico-test-key-{}.pem", uuid::Uuid::new_v4().simple()))
+        .display()
+        .to_string();
+    portico_auth::keys::write_new_key(&path).expect("signing key");
+    path
 }
 
 fn init_logs() {

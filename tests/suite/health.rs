@@ -192,17 +192,12 @@ async fn a_service_sees_and_echoes_the_callers_correlation_id() {
     );
 
     // An error answer carries it too, and an invalid ID is replaced by a fresh one.
-    let mut client = portico_proto::auth::auth_service_client::AuthServiceClient::new(
-        suite.channel(Component::Auth).await,
+    let mut client = portico_proto::content::content_service_client::ContentServiceClient::new(
+        suite.channel(Component::Content).await,
     );
-    let mut request = tonic::Request::new(portico_proto::auth::GetJwksRequest {});
-    request
-        .metadata_mut()
-        .insert("x-correlation-id", "bad id!".parse().expect("ascii"));
-    let status = client
-        .get_jwks(request)
-        .await
-        .expect_err("not implemented yet");
+    let mut request = tonic::Request::new(portico_proto::content::GetContentRequest { slug: "x".into() });
+    request.metadata_mut().insert("x-correlation-id", "bad id!".parse().expect("ascii"));
+    let status = client.get_content(request).await.expect_err("not implemented yet");
     let echoed = status
         .metadata()
         .get("x-correlation-id")

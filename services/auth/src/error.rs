@@ -1,13 +1,37 @@
 //! The auth service's errors and their gRPC codes.
 
-use tonic::Status;
+use tonic::{metadata::MetadataValue, Status};
 
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database failed or is unreachable.
+    /// Malformed input; the message says what to fix.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Bad credentials or token (deliberately vague).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The email is taken (only when verification is not required).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Login refused until the email is verified.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Locked out: retry after this many seconds.
+    #[error("too many failed logins; retry after {0} s")]
+    LockedOut(u64),
+    /// The account store failed or is unreachable.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// Redis or hashing failed.
+    #[error("{0}")]
+    Internal(String),
+    /// Keys or settings are unusable at start.
+    #[error("{0}")]
+    Config(String),
     /// The gRPC server could not start.
     #[error("gRPC server: {0}")]
     Serve(#[from] portico_grpc::ServeError),
@@ -16,10 +40,29 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            Error::InvalidArgument(message) => Status::invalid_argument(message),
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::AlreadyExists(message) => Status::already_exists(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::LockedOut(seconds) => {
+                let mut status = Status::resource_exhausted(format!(
+                    "too many failed logins; retry after {seconds} s"
+                ));
+                if let Ok(value) = MetadataValue::try_from(seconds.to_string()) {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
                 Status::unavailable("the account store is unavailable; retry shortly")
             }
+            Error::Internal(message) => {
+                tracing::error!(%message, "internal error");
+                Status::internal("internal error")
+            }
+            Error::Config(message) => Status::internal(message),
             Error::Serve(error) => Status::internal(error.to_string()),
         }
     }

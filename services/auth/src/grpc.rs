@@ -1,82 +1,191 @@
-//! `portico.auth.v1.AuthService` over gRPC. The RPCs arrive with the auth issue; until then
-//! each answers UNIMPLEMENTED, so callers see an honest 501 rather than a fake success.
+//! `portico.auth.v1.AuthService` over gRPC: decode, call [`Accounts`], encode.
 
-use portico_proto::auth::{self as pb, auth_service_server::AuthService};
+use portico_grpc::RequestContext;
+use portico_proto::auth::{
+    self as pb, auth_service_server::AuthService, revoke_token_request::Target,
+};
 use tonic::{Request, Response, Status};
+
+use crate::accounts::{Accounts, Caller, Tokens};
 
 /// The gRPC face of the auth service.
 #[derive(Debug, Clone)]
 pub struct AuthGrpc {
-    pub(crate) _db: sea_orm::DatabaseConnection,
+    pub(crate) accounts: Accounts,
 }
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("AuthService.{rpc} is not implemented yet"))
+fn caller<T>(request: &Request<T>) -> Caller {
+    let metadata = request.metadata();
+    let text = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let ip = text("x-forwarded-for")
+        .and_then(|v| v.split(',').next().map(|ip| ip.trim().to_owned()))
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .or_else(|| request.remote_addr().map(|addr| addr.ip().to_string()))
+        .unwrap_or_default();
+    Caller {
+        ip,
+        correlation_id: request
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.correlation_id.clone())
+            .unwrap_or_default(),
+        bearer: text("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
+        admin_key: text("x-admin-key"),
+    }
+}
+
+fn pair(tokens: Tokens) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        token_type: "Bearer".into(),
+        expires_in: tokens.expires_in,
+    }
+}
+
+fn role(name: &str) -> i32 {
+    match name {
+        "admin" => pb::Role::Admin as i32,
+        _ => pb::Role::User as i32,
+    }
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
     async fn register(
         &self,
-        _: Request<pb::RegisterRequest>,
+        request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        Err(unimplemented("Register"))
+        let caller = caller(&request);
+        let pb::RegisterRequest { email, password } = request.into_inner();
+        let (user_id, verification_required) =
+            self.accounts.register(&email, password, &caller).await?;
+        Ok(Response::new(pb::RegisterResponse {
+            user_id,
+            verification_required,
+        }))
     }
 
-    async fn login(&self, _: Request<pb::LoginRequest>) -> Result<Response<pb::TokenPair>, Status> {
-        Err(unimplemented("Login"))
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::TokenPair>, Status> {
+        let caller = caller(&request);
+        let pb::LoginRequest { email, password } = request.into_inner();
+        Ok(Response::new(pair(
+            self.accounts.login(&email, password, &caller).await?,
+        )))
     }
 
     async fn refresh(
         &self,
-        _: Request<pb::RefreshRequest>,
+        request: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
-        Err(unimplemented("Refresh"))
+        let caller = caller(&request);
+        let tokens = self
+            .accounts
+            .refresh(&request.get_ref().refresh_token, &caller)
+            .await?;
+        Ok(Response::new(pair(tokens)))
     }
 
     async fn logout(
         &self,
-        _: Request<pb::LogoutRequest>,
+        request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        Err(unimplemented("Logout"))
+        let caller = caller(&request);
+        self.accounts
+            .logout(&request.get_ref().refresh_token, &caller)
+            .await?;
+        Ok(Response::new(pb::LogoutResponse {}))
     }
 
     async fn verify_email(
         &self,
-        _: Request<pb::VerifyEmailRequest>,
+        request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
-        Err(unimplemented("VerifyEmail"))
+        let caller = caller(&request);
+        let user_id = self
+            .accounts
+            .verify_email(&request.get_ref().token, &caller)
+            .await?;
+        Ok(Response::new(pb::VerifyEmailResponse { user_id }))
     }
 
-    async fn get_me(&self, _: Request<pb::GetMeRequest>) -> Result<Response<pb::User>, Status> {
-        Err(unimplemented("GetMe"))
+    async fn get_me(
+        &self,
+        request: Request<pb::GetMeRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let user = self.accounts.me(&caller(&request)).await?;
+        Ok(Response::new(pb::User {
+            id: user.id,
+            email: user.email,
+            role: role(&user.role),
+            email_verified: user.email_verified,
+            created_at: portico_telemetry::rfc3339_millis(user.created_at),
+        }))
     }
 
     async fn validate_token(
         &self,
-        _: Request<pb::ValidateTokenRequest>,
+        request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        Err(unimplemented("ValidateToken"))
+        let token = request.get_ref().access_token.trim_start_matches("Bearer ");
+        let response = match self.accounts.validate(token).await {
+            Ok(claims) => pb::ValidateTokenResponse {
+                valid: true,
+                user_id: claims.sub,
+                role: role(&claims.role),
+                jti: claims.jti,
+                expires_at: claims.exp as i64,
+                reason: String::new(),
+            },
+            Err(refused) => pb::ValidateTokenResponse {
+                reason: refused.0,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn get_jwks(
         &self,
         _: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Err(unimplemented("GetJwks"))
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.accounts.keys.jwks_json(),
+        }))
     }
 
     async fn revoke_token(
         &self,
-        _: Request<pb::RevokeTokenRequest>,
+        request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        Err(unimplemented("RevokeToken"))
+        let caller = caller(&request);
+        let families_revoked = match &request.get_ref().target {
+            Some(Target::Jti(jti)) => {
+                self.accounts.revoke_jti(jti, &caller).await?;
+                0
+            }
+            Some(Target::UserId(user_id)) => self.accounts.revoke_user(user_id, &caller).await?,
+            None => return Err(Status::invalid_argument("give a `jti` or a `userId`")),
+        };
+        Ok(Response::new(pb::RevokeTokenResponse { families_revoked }))
     }
 
     async fn unlock_account(
         &self,
-        _: Request<pb::UnlockAccountRequest>,
+        request: Request<pb::UnlockAccountRequest>,
     ) -> Result<Response<pb::UnlockAccountResponse>, Status> {
-        Err(unimplemented("UnlockAccount"))
+        let caller = caller(&request);
+        let pb::UnlockAccountRequest { email, ip } = request.into_inner();
+        let ip = (!ip.is_empty()).then_some(ip);
+        let cleared = self.accounts.unlock(&email, ip.as_deref(), &caller).await?;
+        Ok(Response::new(pb::UnlockAccountResponse { cleared }))
     }
 }

@@ -1,37 +1,105 @@
-//! Portico's auth service: accounts, passwords and tokens (`portico.auth.v1.AuthService`).
+//! Portico's auth service (`portico.auth.v1.AuthService`): accounts with Argon2id passwords,
+//! JWT access tokens (RS256/EdDSA, `kid` thumbprints, rotation), rotating refresh-token
+//! families with reuse detection, lockout per email + IP, revocation, email verification and an
+//! audit trail.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use portico_config::{ExposeSecret as _, Settings};
 use portico_grpc::ServerHandle;
+use portico_limiter::{Clock, SystemClock};
 use portico_migrations::Owner;
 use portico_proto::{auth::auth_service_server::AuthServiceServer, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+mod accounts;
 mod error;
 mod grpc;
+pub mod keys;
+mod lockout;
+pub mod mailer;
+mod passwords;
+mod store;
+mod tokens;
 
+pub use accounts::normalize_email;
 pub use error::Error;
+pub use mailer::{EmailSender, LogSender};
 
 /// How often the database is probed for the health status.
 const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a Redis command may take (lockouts, denylist).
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the auth service on
-/// `listener` until `shutdown` is cancelled.
+/// What tests (or an embedding application) may swap.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Time source (lockout expiry, token times).
+    pub clock: Arc<dyn Clock>,
+    /// Delivers verification emails.
+    pub sender: Arc<dyn EmailSender>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            sender: Arc::new(LogSender),
+        }
+    }
+}
+
+/// Serves the auth service on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     settings: &Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<ServerHandle, Error> {
+    serve_with(settings, listener, shutdown, Options::default()).await
+}
+
+/// [`serve`] with injected parts.
+pub async fn serve_with(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    options: Options,
+) -> Result<ServerHandle, Error> {
+    let auth = &settings.auth;
+    let keys = keys::KeySet::load(auth.signing_key_file.as_deref(), &auth.verify_key_files)
+        .map_err(Error::Config)?;
     let storage = &settings.storage;
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
         storage.migrate_on_boot.then_some(Owner::Auth),
     )
     .await?;
-    let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { _db: db.clone() }));
+    let store = store::Store::new(db.clone());
+    let guards = match &storage.redis_url {
+        Some(url) => lockout::Guards::redis(
+            portico_redis::Redis::connect(
+                url.expose_secret(),
+                &storage.redis_key_prefix,
+                REDIS_COMMAND_TIMEOUT,
+                shutdown.clone(),
+            )
+            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
+        ),
+        None => lockout::Guards::Database(store.clone()),
+    };
+    let accounts = accounts::Accounts {
+        store,
+        guards,
+        passwords: passwords::Passwords::new().map_err(Error::Config)?,
+        keys: Arc::new(keys),
+        settings: auth.clone(),
+        clock: options.clock,
+        sender: options.sender,
+        admin_key: settings.admin_api_key.clone(),
+    };
+    let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { accounts }));
     let handle =
         portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
     handle

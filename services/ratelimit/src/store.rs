@@ -1,11 +1,7 @@
 //! The Redis bucket store: one EVALSHA of `gcra.lua` per decision (re-loaded on NOSCRIPT), keys
 //! `{REDIS_KEY_PREFIX}ratelimit:{policy}:{key}` with TTL = time to full refill.
 
-use fred::{
-    prelude::*,
-    types::{scan::Scanner as _, scripts::Script},
-};
-use futures_util::TryStreamExt as _;
+use fred::{prelude::*, types::scripts::Script};
 use portico_limiter::{Clock, Decision, Limit};
 use portico_redis::{fred, Redis};
 
@@ -76,38 +72,8 @@ impl RedisBuckets {
         self.redis.client().unlink(self.redis.key(bucket)).await
     }
 
-    /// Deletes every bucket whose unprefixed key starts with `prefix` (SCAN + UNLINK, never KEYS).
+    /// Deletes every bucket whose unprefixed key starts with `prefix`.
     pub async fn reset_prefix(&self, prefix: &str) -> Result<u64, Error> {
-        let pattern = format!("{}*", escape_glob(&self.redis.key(prefix)));
-        let mut pages = self.redis.client().scan(pattern, Some(500), None);
-        let mut removed = 0;
-        while let Some(mut page) = pages.try_next().await? {
-            if let Some(keys) = page.take_results() {
-                if !keys.is_empty() {
-                    removed += self.redis.client().unlink::<u64, _>(keys).await?;
-                }
-            }
-        }
-        Ok(removed)
-    }
-}
-
-/// Escapes Redis glob characters so a prefix matches only itself.
-fn escape_glob(raw: &str) -> String {
-    let mut escaped = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(super::escape_glob("t:[a]*?\\"), "t:\\[a\\]\\*\\?\\\\");
+        self.redis.unlink_prefix(prefix).await
     }
 }

@@ -185,6 +185,8 @@ pub struct AuthSettings {
     pub login_lockout: Duration,
     /// `AUTH_EMAIL_VERIFICATION_REQUIRED`.
     pub email_verification_required: bool,
+    /// `AUTH_ADMIN_EMAILS`: accounts registered with these emails get the `admin` role.
+    pub admin_emails: Vec<String>,
 }
 
 /// The ratelimit service.
@@ -469,6 +471,11 @@ fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
             Unit::Minutes,
         ),
         email_verification_required: r.bool("AUTH_EMAIL_VERIFICATION_REQUIRED", false),
+        admin_emails: r
+            .list("AUTH_ADMIN_EMAILS")
+            .into_iter()
+            .map(|email| email.to_ascii_lowercase())
+            .collect(),
     }
 }
 

@@ -109,6 +109,25 @@ impl Redis {
         }
     }
 
+    /// Deletes every key under `REDIS_KEY_PREFIX` + `prefix` with SCAN + UNLINK (never KEYS, so a
+    /// busy Redis is not blocked); returns how many were removed.
+    pub async fn unlink_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        use fred::types::scan::Scanner as _;
+        use futures_util::TryStreamExt as _;
+
+        let pattern = format!("{}*", escape_glob(&self.key(prefix)));
+        let mut pages = self.client.scan(pattern, Some(500), None);
+        let mut removed = 0;
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(keys) = page.take_results() {
+                if !keys.is_empty() {
+                    removed += self.client.unlink::<u64, _>(keys).await?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// PING with the command timeout.
     pub async fn ping(&self) -> bool {
         matches!(
@@ -136,5 +155,25 @@ impl Redis {
                 redis.set_up(reachable, None);
             }
         });
+    }
+}
+
+/// Escapes Redis glob characters so a prefix matches only itself.
+fn escape_glob(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(super::escape_glob("t:[a]*?\\"), "t:\\[a\\]\\*\\?\\\\");
     }
 }

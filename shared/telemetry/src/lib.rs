@@ -17,6 +17,9 @@ pub mod metrics;
 
 pub use context::{RequestContext, CORRELATION_HEADER};
 
+mod time;
+pub use time::{rfc3339, rfc3339_millis};
+
 /// True once [`init`] installed an OTLP exporter; spans then carry real OpenTelemetry context.
 static OTLP_ENABLED: AtomicBool = AtomicBool::new(false);
 

@@ -1,0 +1,606 @@
+//! The auth domain: register, login, refresh, logout, verify email, me, validate, revoke,
+//! unlock — each as one method over the store, the guards (lockout, denylist), the password
+//! hasher and the keys. gRPC decoding lives in `grpc.rs`.
+
+use std::{sync::Arc, sync::OnceLock, time::Duration};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+use portico_config::{AuthSettings, ExposeSecret as _, SecretString};
+use portico_limiter::Clock;
+use prometheus_client::metrics::counter::Counter;
+use rand_core::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::{
+    keys::KeySet,
+    lockout::{Attempt, Guards},
+    mailer::EmailSender,
+    passwords::Passwords,
+    store::{Store, UserRow},
+    tokens::{self, Claims},
+    Error,
+};
+
+/// Lifetime of an email verification token.
+const VERIFICATION_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The one message for every failed login, whatever the reason.
+const BAD_CREDENTIALS: &str = "invalid email or password";
+
+fn login_failures() -> &'static Counter {
+    static COUNTER: OnceLock<Counter> = OnceLock::new();
+    COUNTER.get_or_init(|| {
+        let counter = Counter::default();
+        portico_telemetry::metrics::register(
+            "login_failures",
+            "Failed logins (bad credentials or lockout)",
+            counter.clone(),
+        );
+        counter
+    })
+}
+
+/// Who is calling, as the edge forwarded it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Client IP (`x-forwarded-for` from the edge, else the socket peer).
+    pub ip: String,
+    /// The request's correlation ID.
+    pub correlation_id: String,
+    /// `authorization: Bearer …`.
+    pub bearer: Option<String>,
+    /// `x-admin-key`.
+    pub admin_key: Option<String>,
+}
+
+/// Issued tokens.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+/// The auth service's state.
+#[derive(Clone)]
+pub struct Accounts {
+    pub(crate) store: Store,
+    pub(crate) guards: Guards,
+    pub(crate) passwords: Passwords,
+    pub(crate) keys: Arc<KeySet>,
+    pub(crate) settings: AuthSettings,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sender: Arc<dyn EmailSender>,
+    pub(crate) admin_key: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+/// Trimmed, lower-cased, and plausibly an address (the mailer is the real test).
+pub fn normalize_email(raw: &str) -> Result<String, Error> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(Error::InvalidArgument(
+            "email must be a valid address of at most 254 characters".into(),
+        ))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), Error> {
+    let length = password.chars().count();
+    if (8..=128).contains(&length) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "password must be 8 to 128 characters".into(),
+        ))
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    B64.encode(bytes)
+}
+
+fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Accounts {
+    fn now_ms(&self) -> i64 {
+        (self.clock.now_micros() / 1000) as i64
+    }
+
+    async fn audit(
+        &self,
+        event: &str,
+        user_id: Option<&str>,
+        email: Option<&str>,
+        caller: &Caller,
+        detail: Option<&str>,
+    ) {
+        tracing::info!(
+            target: "audit",
+            eventType = event,
+            userId = user_id.unwrap_or_default(),
+            email = email.unwrap_or_default(),
+            ip = %caller.ip,
+            correlationId = %caller.correlation_id,
+            detail = detail.unwrap_or_default(),
+            "audit"
+        );
+        let ip = (!caller.ip.is_empty()).then_some(caller.ip.as_str());
+        let correlation =
+            (!caller.correlation_id.is_empty()).then_some(caller.correlation_id.as_str());
+        if let Err(error) = self
+            .store
+            .audit(
+                event,
+                user_id,
+                email,
+                ip,
+                correlation,
+                detail,
+                self.now_ms(),
+            )
+            .await
+        {
+            tracing::error!(%error, event, "audit event not stored");
+        }
+    }
+
+    /// Creates an account. Returns (user id, verification required).
+    pub async fn register(
+        &self,
+        email: &str,
+        password: String,
+        caller: &Caller,
+    ) -> Result<(String, bool), Error> {
+        let email = normalize_email(email)?;
+        check_password(&password)?;
+        let hash = self
+            .passwords
+            .hash(password)
+            .await
+            .map_err(Error::Internal)?;
+        let now = self.now_ms();
+        let role = if self.settings.admin_emails.contains(&email) {
+            "admin"
+        } else {
+            "user"
+        };
+        let user = UserRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: email.clone(),
+            password_hash: hash,
+            role: role.into(),
+            email_verified: false,
+            created_at: now,
+        };
+        let verification = self.settings.email_verification_required;
+        match self.store.insert_user(&user).await {
+            Ok(()) => {}
+            Err(error)
+                if matches!(
+                    error.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                if verification {
+                    // Same answer as a new account: whether an email is registered stays secret.
+                    return Ok((String::new(), true));
+                }
+                return Err(Error::AlreadyExists(
+                    "an account with this email already exists".into(),
+                ));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.audit(
+            "USER_REGISTERED",
+            Some(&user.id),
+            Some(&email),
+            caller,
+            None,
+        )
+        .await;
+        if verification {
+            let token = random_token();
+            let expires = now + VERIFICATION_TTL.as_millis() as i64;
+            self.store
+                .insert_verification(&digest(&token), &user.id, expires)
+                .await?;
+            self.sender.send_verification(&email, &token);
+            return Ok((String::new(), true));
+        }
+        Ok((user.id, false))
+    }
+
+    /// Email + password → tokens, under the lockout rules.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        caller: &Caller,
+    ) -> Result<Tokens, Error> {
+        let email = normalize_email(email)?;
+        if password.is_empty() || password.chars().count() > 128 {
+            return Err(Error::InvalidArgument(
+                "password must be 1 to 128 characters".into(),
+            ));
+        }
+        let now = self.now_ms();
+        let window = self.settings.login_attempt_window.as_millis() as i64;
+        let max = i64::from(self.settings.login_max_attempts);
+        let attempt = self
+            .guards
+            .reserve(&email, &caller.ip, max, now, window)
+            .await
+            .map_err(Error::Internal)?;
+        let number = match attempt {
+            Attempt::Allowed(n) => n,
+            Attempt::Refused { until_ms } => {
+                login_failures().inc();
+                self.audit(
+                    "LOGIN_FAILURE",
+                    None,
+                    Some(&email),
+                    caller,
+                    Some("locked out"),
+                )
+                .await;
+                return Err(Error::LockedOut(
+                    ((until_ms - now).max(0) as u64).div_ceil(1000).max(1),
+                ));
+            }
+        };
+        let user = self.store.user_by_email(&email).await?;
+        let verified = self
+            .passwords
+            .verify(
+                password.clone(),
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await;
+        let Some(user) = user.filter(|_| verified.ok) else {
+            login_failures().inc();
+            self.audit("LOGIN_FAILURE", None, Some(&email), caller, None)
+                .await;
+            if number >= max {
+                let until = now + self.settings.login_lockout.as_millis() as i64;
+                self.guards
+                    .lock(&email, &caller.ip, now, until)
+                    .await
+                    .map_err(Error::Internal)?;
+                self.audit("ACCOUNT_LOCKED", None, Some(&email), caller, None)
+                    .await;
+            }
+            return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
+        };
+        self.guards
+            .succeeded(&email, &caller.ip)
+            .await
+            .map_err(Error::Internal)?;
+        if self.settings.email_verification_required && !user.email_verified {
+            return Err(Error::FailedPrecondition(
+                "verify your email address before logging in".into(),
+            ));
+        }
+        if verified.needs_rehash {
+            match self.passwords.hash(password).await {
+                Ok(hash) => self.store.set_password_hash(&user.id, &hash, now).await?,
+                Err(error) => tracing::warn!(%error, "rehash failed; keeping the old hash"),
+            }
+        }
+        let tokens = self.issue(&user, &uuid::Uuid::now_v7().to_string()).await?;
+        self.audit("LOGIN_SUCCESS", Some(&user.id), Some(&email), caller, None)
+            .await;
+        Ok(tokens)
+    }
+
+    async fn issue(&self, user: &UserRow, family_id: &str) -> Result<Tokens, Error> {
+        let now = self.now_ms();
+        let now_s = (now / 1000) as u64;
+        let ttl = self.settings.access_ttl.as_secs();
+        let claims = Claims {
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            sub: user.id.clone(),
+            role: user.role.clone(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            iat: now_s,
+            nbf: now_s,
+            exp: now_s + ttl,
+        };
+        let access_token = tokens::sign(&self.keys, &claims).map_err(Error::Internal)?;
+        let refresh_token = random_token();
+        let expires = now + self.settings.refresh_ttl.as_millis() as i64;
+        self.store
+            .insert_refresh(&digest(&refresh_token), family_id, &user.id, expires, now)
+            .await?;
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in: ttl as i64,
+        })
+    }
+
+    /// Spends a refresh token for a new pair; a spent one presented again revokes its family.
+    pub async fn refresh(&self, refresh_token: &str, caller: &Caller) -> Result<Tokens, Error> {
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(Error::InvalidArgument("refreshToken is required".into()));
+        }
+        let hash = digest(refresh_token);
+        let now = self.now_ms();
+        let invalid =
+            || Error::Unauthenticated("refresh token is invalid, expired or revoked".into());
+        if self.store.spend_refresh(&hash, now).await? {
+            let row = self
+                .store
+                .refresh_by_hash(&hash)
+                .await?
+                .ok_or_else(invalid)?;
+            let user = self
+                .store
+                .user_by_id(&row.user_id)
+                .await?
+                .ok_or_else(invalid)?;
+            return self.issue(&user, &row.family_id).await;
+        }
+        let Some(row) = self.store.refresh_by_hash(&hash).await? else {
+            return Err(invalid());
+        };
+        if row.spent_at.is_some() && !row.family_revoked && row.expires_at > now {
+            self.store.revoke_family(&row.family_id, now).await?;
+            self.audit(
+                "REFRESH_TOKEN_REUSE",
+                Some(&row.user_id),
+                None,
+                caller,
+                Some(&format!("family {}", row.family_id)),
+            )
+            .await;
+            return Err(Error::Unauthenticated(
+                "refresh token was already used; every session of this login is revoked".into(),
+            ));
+        }
+        Err(invalid())
+    }
+
+    /// Revokes the refresh token's family and denylists the caller's access token.
+    pub async fn logout(&self, refresh_token: &str, caller: &Caller) -> Result<(), Error> {
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(Error::InvalidArgument("refreshToken is required".into()));
+        }
+        let now = self.now_ms();
+        let row = self.store.refresh_by_hash(&digest(refresh_token)).await?;
+        let Some(row) = row else {
+            return Err(Error::Unauthenticated("refresh token is invalid".into()));
+        };
+        self.store.revoke_family(&row.family_id, now).await?;
+        if let Some(claims) = caller
+            .bearer
+            .as_deref()
+            .and_then(|token| self.verify_signature(token).ok())
+        {
+            self.guards
+                .deny(&claims.jti, now, (claims.exp as i64) * 1000)
+                .await
+                .map_err(Error::Internal)?;
+        }
+        self.audit(
+            "TOKEN_REVOKED",
+            Some(&row.user_id),
+            None,
+            caller,
+            Some("logout"),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Consumes a verification token.
+    pub async fn verify_email(&self, token: &str, caller: &Caller) -> Result<String, Error> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(Error::InvalidArgument("token is required".into()));
+        }
+        let now = self.now_ms();
+        let user_id = self
+            .store
+            .use_verification(&digest(token), now)
+            .await?
+            .ok_or_else(|| {
+                Error::InvalidArgument("verification token is invalid, used or expired".into())
+            })?;
+        self.store.set_verified(&user_id, now).await?;
+        self.audit("EMAIL_VERIFIED", Some(&user_id), None, caller, None)
+            .await;
+        Ok(user_id)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Claims, tokens::Refused> {
+        tokens::verify(
+            &self.keys,
+            token,
+            &self.settings.issuer,
+            &self.settings.audience,
+        )
+    }
+
+    /// Signature, claims and denylist.
+    pub async fn validate(&self, token: &str) -> Result<Claims, tokens::Refused> {
+        let claims = self.verify_signature(token)?;
+        match self.guards.is_denied(&claims.jti, self.now_ms()).await {
+            Ok(false) => Ok(claims),
+            Ok(true) => Err(tokens::Refused("token has been revoked".into())),
+            Err(error) => Err(tokens::Refused(format!(
+                "revocation list unavailable: {error}"
+            ))),
+        }
+    }
+
+    /// The caller's claims, from its bearer token.
+    pub async fn authenticate(&self, caller: &Caller) -> Result<Claims, Error> {
+        let token = caller
+            .bearer
+            .as_deref()
+            .ok_or_else(|| Error::Unauthenticated("a bearer token is required".into()))?;
+        self.validate(token).await.map_err(|refused| {
+            tracing::info!(reason = %refused.0, "bearer token refused");
+            Error::Unauthenticated("the bearer token is invalid, expired or revoked".into())
+        })
+    }
+
+    /// The caller's account.
+    pub async fn me(&self, caller: &Caller) -> Result<UserRow, Error> {
+        let claims = self.authenticate(caller).await?;
+        self.store
+            .user_by_id(&claims.sub)
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("the account no longer exists".into()))
+    }
+
+    /// Admin: `x-admin-key` equal to `ADMIN_API_KEY`, or an admin bearer token.
+    pub async fn require_admin(&self, caller: &Caller) -> Result<(), Error> {
+        if let Some(given) = &caller.admin_key {
+            let valid = self.admin_key.as_ref().is_some_and(|expected| {
+                bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes()))
+            });
+            return if valid {
+                Ok(())
+            } else {
+                Err(Error::PermissionDenied("x-admin-key is not valid".into()))
+            };
+        }
+        let claims = self.authenticate(caller).await?;
+        if claims.role == "admin" {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied("admin role required".into()))
+        }
+    }
+
+    /// Admin: revoke one access token, or every session of a user.
+    pub async fn revoke_jti(&self, jti: &str, caller: &Caller) -> Result<(), Error> {
+        self.require_admin(caller).await?;
+        if jti.is_empty() || jti.len() > 64 {
+            return Err(Error::InvalidArgument(
+                "jti must be 1 to 64 characters".into(),
+            ));
+        }
+        let now = self.now_ms();
+        // An access token lives at most JWT_ACCESS_TTL: deny it that long.
+        let until = now + self.settings.access_ttl.as_millis() as i64;
+        self.guards
+            .deny(jti, now, until)
+            .await
+            .map_err(Error::Internal)?;
+        self.audit(
+            "TOKEN_REVOKED",
+            None,
+            None,
+            caller,
+            Some(&format!("jti {jti}")),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Admin: revoke every refresh family of `user_id`.
+    pub async fn revoke_user(&self, user_id: &str, caller: &Caller) -> Result<u32, Error> {
+        self.require_admin(caller).await?;
+        if user_id.is_empty() || user_id.len() > 36 {
+            return Err(Error::InvalidArgument(
+                "userId must be an account id".into(),
+            ));
+        }
+        let families = self.store.revoke_user(user_id, self.now_ms()).await?;
+        self.audit(
+            "TOKEN_REVOKED",
+            Some(user_id),
+            None,
+            caller,
+            Some(&format!("{families} families")),
+        )
+        .await;
+        Ok(families)
+    }
+
+    /// Admin: clear lockouts of `email` (one IP or all).
+    pub async fn unlock(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+        caller: &Caller,
+    ) -> Result<u32, Error> {
+        self.require_admin(caller).await?;
+        let email = normalize_email(email)?;
+        if let Some(ip) = ip {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| Error::InvalidArgument(format!("ip `{ip}` is not an IP address")))?;
+        }
+        let cleared = self
+            .guards
+            .unlock(&email, ip)
+            .await
+            .map_err(Error::Internal)?;
+        tracing::info!(email, ip, cleared, "account unlocked");
+        Ok(cleared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            normalize_email("  Alice@Example.COM ").ok().as_deref(),
+            Some("alice@example.com")
+        );
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a b@example.com",
+            "alice@example",
+            &format!("{}@example.com", "a".repeat(250)),
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_8_to_128_characters() {
+        assert!(check_password("1234567").is_err());
+        assert!(check_password("12345678").is_ok());
+        assert!(
+            check_password(&"é".repeat(128)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(check_password(&"x".repeat(129)).is_err());
+    }
+}

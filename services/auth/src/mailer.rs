@@ -1,0 +1,22 @@
+//! Sending verification emails. The built-in sender writes the message to the log; a real
+//! mailer implements [`EmailSender`].
+
+/// Delivers verification tokens.
+pub trait EmailSender: Send + Sync + std::fmt::Debug {
+    /// Sends `token` to `email` (the link's form is the mailer's business).
+    fn send_verification(&self, email: &str, token: &str);
+}
+
+/// Writes the message to the log (development and tests).
+#[derive(Debug, Default)]
+pub struct LogSender;
+
+impl EmailSender for LogSender {
+    fn send_verification(&self, email: &str, token: &str) {
+        tracing::info!(
+            email,
+            token,
+            "email_verification: POST /api/v1/auth/verify-email {{\"token\":\"…\"}}"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The auth service's tables (DESIGN §9), through plain SQL that runs unchanged on SQLite and
+//! PostgreSQL. Every race the issue names is decided by one conditional statement: a refresh
+//! token is spent by `UPDATE … WHERE spent_at IS NULL` (one winner), a verification token
+//! likewise, and a family counts as revoked as soon as any of its rows is.
+
+use sea_orm::{
+    ConnectionTrait as _, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, Value,
+};
+
+/// An account row.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+    pub email_verified: bool,
+    pub created_at: i64,
+}
+
+/// A refresh token row.
+#[derive(Debug, Clone)]
+pub struct RefreshRow {
+    pub family_id: String,
+    pub user_id: String,
+    pub expires_at: i64,
+    pub spent_at: Option<i64>,
+    pub family_revoked: bool,
+}
+
+/// Database access.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// `?` placeholders become `$1…` on PostgreSQL.
+    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
+        let backend = self.db.get_database_backend();
+        let sql = if backend == DbBackend::Postgres {
+            let mut numbered = String::with_capacity(sql.len() + 8);
+            let mut n = 0;
+            for c in sql.chars() {
+                if c == '?' {
+                    n += 1;
+                    numbered.push_str(&format!("${n}"));
+                } else {
+                    numbered.push(c);
+                }
+            }
+            numbered
+        } else {
+            sql.to_owned()
+        };
+        Statement::from_sql_and_values(backend, sql, values)
+    }
+
+    async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+        Ok(self
+            .db
+            .execute(self.statement(sql, values))
+            .await?
+            .rows_affected())
+    }
+
+    async fn one(&self, sql: &str, values: Vec<Value>) -> Result<Option<QueryResult>, DbErr> {
+        self.db.query_one(self.statement(sql, values)).await
+    }
+
+    // ---- users
+
+    pub async fn insert_user(&self, user: &UserRow) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO users (id, email, password_hash, role, email_verified, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                user.id.clone().into(),
+                user.email.clone().into(),
+                user.password_hash.clone().into(),
+                user.role.clone().into(),
+                user.email_verified.into(),
+                user.created_at.into(),
+                user.created_at.into(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn user(row: &QueryResult) -> Result<UserRow, DbErr> {
+        Ok(UserRow {
+            id: row.try_get("", "id")?,
+            email: row.try_get("", "email")?,
+            password_hash: row.try_get("", "password_hash")?,
+            role: row.try_get("", "role")?,
+            email_verified: row.try_get("", "email_verified")?,
+            created_at: row.try_get("", "created_at")?,
+        })
+    }
+
+    const USER_COLUMNS: &'static str = "id, email, password_hash, role, email_verified, created_at";
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, DbErr> {
+        let sql = format!("SELECT {} FROM users WHERE email = ?", Self::USER_COLUMNS);
+        self.one(&sql, vec![email.into()])
+            .await?
+            .as_ref()
+            .map(Self::user)
+            .transpose()
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>, DbErr> {
+        let sql = format!("SELECT {} FROM users WHERE id = ?", Self::USER_COLUMNS);
+        self.one(&sql, vec![id.into()])
+            .await?
+            .as_ref()
+            .map(Self::user)
+            .transpose()
+    }
+
+    pub async fn set_password_hash(&self, id: &str, hash: &str, now: i64) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+            vec![hash.into(), now.into(), id.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_verified(&self, id: &str, now: i64) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE users SET email_verified = ?, updated_at = ? WHERE id = ?",
+            vec![true.into(), now.into(), id.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- refresh tokens
+
+    pub async fn insert_refresh(
+        &self,
+        token_hash: &str,
+        family_id: &str,
+        user_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+            vec![token_hash.into(), family_id.into(), user_id.into(), expires_at.into(), now.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Spends a live token of a live family; true for the one caller that did.
+    pub async fn spend_refresh(&self, token_hash: &str, now: i64) -> Result<bool, DbErr> {
+        let spent = self
+            .execute(
+                "UPDATE refresh_tokens SET spent_at = ? \
+                 WHERE token_hash = ? AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > ? \
+                 AND NOT EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NOT NULL)",
+                vec![now.into(), token_hash.into(), now.into()],
+            )
+            .await?;
+        Ok(spent == 1)
+    }
+
+    pub async fn refresh_by_hash(&self, token_hash: &str) -> Result<Option<RefreshRow>, DbErr> {
+        let row = self
+            .one(
+                "SELECT t.family_id, t.user_id, t.expires_at, t.spent_at, \
+                 (SELECT COUNT(*) FROM refresh_tokens f WHERE f.family_id = t.family_id AND f.revoked_at IS NOT NULL) AS revoked \
+                 FROM refresh_tokens t WHERE t.token_hash = ?",
+                vec![token_hash.into()],
+            )
+            .await?;
+        row.map(|row| {
+            Ok(RefreshRow {
+                family_id: row.try_get("", "family_id")?,
+                user_id: row.try_get("", "user_id")?,
+                expires_at: row.try_get("", "expires_at")?,
+                spent_at: row.try_get("", "spent_at")?,
+                family_revoked: row.try_get::<i64>("", "revoked")? > 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Revokes every token of a family (tokens added to it later are revoked with it).
+    pub async fn revoke_family(&self, family_id: &str, now: i64) -> Result<u64, DbErr> {
+        self.execute(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+            vec![now.into(), family_id.into()],
+        )
+        .await
+    }
+
+    /// Revokes every family of a user; returns how many families that touched.
+    pub async fn revoke_user(&self, user_id: &str, now: i64) -> Result<u32, DbErr> {
+        let families = self
+            .one(
+                "SELECT COUNT(DISTINCT family_id) AS n FROM refresh_tokens WHERE user_id = ? AND revoked_at IS NULL",
+                vec![user_id.into()],
+            )
+            .await?
+            .map(|row| row.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        self.execute(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            vec![now.into(), user_id.into()],
+        )
+        .await?;
+        Ok(u32::try_from(families).unwrap_or(u32::MAX))
+    }
+
+    // ---- email verification
+
+    pub async fn insert_verification(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_at: i64,
+    ) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO email_verifications (token_hash, user_id, expires_at) VALUES (?, ?, ?)",
+            vec![token_hash.into(), user_id.into(), expires_at.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Uses a live verification token once; returns its user.
+    pub async fn use_verification(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<String>, DbErr> {
+        let used = self
+            .execute(
+                "UPDATE email_verifications SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                vec![now.into(), token_hash.into(), now.into()],
+            )
+            .await?;
+        if used != 1 {
+            return Ok(None);
+        }
+        self.one(
+            "SELECT user_id FROM email_verifications WHERE token_hash = ?",
+            vec![token_hash.into()],
+        )
+        .await?
+        .map(|row| row.try_get("", "user_id"))
+        .transpose()
+    }
+
+    // ---- denylist (without Redis)
+
+    pub async fn deny(&self, jti: &str, expires_at: i64) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO token_denylist (jti, expires_at) VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+            vec![jti.into(), expires_at.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn is_denied(&self, jti: &str, now: i64) -> Result<bool, DbErr> {
+        Ok(self
+            .one(
+                "SELECT 1 AS hit FROM token_denylist WHERE jti = ? AND expires_at > ?",
+                vec![jti.into(), now.into()],
+            )
+            .await?
+            .is_some())
+    }
+
+    // ---- lockouts (without Redis)
+
+    /// Reserves one login attempt for `email`+`ip` within the window; returns the attempt's
+    /// number and the lockout end if one is active. Atomic: one statement per step.
+    pub async fn reserve_attempt(
+        &self,
+        email: &str,
+        ip: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<(i64, Option<i64>), DbErr> {
+        self.execute(
+            "INSERT INTO lockouts (email, ip, failures, window_started_at) VALUES (?, ?, 0, ?) ON CONFLICT (email, ip) DO NOTHING",
+            vec![email.into(), ip.into(), now.into()],
+        )
+        .await?;
+        let row = self
+            .one(
+                "UPDATE lockouts SET \
+                 failures = CASE WHEN window_started_at <= ? THEN 1 ELSE failures + 1 END, \
+                 window_started_at = CASE WHEN window_started_at <= ? THEN ? ELSE window_started_at END \
+                 WHERE email = ? AND ip = ? RETURNING failures, locked_until",
+                vec![
+                    (now - window_ms).into(),
+                    (now - window_ms).into(),
+                    now.into(),
+                    email.into(),
+                    ip.into(),
+                ],
+            )
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("lockouts".into()))?;
+        Ok((
+            row.try_get("", "failures")?,
+            row.try_get("", "locked_until")?,
+        ))
+    }
+
+    pub async fn locked_until(&self, email: &str, ip: &str) -> Result<Option<i64>, DbErr> {
+        Ok(self
+            .one(
+                "SELECT locked_until FROM lockouts WHERE email = ? AND ip = ?",
+                vec![email.into(), ip.into()],
+            )
+            .await?
+            .map(|row| row.try_get::<Option<i64>>("", "locked_until"))
+            .transpose()?
+            .flatten())
+    }
+
+    pub async fn lock(&self, email: &str, ip: &str, until: i64) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE lockouts SET locked_until = ?, failures = 0 WHERE email = ? AND ip = ?",
+            vec![until.into(), email.into(), ip.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Forgets the attempts of `email`+`ip` (or of every IP).
+    pub async fn clear_attempts(&self, email: &str, ip: Option<&str>) -> Result<u64, DbErr> {
+        match ip {
+            Some(ip) => {
+                self.execute(
+                    "DELETE FROM lockouts WHERE email = ? AND ip = ?",
+                    vec![email.into(), ip.into()],
+                )
+                .await
+            }
+            None => {
+                self.execute("DELETE FROM lockouts WHERE email = ?", vec![email.into()])
+                    .await
+            }
+        }
+    }
+
+    // ---- audit
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn audit(
+        &self,
+        event_type: &str,
+        user_id: Option<&str>,
+        email: Option<&str>,
+        ip: Option<&str>,
+        correlation_id: Option<&str>,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO audit_events (event_type, user_id, email, ip, correlation_id, detail, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                event_type.into(),
+                user_id.map(str::to_owned).into(),
+                email.map(str::to_owned).into(),
+                ip.map(str::to_owned).into(),
+                correlation_id.map(str::to_owned).into(),
+                detail.map(str::to_owned).into(),
+                now.into(),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+}
