@@ -127,7 +127,12 @@ async fn jwks_is_served_and_a_down_service_is_503() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "public, max-age=300");
     let jwks: Value = response.json().await.expect("json");
-    assert!(jwks["keys"][0]["kid"].as_str().is_some_and(|kid| kid.len() == 43), "{jwks}");
+    assert!(
+        jwks["keys"][0]["kid"]
+            .as_str()
+            .is_some_and(|kid| kid.len() == 43),
+        "{jwks}"
+    );
 
     suite.stop(Component::Auth).await;
     let response = suite.get("/.well-known/jwks.json").await;

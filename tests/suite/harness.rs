@@ -27,6 +27,8 @@ pub struct TestSuite {
     pub database_url: String,
     /// Redis URL when running against Redis.
     pub redis_url: Option<String>,
+    /// The JWT signing key file (PEM) of this suite's auth service.
+    pub signing_key: String,
     suite: Option<Suite>,
 }
 
@@ -68,6 +70,7 @@ impl Builder {
             vars.insert("REDIS_URL".into(), url.clone());
         }
         vars.extend(self.vars);
+        let signing_key = vars["JWT_SIGNING_KEY_FILE"].clone();
         let settings = Settings::from_source(&vars).expect("test settings are valid");
         let suite = Suite::start(settings).await.expect("suite starts");
         let edge_addr = suite.edge_addr;
@@ -77,6 +80,7 @@ impl Builder {
             http: reqwest::Client::new(),
             database_url,
             redis_url,
+            signing_key,
             suite: Some(suite),
         }
     }
@@ -148,7 +152,10 @@ impl TestSuite {
 /// A fresh Ed25519 signing key file for one suite.
 pub fn new_signing_key() -> String {
     let path = std::env::temp_dir()
-        .join(format!("portico-test-key-{}.pem", uuid::Uuid::new_v4().simple()))
+        .join(format!(
+            "portico-test-key-{}.pem",
+            uuid::Uuid::new_v4().simple()
+        ))
         .display()
         .to_string();
     portico_auth::keys::write_new_key(&path).expect("signing key");
@@ -402,4 +409,37 @@ pub async fn spawn_ratelimit(
 /// `TEST_REDIS_URL` when set and reachable (see [`Builder::spawn`] for the rules).
 pub async fn shared_redis() -> Option<String> {
     test_redis().await
+}
+
+/// A standalone auth service with extra variables and injected parts; also returns its
+/// database URL.
+pub async fn spawn_auth(
+    vars: &[(&str, &str)],
+    options: portico_auth::Options,
+) -> (SocketAddr, String, tokio_util::sync::CancellationToken) {
+    let database_url = test_database().await;
+    let mut source: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    source.entry("DATABASE_URL".into()).or_insert(database_url);
+    source
+        .entry("REDIS_KEY_PREFIX".into())
+        .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
+    source
+        .entry("JWT_SIGNING_KEY_FILE".into())
+        .or_insert_with(new_signing_key);
+    if let Some(url) = test_redis().await {
+        source.entry("REDIS_URL".into()).or_insert(url);
+    }
+    let database_url = source["DATABASE_URL"].clone();
+    let settings = Settings::from_source(&source).expect("auth settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_auth::serve_with(&settings, listener, shutdown.clone(), options)
+        .await
+        .expect("auth starts");
+    (handle.local_addr, database_url, shutdown)
 }

@@ -195,9 +195,15 @@ async fn a_service_sees_and_echoes_the_callers_correlation_id() {
     let mut client = portico_proto::content::content_service_client::ContentServiceClient::new(
         suite.channel(Component::Content).await,
     );
-    let mut request = tonic::Request::new(portico_proto::content::GetContentRequest { slug: "x".into() });
-    request.metadata_mut().insert("x-correlation-id", "bad id!".parse().expect("ascii"));
-    let status = client.get_content(request).await.expect_err("not implemented yet");
+    let mut request =
+        tonic::Request::new(portico_proto::content::GetContentRequest { slug: "x".into() });
+    request
+        .metadata_mut()
+        .insert("x-correlation-id", "bad id!".parse().expect("ascii"));
+    let status = client
+        .get_content(request)
+        .await
+        .expect_err("not implemented yet");
     let echoed = status
         .metadata()
         .get("x-correlation-id")

@@ -731,6 +731,50 @@ mod edge {
     }
 
     #[tokio::test]
+    async fn login_and_register_also_pass_the_auth_policy() {
+        let suite = TestSuite::builder()
+            .env("RATE_LIMIT_AUTH_MAX", "2")
+            .spawn()
+            .await;
+        let body = serde_json::json!({"email": "x@example.com", "password": "whatever-password"});
+        for _ in 0..2 {
+            let response = suite
+                .http
+                .post(suite.url("/api/v1/auth/login"))
+                .json(&body)
+                .send()
+                .await
+                .expect("edge");
+            assert_eq!(response.status(), 401);
+            assert_eq!(
+                header(&response, "ratelimit-limit").as_deref(),
+                Some("2"),
+                "the tighter bucket's headers"
+            );
+        }
+        let refused = suite
+            .http
+            .post(suite.url("/api/v1/auth/register"))
+            .json(&body)
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(refused.status(), 429, "register shares the auth bucket");
+        let message: Value = refused.json().await.expect("json");
+        assert!(
+            message["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("`auth`")),
+            "{message}"
+        );
+        assert_eq!(
+            suite.get("/.well-known/jwks.json").await.status(),
+            200,
+            "other routes only pay `global`"
+        );
+    }
+
+    #[tokio::test]
     async fn whitelisted_client_is_never_limited_at_the_edge() {
         let suite = TestSuite::builder()
             .env("RATE_LIMIT_GLOBAL_MAX", "1")
