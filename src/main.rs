@@ -36,6 +36,11 @@ enum Command {
     ChatGateway,
     /// The ratelimit service only (RATELIMIT_ADDR).
     Ratelimit,
+    /// JWT signing keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Database migrations of DATABASE_URL.
     Migrate {
         #[command(subcommand)]
@@ -43,6 +48,16 @@ enum Command {
         /// Only this service's migrations (default: every service).
         #[arg(long, value_enum, global = true)]
         service: Option<MigrateService>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) and print its kid.
+    Generate {
+        /// Where to write it; refuses to overwrite an existing file.
+        #[arg(long)]
+        out: String,
     },
 }
 
@@ -79,6 +94,22 @@ impl From<MigrateService> for Owner {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keys {
+        action: KeysAction::Generate { out },
+    }) = &cli.command
+    {
+        // Needs no configuration: operators run it on any machine.
+        return match portico_auth::keys::write_new_key(out) {
+            Ok(kid) => {
+                say(format_args!("wrote {out} (EdDSA, kid {kid})"));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("portico keys generate: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -115,6 +146,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::ChatGateway => "chat-gateway",
         Command::Ratelimit => "ratelimit",
         Command::Migrate { .. } => "migrate",
+        Command::Keys { .. } => "keys",
     };
     let telemetry = match portico_telemetry::init(component, &settings.telemetry) {
         Ok(guard) => guard,
@@ -165,6 +197,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             migrate(&settings, action, service).await?;
             true
         }
+        Command::Keys { .. } => true,
     };
     drop(telemetry);
     Ok(if clean {

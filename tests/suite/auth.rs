@@ -860,3 +860,205 @@ mod hostile_tokens {
         assert!(validate(&mut retired, &new_token).await.valid);
     }
 }
+
+#[tokio::test]
+async fn admin_jwt_is_accepted_by_other_services_and_a_user_jwt_is_not() {
+    let suite = TestSuite::builder()
+        .env("AUTH_ADMIN_EMAILS", "root@example.com")
+        .env("RATE_LIMIT_AUTH_MAX", "100")
+        .spawn()
+        .await;
+    let admin = register_and_login(&suite, "root@example.com").await;
+    let user = register_and_login(&suite, "kim@example.com").await;
+    let reset = |token: &str| {
+        suite
+            .http
+            .post(suite.url("/api/v1/admin/ratelimit/reset"))
+            .bearer_auth(token)
+            .json(&json!({"prefix": "global:"}))
+            .send()
+    };
+    let by_admin = reset(admin["accessToken"].as_str().expect("token"))
+        .await
+        .expect("edge");
+    assert_eq!(
+        by_admin.status(),
+        StatusCode::OK,
+        "the ratelimit service verified the admin JWT"
+    );
+    let by_user = reset(user["accessToken"].as_str().expect("token"))
+        .await
+        .expect("edge");
+    assert_eq!(by_user.status(), StatusCode::FORBIDDEN);
+    let forged = reset("not-a-token").await.expect("edge");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_runbooks_redis_keys_unlock_and_revoke() {
+    use fred::prelude::*;
+
+    let redis = harness::PrivateRedis::start().await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let (addr, _db, _stop) = harness::spawn_auth(
+        &[
+            ("REDIS_URL", &redis.url),
+            ("REDIS_KEY_PREFIX", &prefix),
+            ("AUTH_LOGIN_MAX_ATTEMPTS", "1"),
+        ],
+        portico_auth::Options::default(),
+    )
+    .await;
+    let client = Builder::from_config(Config::from_url(&redis.url).expect("url"))
+        .build()
+        .expect("client");
+    client.init().await.expect("connect");
+    let mut auth = grpc(addr).await;
+    auth.register(pb::RegisterRequest {
+        email: "lee@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("register");
+    let login = |password: &str| {
+        from_ip(
+            pb::LoginRequest {
+                email: "lee@example.com".into(),
+                password: password.into(),
+            },
+            "192.0.2.9",
+        )
+    };
+
+    auth.login(login("wrong password"))
+        .await
+        .expect_err("wrong");
+    let key = format!("{prefix}lockout:lee@example.com:192.0.2.9");
+    let locked_until: Option<String> = client.get(&key).await.expect("get");
+    assert!(locked_until.is_some(), "lockout:{{email}}:{{ip}} exists");
+    assert_eq!(
+        auth.login(login(PASSWORD))
+            .await
+            .expect_err("locked")
+            .code(),
+        tonic::Code::ResourceExhausted
+    );
+    let _: u64 = client.del(&key).await.expect("del");
+    let pair = auth
+        .login(login(PASSWORD))
+        .await
+        .expect("redis-cli del unlocked it")
+        .into_inner();
+
+    let jti = auth
+        .validate_token(pb::ValidateTokenRequest {
+            access_token: pair.access_token.clone(),
+        })
+        .await
+        .expect("validate")
+        .into_inner()
+        .jti;
+    let _: () = client
+        .set(
+            format!("{prefix}token:blacklist:{jti}"),
+            "1",
+            Some(Expiration::EX(900)),
+            None,
+            false,
+        )
+        .await
+        .expect("setex");
+    let answer = auth
+        .validate_token(pb::ValidateTokenRequest {
+            access_token: pair.access_token.clone(),
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(
+        !answer.valid,
+        "redis-cli setex token:blacklist:<jti> revoked it"
+    );
+
+    // The shared verifier other services use sees the same denylist.
+    let verifier = portico_tokens::Verifier::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect_lazy(),
+        "portico",
+        "portico",
+        Some(
+            portico_redis::Redis::connect(
+                &redis.url,
+                &prefix,
+                Duration::from_millis(500),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .expect("redis"),
+        ),
+    );
+    assert!(verifier.verify(&pair.access_token).await.is_err());
+}
+
+#[tokio::test]
+async fn a_weak_stored_hash_is_upgraded_on_login() {
+    use sea_orm::ConnectionTrait as _;
+
+    let (addr, database_url, _stop) =
+        harness::spawn_auth(&[], portico_auth::Options::default()).await;
+    let mut auth = grpc(addr).await;
+    auth.register(pb::RegisterRequest {
+        email: "mo@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("register");
+    // A hash from an older, weaker configuration (argon2id m=8 MiB, t=1).
+    let weak = {
+        use argon2::{
+            password_hash::{PasswordHasher as _, SaltString},
+            Algorithm, Argon2, Params, Version,
+        };
+        let params = Params::new(8 * 1024, 1, 1, None).expect("params");
+        let salt = SaltString::encode_b64(b"sixteen byte salt").expect("salt");
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(PASSWORD.as_bytes(), &salt)
+            .expect("hash")
+            .to_string()
+    };
+    let db = sea_orm::Database::connect(&database_url).await.expect("db");
+    let backend = db.get_database_backend();
+    let placeholder = if backend == sea_orm::DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    db.execute(sea_orm::Statement::from_sql_and_values(
+        backend,
+        format!("UPDATE users SET password_hash = {placeholder}"),
+        [weak.clone().into()],
+    ))
+    .await
+    .expect("downgrade");
+
+    auth.login(pb::LoginRequest {
+        email: "mo@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("login with the weak hash");
+    let stored: String = db
+        .query_one(sea_orm::Statement::from_string(
+            backend,
+            "SELECT password_hash FROM users",
+        ))
+        .await
+        .expect("query")
+        .expect("row")
+        .try_get("", "password_hash")
+        .expect("column");
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "rehashed: {stored}"
+    );
+}

@@ -134,3 +134,39 @@ fn migrate_up_then_status_lists_every_service_as_applied() {
     }
     assert!(!text.contains("pending"), "{text}");
 }
+
+#[test]
+fn keys_generate_writes_a_private_key_once_and_prints_its_kid() {
+    let path =
+        std::env::temp_dir().join(format!("portico-key-{}.pem", uuid::Uuid::new_v4().simple()));
+    let path = path.display().to_string();
+    let output = Command::new(BIN)
+        .args(["keys", "generate", "--out", &path])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with(&format!("wrote {path} (EdDSA, kid ")),
+        "{stdout}"
+    );
+    let pem = std::fs::read_to_string(&path).expect("written");
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = Command::new(BIN)
+        .args(["keys", "generate", "--out", &path])
+        .output()
+        .expect("runs");
+    assert!(!again.status.success(), "never overwrites a key");
+}

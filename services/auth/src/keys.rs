@@ -8,21 +8,18 @@ use ed25519_dalek::pkcs8::{
     spki::der::pem::LineEnding, DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use portico_tokens::PublicKey;
 use rsa::{
     pkcs1::DecodeRsaPrivateKey as _, pkcs1::DecodeRsaPublicKey as _, traits::PublicKeyParts as _,
 };
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-/// A key that verifies tokens.
+/// A key that verifies tokens, with its public JWK (`kid`, `alg`, `use`).
 #[derive(Clone)]
-pub struct VerifyKey {
-    /// Its algorithm: tokens must say exactly this (`alg` pinning).
-    pub alg: Algorithm,
-    /// The public key.
-    pub decoding: DecodingKey,
-    /// Its public JWK, with `kid`, `alg` and `use`.
-    pub jwk: Value,
+struct VerifyKey {
+    key: PublicKey,
+    jwk: Value,
 }
 
 /// The key that signs new tokens.
@@ -42,14 +39,16 @@ pub struct KeySet {
     /// Signs new tokens.
     pub signing: SigningKey,
     /// By `kid`: the signing key's public half and every `JWT_VERIFY_KEY_FILES` key.
-    pub verify: HashMap<String, VerifyKey>,
+    pub public: HashMap<String, PublicKey>,
+    /// The same keys as JWKs, signing key first.
+    jwks: Vec<Value>,
 }
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeySet")
             .field("signing_kid", &self.signing.kid)
-            .field("verify_kids", &self.verify.keys().collect::<Vec<_>>())
+            .field("verify_kids", &self.public.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -81,32 +80,22 @@ impl KeySet {
         let pem = read(&signing_path)?;
         let (signing, public) =
             signing_key(&pem).map_err(|e| format!("JWT_SIGNING_KEY_FILE {signing_path}: {e}"))?;
-        let mut keys = HashMap::from([(signing.kid.clone(), public)]);
+        let mut keys = vec![public];
         for path in verify {
             let pem = read(path)?;
-            let key = verify_key(&pem).map_err(|e| format!("JWT_VERIFY_KEY_FILES {path}: {e}"))?;
-            let kid = key.jwk["kid"].as_str().unwrap_or_default().to_owned();
-            keys.insert(kid, key);
+            keys.push(verify_key(&pem).map_err(|e| format!("JWT_VERIFY_KEY_FILES {path}: {e}"))?);
         }
+        let kid = |key: &VerifyKey| key.jwk["kid"].as_str().unwrap_or_default().to_owned();
         Ok(Self {
+            public: keys.iter().map(|key| (kid(key), key.key.clone())).collect(),
+            jwks: keys.into_iter().map(|key| key.jwk).collect(),
             signing,
-            verify: keys,
         })
     }
 
     /// The JWKS document (`{"keys":[…]}`), signing key first.
     pub fn jwks_json(&self) -> String {
-        let mut keys: Vec<&Value> = Vec::with_capacity(self.verify.len());
-        if let Some(current) = self.verify.get(&self.signing.kid) {
-            keys.push(&current.jwk);
-        }
-        keys.extend(
-            self.verify
-                .iter()
-                .filter(|(kid, _)| **kid != self.signing.kid)
-                .map(|(_, k)| &k.jwk),
-        );
-        json!({ "keys": keys }).to_string()
+        json!({ "keys": self.jwks }).to_string()
     }
 }
 
@@ -161,8 +150,10 @@ fn ed25519_public(x: &[u8]) -> Result<VerifyKey, String> {
     let x = B64.encode(x);
     let kid = thumbprint(&format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#));
     Ok(VerifyKey {
-        alg: Algorithm::EdDSA,
-        decoding: DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
+        key: PublicKey {
+            alg: Algorithm::EdDSA,
+            decoding: DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
+        },
         jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
     })
 }
@@ -175,8 +166,10 @@ fn rsa_public(key: &rsa::RsaPublicKey) -> Result<VerifyKey, String> {
     let e = B64.encode(key.e().to_bytes_be());
     let kid = thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#));
     Ok(VerifyKey {
-        alg: Algorithm::RS256,
-        decoding: DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?,
+        key: PublicKey {
+            alg: Algorithm::RS256,
+            decoding: DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?,
+        },
         jwk: json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"}),
     })
 }

@@ -22,23 +22,38 @@ pub struct RateLimitGrpc {
     pub(crate) limiter: RateLimiter,
     pub(crate) descriptors: Arc<Descriptors>,
     pub(crate) admin_key: Option<SecretString>,
+    pub(crate) verifier: portico_tokens::Verifier,
 }
 
 impl RateLimitGrpc {
-    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
-        let Some(expected) = &self.admin_key else {
-            return Err(Error::PermissionDenied(
-                "admin access is not configured: set ADMIN_API_KEY".into(),
-            ));
-        };
-        let given = request
-            .metadata()
-            .get("x-admin-key")
-            .ok_or_else(|| Error::Unauthenticated("x-admin-key is required".into()))?;
-        if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
+    /// `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token with the admin role.
+    async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        let metadata = request.metadata();
+        if let Some(given) = metadata.get("x-admin-key") {
+            let valid = self.admin_key.as_ref().is_some_and(|expected| {
+                bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes()))
+            });
+            return if valid {
+                Ok(())
+            } else {
+                Err(Error::PermissionDenied("x-admin-key is not valid".into()))
+            };
+        }
+        let bearer = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Error::Unauthenticated("x-admin-key or an admin bearer token is required".into())
+            })?;
+        let identity = self.verifier.verify(bearer).await.map_err(|refused| {
+            tracing::info!(reason = %refused.0, "admin bearer token refused");
+            Error::Unauthenticated("the bearer token is invalid, expired or revoked".into())
+        })?;
+        if identity.is_admin() {
             Ok(())
         } else {
-            Err(Error::PermissionDenied("x-admin-key is not valid".into()))
+            Err(Error::PermissionDenied("admin role required".into()))
         }
     }
 }
@@ -85,7 +100,7 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        self.require_admin(&request)?;
+        self.require_admin(&request).await?;
         let removed = match request.into_inner().target {
             Some(Target::Key(key)) if !key.is_empty() => self.limiter.reset_key(&key).await?,
             Some(Target::Prefix(prefix)) => self.limiter.reset_prefix(&prefix).await?,

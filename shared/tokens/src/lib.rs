@@ -1,0 +1,258 @@
+//! Access token verification, shared so every holder of a token checks it the same way: `kid`
+//! selects the key, the token's `alg` must be that key's (no `none`, no HS/RS confusion),
+//! `exp`/`nbf`/`iss`/`aud` are checked. [`Verifier`] adds what a service other than auth needs:
+//! the JWKS fetched from auth and cached (refetched on an unknown `kid`), and the denylist.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use portico_proto::auth::{
+    auth_service_client::AuthServiceClient, GetJwksRequest, ValidateTokenRequest,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tonic::transport::Channel;
+
+/// Leeway for clock skew between replicas, in seconds.
+const LEEWAY_SECONDS: u64 = 5;
+/// An unknown `kid` refetches the JWKS at most this often (garbage kids cannot hammer auth).
+const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Deadline of the calls to auth.
+const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The claims of a Portico access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Issuer (`JWT_ISSUER`).
+    pub iss: String,
+    /// Audience (`JWT_AUDIENCE`).
+    pub aud: String,
+    /// User id.
+    pub sub: String,
+    /// `user` or `admin`.
+    pub role: String,
+    /// Token id (for revocation).
+    pub jti: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Expires.
+    pub exp: u64,
+}
+
+/// Why a token was refused (for logs and ValidateToken; never shown in more detail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+/// A public key and the one algorithm tokens signed by it may claim.
+#[derive(Clone)]
+pub struct PublicKey {
+    /// Pinned algorithm.
+    pub alg: Algorithm,
+    /// The key.
+    pub decoding: DecodingKey,
+}
+
+/// Verifies `token` with the key its `kid` names in `keys`.
+pub fn verify(
+    token: &str,
+    keys: &HashMap<String, PublicKey>,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, Refused> {
+    let header = decode_header(token).map_err(|e| Refused(format!("malformed token: {e}")))?;
+    let kid = header
+        .kid
+        .ok_or_else(|| Refused("token has no kid".into()))?;
+    let key = keys
+        .get(&kid)
+        .ok_or_else(|| Refused("token signed by an unknown or retired key".into()))?;
+    if header.alg != key.alg {
+        return Err(Refused(format!(
+            "alg {:?} does not match the key's {:?}",
+            header.alg, key.alg
+        )));
+    }
+    let mut validation = Validation::new(key.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECONDS;
+    decode::<Claims>(token, &key.decoding, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| Refused(format!("invalid token: {e}")))
+}
+
+/// The signing keys of a JWKS document (Ed25519 `OKP` and `RSA`), by `kid`.
+pub fn keys_from_jwks(jwks: &str) -> Result<HashMap<String, PublicKey>, String> {
+    let document: serde_json::Value =
+        serde_json::from_str(jwks).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let mut keys = HashMap::new();
+    for jwk in document["keys"].as_array().into_iter().flatten() {
+        let text = |name: &str| jwk[name].as_str().unwrap_or_default();
+        let key = match (text("kty"), text("alg")) {
+            ("OKP", "EdDSA") => DecodingKey::from_ed_components(text("x")).map(|d| PublicKey {
+                alg: Algorithm::EdDSA,
+                decoding: d,
+            }),
+            ("RSA", "RS256") => {
+                DecodingKey::from_rsa_components(text("n"), text("e")).map(|d| PublicKey {
+                    alg: Algorithm::RS256,
+                    decoding: d,
+                })
+            }
+            _ => continue,
+        };
+        match key {
+            Ok(key) if !text("kid").is_empty() => {
+                keys.insert(text("kid").to_owned(), key);
+            }
+            _ => tracing::warn!(kid = text("kid"), "skipping an unusable JWKS key"),
+        }
+    }
+    Ok(keys)
+}
+
+/// The caller behind a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub user_id: String,
+    /// `user` or `admin`.
+    pub role: String,
+    /// Token id.
+    pub jti: String,
+}
+
+impl Identity {
+    /// Whether the caller may use admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+}
+
+/// The cached JWKS and when it was last fetched.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, PublicKey>,
+    fetched_at: Option<Instant>,
+}
+
+/// Verifies tokens for a service other than auth.
+#[derive(Clone)]
+pub struct Verifier {
+    auth: AuthServiceClient<Channel>,
+    keys: Arc<RwLock<KeyCache>>,
+    issuer: Arc<str>,
+    audience: Arc<str>,
+    redis: Option<portico_redis::Redis>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier asking auth on `channel`; the denylist is read from `redis` when given,
+    /// else through AuthService.ValidateToken (which reads auth's own table).
+    pub fn new(
+        channel: Channel,
+        issuer: &str,
+        audience: &str,
+        redis: Option<portico_redis::Redis>,
+    ) -> Self {
+        Self {
+            auth: AuthServiceClient::new(channel),
+            keys: Arc::new(RwLock::new(KeyCache::default())),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            redis,
+        }
+    }
+
+    async fn refresh_keys(&self) -> Result<(), Refused> {
+        let mut cache = self.keys.write().await;
+        if cache
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL)
+        {
+            return Ok(());
+        }
+        cache.fetched_at = Some(Instant::now());
+        let mut request = tonic::Request::new(GetJwksRequest {});
+        request.set_timeout(AUTH_CALL_TIMEOUT);
+        let jwks = self
+            .auth
+            .clone()
+            .get_jwks(request)
+            .await
+            .map_err(|status| Refused(format!("cannot fetch the JWKS: {}", status.message())))?
+            .into_inner()
+            .jwks_json;
+        cache.keys = keys_from_jwks(&jwks).map_err(Refused)?;
+        Ok(())
+    }
+
+    /// Verifies `token` (signature, claims, denylist).
+    pub async fn verify(&self, token: &str) -> Result<Identity, Refused> {
+        let kid = decode_header(token)
+            .map_err(|e| Refused(format!("malformed token: {e}")))?
+            .kid
+            .unwrap_or_default();
+        if !self.keys.read().await.keys.contains_key(&kid) {
+            self.refresh_keys().await?;
+        }
+        let claims = verify(
+            token,
+            &self.keys.read().await.keys,
+            &self.issuer,
+            &self.audience,
+        )?;
+        if self.is_denied(token, &claims.jti).await? {
+            return Err(Refused("token has been revoked".into()));
+        }
+        Ok(Identity {
+            user_id: claims.sub,
+            role: claims.role,
+            jti: claims.jti,
+        })
+    }
+
+    async fn is_denied(&self, token: &str, jti: &str) -> Result<bool, Refused> {
+        if let Some(redis) = &self.redis {
+            if redis.is_up() {
+                use portico_redis::fred::prelude::KeysInterface as _;
+                match redis
+                    .client()
+                    .exists::<u32, _>(redis.key(&format!("token:blacklist:{jti}")))
+                    .await
+                {
+                    Ok(n) => return Ok(n > 0),
+                    Err(error) => redis.mark_down(&error),
+                }
+            }
+        }
+        let mut request = tonic::Request::new(ValidateTokenRequest {
+            access_token: token.to_owned(),
+        });
+        request.set_timeout(AUTH_CALL_TIMEOUT);
+        let answer = self
+            .auth
+            .clone()
+            .validate_token(request)
+            .await
+            .map_err(|status| Refused(format!("cannot check revocation: {}", status.message())))?
+            .into_inner();
+        Ok(!answer.valid)
+    }
+}
