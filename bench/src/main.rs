@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_proto::ratelimit::{rate_limit_service_client::RateLimitServiceClient, CheckRequest};
 use serde::Serialize;
@@ -85,6 +85,12 @@ enum Scenario {
     },
     /// RateLimitService.Check over gRPC: in memory against an empty unary RPC (Health/Check) on
     /// the same server; on Redis against `redis-benchmark` running the same script directly.
+    /// Login throughput through the edge as a ratio of the raw Argon2id verify rate (same
+    /// parameters, same run), and /healthz latency at a fixed rate during a login flood.
+    Auth {
+        #[command(flatten)]
+        load: Load,
+    },
     Ratelimit {
         /// Redis for the second half.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -134,6 +140,8 @@ enum Target {
         addr: SocketAddr,
         path: String,
         host: String,
+        /// JSON bodies to POST, one per connection in turn; empty sends a GET.
+        bodies: Arc<[Bytes]>,
     },
     GrpcUnary(tonic::transport::Channel),
     GrpcStream(tonic::transport::Channel),
@@ -166,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Ratelimit { redis_url, load },
         } => ratelimit_scenario(&redis_url, &load).await?,
+        Command::Scenario {
+            scenario: Scenario::Auth { load },
+        } => auth_scenario(&load).await?,
     }
     Ok(())
 }
@@ -183,6 +194,7 @@ fn http_target(url: &str) -> anyhow::Result<Target> {
         addr,
         path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
         host: authority.to_string(),
+        bodies: Arc::new([]),
     })
 }
 
@@ -249,8 +261,7 @@ async fn measure(
         let offset = load.rate.map_or(Duration::ZERO, |rate| {
             Duration::from_secs_f64(i as f64 / rate)
         });
-        workers.push(tokio::spawn(worker(
-            target,
+        workers.push(tokio::spawn(worker(i, target,
             start + offset,
             interval,
             deadline,
@@ -272,6 +283,7 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 }
 
 async fn worker(
+    index: usize,
     target: Target,
     first: Instant,
     interval: Option<Duration>,
@@ -279,7 +291,7 @@ async fn worker(
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut histogram = new_histogram()?;
     let mut errors = 0u64;
-    let mut connection = Connection::open(&target).await?;
+    let mut connection = Connection::open(&target).await?.with_body(&target, index);
     let mut intended = first;
     loop {
         let now = Instant::now();
@@ -313,7 +325,7 @@ async fn worker(
             }
             Err(_) => {
                 errors += 1;
-                connection = Connection::open(&target).await?;
+                connection = Connection::open(&target).await?.with_body(&target, index);
             }
         }
     }
@@ -321,12 +333,22 @@ async fn worker(
 }
 
 enum Connection {
-    Http(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>, Option<Bytes>),
     Grpc(HealthClient<tonic::transport::Channel>),
     Check(RateLimitServiceClient<tonic::transport::Channel>, u64),
 }
 
 impl Connection {
+    /// Connection `index` posts the `index`-th body (round robin): one caller per connection.
+    fn with_body(self, target: &Target, index: usize) -> Self {
+        match (self, target) {
+            (Connection::Http(sender, _), Target::Http { bodies, .. }) if !bodies.is_empty() => {
+                Connection::Http(sender, Some(bodies[index % bodies.len()].clone()))
+            }
+            (connection, _) => connection,
+        }
+    }
+
     async fn open(target: &Target) -> anyhow::Result<Self> {
         match target {
             Target::Http { addr, .. } => {
@@ -335,7 +357,7 @@ impl Connection {
                 let (sender, connection) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
                 tokio::spawn(connection);
-                Ok(Connection::Http(sender))
+                Ok(Connection::Http(sender, None))
             }
             Target::GrpcUnary(channel) | Target::GrpcStream(channel) => {
                 Ok(Connection::Grpc(HealthClient::new(channel.clone())))
@@ -349,11 +371,17 @@ impl Connection {
 
     async fn call(&mut self, target: &Target) -> anyhow::Result<()> {
         match (self, target) {
-            (Connection::Http(sender), Target::Http { path, host, .. }) => {
+            (Connection::Http(sender, body), Target::Http { path, host, .. }) => {
                 sender.ready().await?;
-                let request = http::Request::get(path.as_str())
-                    .header(http::header::HOST, host.as_str())
-                    .body(Empty::<Bytes>::new())?;
+                let request = match body {
+                    Some(body) => http::Request::post(path.as_str())
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .header(http::header::HOST, host.as_str())
+                        .body(Full::new(body.clone()))?,
+                    None => http::Request::get(path.as_str())
+                        .header(http::header::HOST, host.as_str())
+                        .body(Full::new(Bytes::new()))?,
+                };
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
                 response.into_body().collect().await?;
@@ -633,4 +661,113 @@ async fn redis_benchmark(
         "throughput_rps": rps,
         "p50_ms": p50,
     }))
+}
+
+/// Verifies per second of Argon2id at the service's parameters on every core, for `seconds`.
+fn raw_argon2_rate(seconds: f64) -> anyhow::Result<f64> {
+    use argon2::{
+        password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString},
+        Algorithm, Argon2, Params, Version,
+    };
+    let params = Params::new(19_456, 2, 1, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"benchmark-salt-1").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = argon
+        .hash_password(b"correct horse battery", &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let done: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                let argon = argon.clone();
+                let hash = hash.clone();
+                scope.spawn(move || {
+                    let parsed = PasswordHash::new(&hash).ok();
+                    let mut n = 0;
+                    while Instant::now() < deadline {
+                        if let Some(parsed) = &parsed {
+                            let _ = argon.verify_password(b"correct horse battery", parsed);
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
+    let data = std::env::temp_dir().join(format!("portico-bench-auth-{}.db", std::process::id()));
+    let key = std::env::temp_dir().join(format!("portico-bench-key-{}.pem", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    portico_auth::keys::write_new_key(&key.display().to_string()).map_err(|e| anyhow::anyhow!(e))?;
+    let vars = suite_vars(&[
+        ("DATABASE_URL", format!("sqlite://{}?mode=rwc", data.display())),
+        ("JWT_SIGNING_KEY_FILE", key.display().to_string()),
+        ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
+        ("RATE_LIMIT_AUTH_MAX", "10000000".into()),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1s".into()),
+    ]);
+    let suite = portico::Suite::start(portico_config::Settings::from_source(&vars)?).await?;
+    let edge = suite.edge_addr;
+    // One user per connection, as real logins come from many users.
+    let credentials: Arc<[Bytes]> = (0..load.concurrency.max(1))
+        .map(|i| Bytes::from(format!(r#"{{"email":"bench{i}@example.com","password":"correct horse battery"}}"#)))
+        .collect();
+    let target = |path: &str, bodies: Arc<[Bytes]>| Target::Http {
+        addr: edge,
+        path: path.into(),
+        host: edge.to_string(),
+        bodies,
+    };
+    let register = target("/api/v1/auth/register", credentials.clone());
+    for i in 0..credentials.len() {
+        Connection::open(&register).await?.with_body(&register, i).call(&register).await?;
+    }
+
+    let raw = raw_argon2_rate(load.duration)?;
+    let login = target("/api/v1/auth/login", credentials);
+    let logins = run("edge POST /api/v1/auth/login", login.clone(), load).await?;
+
+    // /healthz at a fixed, modest rate while the same login flood saturates hashing.
+    let flood = {
+        let load = load.clone();
+        let login = login.clone();
+        tokio::spawn(async move { run("login flood", login, &load).await })
+    };
+    let probe = Load {
+        concurrency: 4,
+        rate: Some(200.0),
+        duration: load.duration,
+        warmup: load.warmup,
+    };
+    let healthz = run("edge /healthz during the login flood", target("/healthz", Arc::new([])), &probe).await?;
+    let flood = flood.await??;
+
+    println!(
+        "{}",
+        serde_json::json!({"name": "raw argon2id verify (m=19456,t=2,p=1), every core", "throughput_rps": raw})
+    );
+    print(&logins)?;
+    print(&flood)?;
+    print(&healthz)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "auth",
+            "login_to_raw_verify_ratio": logins.throughput_rps / raw,
+            "healthz_p99_ms_during_flood": healthz.p99_ms,
+            "errors": logins.errors + flood.errors + healthz.errors,
+        })
+    );
+    suite.shutdown().await;
+    let _ = std::fs::remove_file(&data);
+    let _ = std::fs::remove_file(&key);
+    Ok(())
 }
