@@ -261,7 +261,9 @@ async fn measure(
         let offset = load.rate.map_or(Duration::ZERO, |rate| {
             Duration::from_secs_f64(i as f64 / rate)
         });
-        workers.push(tokio::spawn(worker(i, target,
+        workers.push(tokio::spawn(worker(
+            i,
+            target,
             start + offset,
             interval,
             deadline,
@@ -333,7 +335,10 @@ async fn worker(
 }
 
 enum Connection {
-    Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>, Option<Bytes>),
+    Http(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        Option<Bytes>,
+    ),
     Grpc(HealthClient<tonic::transport::Channel>),
     Check(RateLimitServiceClient<tonic::transport::Channel>, u64),
 }
@@ -706,9 +711,13 @@ async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("portico-bench-auth-{}.db", std::process::id()));
     let key = std::env::temp_dir().join(format!("portico-bench-key-{}.pem", std::process::id()));
     let _ = std::fs::remove_file(&key);
-    portico_auth::keys::write_new_key(&key.display().to_string()).map_err(|e| anyhow::anyhow!(e))?;
+    portico_auth::keys::write_new_key(&key.display().to_string())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let vars = suite_vars(&[
-        ("DATABASE_URL", format!("sqlite://{}?mode=rwc", data.display())),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", data.display()),
+        ),
         ("JWT_SIGNING_KEY_FILE", key.display().to_string()),
         ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
         ("RATE_LIMIT_AUTH_MAX", "10000000".into()),
@@ -718,7 +727,11 @@ async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
     let edge = suite.edge_addr;
     // One user per connection, as real logins come from many users.
     let credentials: Arc<[Bytes]> = (0..load.concurrency.max(1))
-        .map(|i| Bytes::from(format!(r#"{{"email":"bench{i}@example.com","password":"correct horse battery"}}"#)))
+        .map(|i| {
+            Bytes::from(format!(
+                r#"{{"email":"bench{i}@example.com","password":"correct horse battery"}}"#
+            ))
+        })
         .collect();
     let target = |path: &str, bodies: Arc<[Bytes]>| Target::Http {
         addr: edge,
@@ -728,7 +741,11 @@ async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
     };
     let register = target("/api/v1/auth/register", credentials.clone());
     for i in 0..credentials.len() {
-        Connection::open(&register).await?.with_body(&register, i).call(&register).await?;
+        Connection::open(&register)
+            .await?
+            .with_body(&register, i)
+            .call(&register)
+            .await?;
     }
 
     let raw = raw_argon2_rate(load.duration)?;
@@ -747,7 +764,12 @@ async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
         duration: load.duration,
         warmup: load.warmup,
     };
-    let healthz = run("edge /healthz during the login flood", target("/healthz", Arc::new([])), &probe).await?;
+    let healthz = run(
+        "edge /healthz during the login flood",
+        target("/healthz", Arc::new([])),
+        &probe,
+    )
+    .await?;
     let flood = flood.await??;
 
     println!(
