@@ -19,6 +19,7 @@ use tracing::{field::Empty, Instrument as _};
 
 mod auth_routes;
 pub mod backends;
+mod chat_routes;
 pub mod client_ip;
 pub mod cors;
 pub mod error;
@@ -32,6 +33,8 @@ pub use error::{http_status, ApiError};
 pub use response::{Body, Response};
 pub use server::{serve, EdgeHandle};
 
+/// Longest a Redis command of the edge may take (readiness, denylist).
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
 const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
 
@@ -46,7 +49,7 @@ pub enum EdgeError {
     Database(#[from] sea_orm::DbErr),
     /// The Redis URL could not be used.
     #[error("REDIS_URL: {0}")]
-    Redis(#[from] fred::error::Error),
+    Redis(#[from] portico_redis::fred::error::Error),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -64,7 +67,9 @@ struct Inner {
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
     database: Option<sea_orm::DatabaseConnection>,
-    redis: Option<fred::clients::Client>,
+    redis: Option<portico_redis::Redis>,
+    verifier: portico_tokens::Verifier,
+    allow_anonymous_chat: bool,
     started_at: Instant,
     started: AtomicBool,
 }
@@ -72,15 +77,29 @@ struct Inner {
 impl Edge {
     /// Builds the edge's state: lazy gRPC channels, a lazy database pool for readiness, and a
     /// Redis client when `REDIS_URL` is set.
-    pub async fn new(settings: &Settings) -> Result<Self, EdgeError> {
+    pub async fn new(
+        settings: &Settings,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, EdgeError> {
         let database = Some(
             portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
         );
         let redis = match &settings.storage.redis_url {
-            Some(url) => Some(redis_client(url.expose_secret())?),
+            Some(url) => Some(portico_redis::Redis::connect(
+                url.expose_secret(),
+                &settings.storage.redis_key_prefix,
+                REDIS_COMMAND_TIMEOUT,
+                shutdown,
+            )?),
             None => None,
         };
         let backends = backends::Backends::new(&settings.edge)?;
+        let verifier = portico_tokens::Verifier::new(
+            backends.auth.channel.clone(),
+            &settings.auth.issuer,
+            &settings.auth.audience,
+            redis.clone(),
+        );
         let limiter =
             limits::EdgeLimiter::new(backends.ratelimit.channel.clone(), &settings.ratelimit);
         Ok(Self {
@@ -93,6 +112,8 @@ impl Edge {
                     settings.edge.cors_allow_credentials,
                 ),
                 database,
+                verifier,
+                allow_anonymous_chat: settings.chat.allow_anonymous,
                 redis,
                 started_at: Instant::now(),
                 started: AtomicBool::new(false),
@@ -238,12 +259,25 @@ impl Edge {
         let mut granted: Option<portico_limiter::Decision> = None;
         if !route.handler.is_operational() {
             let ip = client_ip.to_string();
+            // The chat policy is per user (a verified bearer) or per IP (anonymous).
+            let chat_key = if route.handler.extra_policy() == Some("chat") {
+                match self.chat_key(request.headers(), &ip).await {
+                    Ok(key) => Some(key),
+                    Err(error) => return error.into_response(correlation_id),
+                }
+            } else {
+                None
+            };
             let policies = std::iter::once("global").chain(route.handler.extra_policy());
             for policy in policies {
+                let key = match (policy, &chat_key) {
+                    ("chat", Some(key)) => key.as_str(),
+                    _ => ip.as_str(),
+                };
                 match self
                     .inner
                     .limiter
-                    .check(policy, &ip, client_ip, context)
+                    .check(policy, key, client_ip, context)
                     .await
                 {
                     // The headers describe the tightest bucket.
@@ -298,6 +332,16 @@ impl Edge {
                 .auth(route.handler, request.into_body(), context, &forwarded)
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id)),
+            routes::Handler::Chat | routes::Handler::ChatCompletions => {
+                let dialect = if route.handler == routes::Handler::Chat {
+                    chat_routes::Dialect::Portico
+                } else {
+                    chat_routes::Dialect::OpenAi
+                };
+                self.chat(dialect, request.into_body(), context, &forwarded)
+                    .await
+                    .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)
                 .await
@@ -483,20 +527,6 @@ where
             format!("cannot read the request body: {error}"),
         )),
     }
-}
-
-fn redis_client(url: &str) -> Result<fred::clients::Client, fred::error::Error> {
-    use fred::prelude::*;
-    let config = Config::from_url(url)?;
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_millis(500);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build()?;
-    // Connects in the background and keeps reconnecting; readiness reports the state.
-    let _connection = client.connect();
-    Ok(client)
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub enum Handler {
     Unlock,
     /// AuthService.RevokeToken (admin).
     Revoke,
+    /// ChatService.Complete, Portico's JSON.
+    Chat,
+    /// ChatService.Complete, OpenAI's JSON.
+    ChatCompletions,
 }
 
 impl Handler {
@@ -53,6 +57,7 @@ impl Handler {
     pub fn extra_policy(self) -> Option<&'static str> {
         match self {
             Handler::Register | Handler::Login => Some("auth"),
+            Handler::Chat | Handler::ChatCompletions => Some("chat"),
             _ => None,
         }
     }
@@ -211,6 +216,18 @@ pub static ROUTES: &[Route] = &[
         Handler::Revoke,
         "admin",
         "Revoke an access token by jti or every session of a user",
+    ),
+    post(
+        "/api/v1/chat",
+        Handler::Chat,
+        "chat",
+        "Complete a conversation (the chat policy applies)",
+    ),
+    post(
+        "/v1/chat/completions",
+        Handler::ChatCompletions,
+        "chat",
+        "OpenAI-compatible chat completions",
     ),
     Route {
         path: "/api/v1/admin/ratelimit/reset",
@@ -389,6 +406,23 @@ fn request_body(handler: Handler) -> Option<Value> {
         }
         Handler::VerifyEmail => object(json!({"token": string}), &["token"]),
         Handler::Unlock => object(json!({"email": string, "ip": string}), &["email"]),
+        Handler::Chat | Handler::ChatCompletions => {
+            json!({"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["messages"],
+                "properties": {
+                    "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": {
+                        "type": "object", "required": ["role", "content"],
+                        "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]}, "content": {"type": "string"}}
+                    }},
+                    "model": string,
+                    "stream": {"type": "boolean"},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                    "max_tokens": {"type": "integer", "minimum": 0},
+                    "stop": {"oneOf": [string, {"type": "array", "maxItems": 4, "items": string}]}
+                }
+            }}}})
+        }
         Handler::Revoke => json!({"required": true, "content": {"application/json": {"schema": {
             "type": "object", "additionalProperties": false,
             "properties": {"jti": string, "userId": string},
@@ -481,6 +515,15 @@ fn responses(handler: Handler) -> Value {
         Handler::Revoke => json!({
             "200": {"description": "Revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"familiesRevoked": {"type": "integer"}}}}}},
             "401": error_response("No credentials"), "403": error_response("Not an admin")
+        }),
+        Handler::Chat | Handler::ChatCompletions => json!({
+            "200": {"description": "The assistant's answer", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": error_response("Invalid conversation"),
+            "401": error_response("Bearer token required or invalid"),
+            "429": error_response("Rate limited (chat policy)"),
+            "501": error_response("Not implemented yet (chat gateway, streaming)"),
+            "502": error_response("Every LLM provider failed"),
+            "504": error_response("LLM timeout")
         }),
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},

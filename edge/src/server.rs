@@ -53,7 +53,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<EdgeHandle, EdgeError> {
-    let edge = Edge::new(settings).await?;
+    let edge = Edge::new(settings, shutdown.clone()).await?;
     let local_addr = listener.local_addr()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

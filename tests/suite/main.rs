@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod chat_edge;
 mod cli;
 mod cors;
 mod edge_http;
