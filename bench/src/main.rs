@@ -475,21 +475,10 @@ async fn bare_server() -> anyhow::Result<SocketAddr> {
 
 async fn healthz_scenario(load: &Load) -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("portico-bench-{}.db", std::process::id()));
-    let vars: std::collections::HashMap<String, String> = [
-        ("EDGE_ADDR", "127.0.0.1:0"),
-        ("AUTH_ADDR", "127.0.0.1:0"),
-        ("CONTENT_ADDR", "127.0.0.1:0"),
-        ("CHAT_ADDR", "127.0.0.1:0"),
-        ("RATELIMIT_ADDR", "127.0.0.1:0"),
-        ("LOG_LEVEL", "error"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain([(
-        "DATABASE_URL".to_owned(),
+    let vars = suite_vars(&[(
+        "DATABASE_URL",
         format!("sqlite://{}?mode=rwc", data.display()),
-    )])
-    .collect();
+    )]);
     let settings = portico_config::Settings::from_source(&vars)?;
     let suite = portico::Suite::start(settings).await?;
     let bare = bare_server().await?;

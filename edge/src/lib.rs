@@ -13,7 +13,6 @@ use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use portico_config::{EdgeSettings, ExposeSecret as _, MetricsGuard, Settings, BODY_LIMIT_BYTES};
 use portico_telemetry::{metrics, RequestContext, CORRELATION_HEADER};
-use subtle::ConstantTimeEq as _;
 use tonic::Code;
 use tracing::{field::Empty, Instrument as _};
 
@@ -418,9 +417,9 @@ impl Edge {
         }
         let allowed = match &self.inner.settings.metrics_guard {
             MetricsGuard::None => true,
-            MetricsGuard::Secret(secret) => headers.get("x-metrics-secret").is_some_and(|given| {
-                bool::from(given.as_bytes().ct_eq(secret.expose_secret().as_bytes()))
-            }),
+            MetricsGuard::Secret(secret) => headers
+                .get("x-metrics-secret")
+                .is_some_and(|given| portico_config::secret_matches(given.as_bytes(), secret)),
             MetricsGuard::Cidr(allowlist) => allowlist.iter().any(|net| net.contains(&client_ip)),
         };
         if !allowed {

@@ -5,12 +5,11 @@
 use std::{sync::Arc, sync::OnceLock, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
-use portico_config::{AuthSettings, ExposeSecret as _, SecretString};
+use portico_config::{AuthSettings, SecretString};
 use portico_limiter::Clock;
 use prometheus_client::metrics::counter::Counter;
 use rand_core::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 
 use crate::{
     keys::KeySet,
@@ -484,9 +483,10 @@ impl Accounts {
     /// Admin: `x-admin-key` equal to `ADMIN_API_KEY`, or an admin bearer token.
     pub async fn require_admin(&self, caller: &Caller) -> Result<(), Error> {
         if let Some(given) = &caller.admin_key {
-            let valid = self.admin_key.as_ref().is_some_and(|expected| {
-                bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes()))
-            });
+            let valid = self
+                .admin_key
+                .as_ref()
+                .is_some_and(|expected| portico_config::secret_matches(given.as_bytes(), expected));
             return if valid {
                 Ok(())
             } else {

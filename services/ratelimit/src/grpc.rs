@@ -3,12 +3,11 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use portico_config::{ExposeSecret as _, SecretString};
+use portico_config::SecretString;
 use portico_proto::{
     envoy_rls::{self, rate_limit_service_server::RateLimitService as EnvoyRateLimitService},
     ratelimit::{self as pb, rate_limit_service_server::RateLimitService, reset_request::Target},
 };
-use subtle::ConstantTimeEq as _;
 use tonic::{Request, Response, Status};
 
 use crate::{envoy::Descriptors, limiter::RateLimiter, Error};
@@ -30,9 +29,10 @@ impl RateLimitGrpc {
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
         let metadata = request.metadata();
         if let Some(given) = metadata.get("x-admin-key") {
-            let valid = self.admin_key.as_ref().is_some_and(|expected| {
-                bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes()))
-            });
+            let valid = self
+                .admin_key
+                .as_ref()
+                .is_some_and(|expected| portico_config::secret_matches(given.as_bytes(), expected));
             return if valid {
                 Ok(())
             } else {

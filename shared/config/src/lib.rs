@@ -12,6 +12,13 @@ pub use secrecy::{ExposeSecret, SecretString};
 mod settings;
 pub use settings::*;
 
+/// Whether `given` equals `secret`, in time independent of where they differ (admin keys,
+/// the metrics secret).
+pub fn secret_matches(given: &[u8], secret: &SecretString) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(given.ct_eq(secret.expose_secret().as_bytes()))
+}
+
 /// Where configuration values come from.
 pub trait Source: Send + Sync {
     /// The raw value of `key`, if set.
