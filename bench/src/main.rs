@@ -88,6 +88,9 @@ enum Scenario {
     /// Login throughput through the edge as a ratio of the raw Argon2id verify rate (same
     /// parameters, same run), and /healthz latency at a fixed rate during a login flood.
     Auth {
+        /// Redis for lockouts and the denylist (unset: they live in the database).
+        #[arg(long)]
+        redis_url: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -175,8 +178,8 @@ async fn main() -> anyhow::Result<()> {
             scenario: Scenario::Ratelimit { redis_url, load },
         } => ratelimit_scenario(&redis_url, &load).await?,
         Command::Scenario {
-            scenario: Scenario::Auth { load },
-        } => auth_scenario(&load).await?,
+            scenario: Scenario::Auth { redis_url, load },
+        } => auth_scenario(redis_url, &load).await?,
     }
     Ok(())
 }
@@ -696,13 +699,13 @@ fn raw_argon2_rate(seconds: f64) -> anyhow::Result<f64> {
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
+async fn auth_scenario(redis_url: Option<String>, load: &Load) -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("portico-bench-auth-{}.db", std::process::id()));
     let key = std::env::temp_dir().join(format!("portico-bench-key-{}.pem", std::process::id()));
     let _ = std::fs::remove_file(&key);
     portico_auth::keys::write_new_key(&key.display().to_string())
         .map_err(|e| anyhow::anyhow!(e))?;
-    let vars = suite_vars(&[
+    let mut extra = vec![
         (
             "DATABASE_URL",
             format!("sqlite://{}?mode=rwc", data.display()),
@@ -711,7 +714,12 @@ async fn auth_scenario(load: &Load) -> anyhow::Result<()> {
         ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
         ("RATE_LIMIT_AUTH_MAX", "10000000".into()),
         ("RATE_LIMIT_GLOBAL_WINDOW", "1s".into()),
-    ]);
+    ];
+    if let Some(url) = redis_url {
+        extra.push(("REDIS_URL", url));
+        extra.push(("REDIS_KEY_PREFIX", format!("bench:{}:", std::process::id())));
+    }
+    let vars = suite_vars(&extra);
     let suite = portico::Suite::start(portico_config::Settings::from_source(&vars)?).await?;
     let edge = suite.edge_addr;
     // One user per connection, as real logins come from many users.
