@@ -258,25 +258,21 @@ impl Edge {
         let mut granted: Option<portico_limiter::Decision> = None;
         if !route.handler.is_operational() {
             let ip = client_ip.to_string();
-            // The chat policy is per user (a verified bearer) or per IP (anonymous).
-            let chat_key = if route.handler.extra_policy() == Some("chat") {
-                match self.chat_key(request.headers(), &ip).await {
-                    Ok(key) => Some(key),
-                    Err(error) => return error.into_response(correlation_id),
-                }
-            } else {
-                None
-            };
-            let policies = std::iter::once("global").chain(route.handler.extra_policy());
-            for policy in policies {
-                let key = match (policy, &chat_key) {
-                    ("chat", Some(key)) => key.as_str(),
-                    _ => ip.as_str(),
+            // `global` first: everything after it (verifying a chat caller's token) is limited.
+            for policy in std::iter::once("global").chain(route.handler.extra_policy()) {
+                // The chat policy is per user (a verified bearer) or per IP (anonymous).
+                let key = if policy == "chat" {
+                    match self.chat_key(request.headers(), &ip).await {
+                        Ok(key) => key,
+                        Err(error) => return error.into_response(correlation_id),
+                    }
+                } else {
+                    ip.clone()
                 };
                 match self
                     .inner
                     .limiter
-                    .check(policy, key, client_ip, context)
+                    .check(policy, &key, client_ip, context)
                     .await
                 {
                     // The headers describe the tightest bucket.
