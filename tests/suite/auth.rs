@@ -1062,3 +1062,76 @@ async fn a_weak_stored_hash_is_upgraded_on_login() {
         "rehashed: {stored}"
     );
 }
+
+#[tokio::test]
+async fn rs256_keys_sign_verify_and_publish_rsa_jwks() {
+    let path =
+        std::env::temp_dir().join(format!("portico-rsa-{}.pem", uuid::Uuid::new_v4().simple()));
+    let generated = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path)
+        .output()
+        .expect("openssl runs (the runbook's RSA procedure)");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let key = path.display().to_string();
+    let (addr, _db, _stop) = harness::spawn_auth(
+        &[("JWT_SIGNING_KEY_FILE", &key)],
+        portico_auth::Options::default(),
+    )
+    .await;
+    let mut auth = grpc(addr).await;
+    let jwks: Value = serde_json::from_str(
+        &auth
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .expect("jwks")
+            .into_inner()
+            .jwks_json,
+    )
+    .expect("json");
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
+    assert_eq!(jwks["keys"][0]["e"], "AQAB");
+
+    auth.register(pb::RegisterRequest {
+        email: "rsa@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("register");
+    let token = auth
+        .login(pb::LoginRequest {
+            email: "rsa@example.com".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+    let header: Value = serde_json::from_slice(
+        &B64.decode(token.split('.').next().expect("header"))
+            .expect("b64"),
+    )
+    .expect("json");
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], jwks["keys"][0]["kid"]);
+    let answer = auth
+        .validate_token(pb::ValidateTokenRequest {
+            access_token: token,
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(answer.valid, "{}", answer.reason);
+}
