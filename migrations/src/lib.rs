@@ -190,3 +190,30 @@ fn sqlite_path(url: &str) -> Option<&str> {
     let path = rest.split('?').next()?;
     (!path.is_empty() && !path.starts_with(':')).then_some(path)
 }
+
+/// A statement for `db` from SQL written with `?` placeholders (they become `$1…` on
+/// PostgreSQL), so services write one portable SQL text.
+pub fn statement(
+    db: &sea_orm::DatabaseConnection,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    use sea_orm::ConnectionTrait as _;
+    let backend = db.get_database_backend();
+    let sql = if backend == sea_orm::DbBackend::Postgres {
+        let mut numbered = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                numbered.push_str(&format!("${n}"));
+            } else {
+                numbered.push(c);
+            }
+        }
+        numbered
+    } else {
+        sql.to_owned()
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}

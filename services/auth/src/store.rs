@@ -3,9 +3,7 @@
 //! token is spent by `UPDATE … WHERE spent_at IS NULL` (one winner), a verification token
 //! likewise, and a family counts as revoked as soon as any of its rows is.
 
-use sea_orm::{
-    ConnectionTrait as _, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, QueryResult, Statement, Value};
 
 /// An account row.
 #[derive(Debug, Clone)]
@@ -39,25 +37,8 @@ impl Store {
         Self { db }
     }
 
-    /// `?` placeholders become `$1…` on PostgreSQL.
     fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
-        let backend = self.db.get_database_backend();
-        let sql = if backend == DbBackend::Postgres {
-            let mut numbered = String::with_capacity(sql.len() + 8);
-            let mut n = 0;
-            for c in sql.chars() {
-                if c == '?' {
-                    n += 1;
-                    numbered.push_str(&format!("${n}"));
-                } else {
-                    numbered.push(c);
-                }
-            }
-            numbered
-        } else {
-            sql.to_owned()
-        };
-        Statement::from_sql_and_values(backend, sql, values)
+        portico_migrations::statement(&self.db, sql, values)
     }
 
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {

@@ -27,34 +27,13 @@ pub struct RateLimitGrpc {
 impl RateLimitGrpc {
     /// `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token with the admin role.
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
-        let metadata = request.metadata();
-        if let Some(given) = metadata.get("x-admin-key") {
-            let valid = self
-                .admin_key
-                .as_ref()
-                .is_some_and(|expected| portico_config::secret_matches(given.as_bytes(), expected));
-            return if valid {
-                Ok(())
-            } else {
-                Err(Error::PermissionDenied("x-admin-key is not valid".into()))
-            };
-        }
-        let bearer = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Error::Unauthenticated("x-admin-key or an admin bearer token is required".into())
-            })?;
-        let identity = self.verifier.verify(bearer).await.map_err(|refused| {
-            tracing::info!(reason = %refused.0, "admin bearer token refused");
-            Error::Unauthenticated("the bearer token is invalid, expired or revoked".into())
-        })?;
-        if identity.is_admin() {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied("admin role required".into()))
-        }
+        portico_tokens::authorize_admin(request.metadata(), self.admin_key.as_ref(), &self.verifier)
+            .await
+            .map(|_| ())
+            .map_err(|refusal| match refusal {
+                portico_tokens::AdminRefusal::Unauthenticated(m) => Error::Unauthenticated(m),
+                portico_tokens::AdminRefusal::PermissionDenied(m) => Error::PermissionDenied(m),
+            })
     }
 }
 

@@ -256,3 +256,52 @@ impl Verifier {
         Ok(!answer.valid)
     }
 }
+
+/// Why an admin call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// No credentials, or a token that does not verify.
+    Unauthenticated(String),
+    /// Credentials that are not an admin's.
+    PermissionDenied(String),
+}
+
+/// Admin access for a service: `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token whose
+/// role is `admin`.
+pub async fn authorize_admin(
+    metadata: &tonic::metadata::MetadataMap,
+    admin_key: Option<&portico_config::SecretString>,
+    verifier: &Verifier,
+) -> Result<Identity, AdminRefusal> {
+    if let Some(given) = metadata.get("x-admin-key") {
+        let valid = admin_key
+            .is_some_and(|expected| portico_config::secret_matches(given.as_bytes(), expected));
+        return if valid {
+            Ok(Identity {
+                user_id: "admin-key".into(),
+                role: "admin".into(),
+                jti: String::new(),
+            })
+        } else {
+            Err(AdminRefusal::PermissionDenied(
+                "x-admin-key is not valid".into(),
+            ))
+        };
+    }
+    let bearer = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            AdminRefusal::Unauthenticated("x-admin-key or an admin bearer token is required".into())
+        })?;
+    let identity = verifier.verify(bearer).await.map_err(|refused| {
+        tracing::info!(reason = %refused.0, "admin bearer token refused");
+        AdminRefusal::Unauthenticated("the bearer token is invalid, expired or revoked".into())
+    })?;
+    if identity.is_admin() {
+        Ok(identity)
+    } else {
+        Err(AdminRefusal::PermissionDenied("admin role required".into()))
+    }
+}
