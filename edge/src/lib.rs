@@ -20,6 +20,7 @@ mod auth_routes;
 pub mod backends;
 mod chat_routes;
 pub mod client_ip;
+mod content_routes;
 pub mod cors;
 pub mod error;
 pub mod health;
@@ -218,7 +219,7 @@ impl Edge {
         if let Err(error) = check_declared_length(request.headers()) {
             return error.into_response(correlation_id);
         }
-        let (route, _params) = match matched {
+        let (route, params) = match matched {
             routes::Match::Found(route, params) => (route, params),
             routes::Match::MethodNotAllowed(allowed) => {
                 let allow = allowed
@@ -336,6 +337,30 @@ impl Edge {
                 self.chat(dialect, request.into_body(), context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
+            routes::Handler::ContentList
+            | routes::Handler::ContentGet
+            | routes::Handler::AdminContentList
+            | routes::Handler::AdminContentCreate
+            | routes::Handler::AdminContentUpdate
+            | routes::Handler::AdminContentDelete => {
+                let slug = params
+                    .into_iter()
+                    .find(|(name, _)| *name == "slug")
+                    .map(|(_, v)| v);
+                let query = request.uri().query().map(str::to_owned);
+                let headers = request.headers().clone();
+                self.content(
+                    route.handler,
+                    slug,
+                    query,
+                    headers,
+                    request.into_body(),
+                    context,
+                    &forwarded,
+                )
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id))
             }
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)

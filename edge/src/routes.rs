@@ -42,6 +42,18 @@ pub enum Handler {
     Chat,
     /// ChatService.Complete, OpenAI's JSON.
     ChatCompletions,
+    /// ContentService.ListContent, published only.
+    ContentList,
+    /// ContentService.GetContent.
+    ContentGet,
+    /// ContentService.ListContent with drafts (admin).
+    AdminContentList,
+    /// ContentService.CreateContent (admin).
+    AdminContentCreate,
+    /// ContentService.UpdateContent (admin, If-Match).
+    AdminContentUpdate,
+    /// ContentService.DeleteContent (admin).
+    AdminContentDelete,
 }
 
 impl Handler {
@@ -229,6 +241,44 @@ pub static ROUTES: &[Route] = &[
         "chat",
         "OpenAI-compatible chat completions",
     ),
+    get(
+        "/api/v1/content",
+        Handler::ContentList,
+        "content",
+        "Published content, newest first (cursor, limit, tag)",
+    ),
+    get(
+        "/api/v1/content/{slug}",
+        Handler::ContentGet,
+        "content",
+        "One published item (ETag, If-None-Match)",
+    ),
+    get(
+        "/api/v1/admin/content",
+        Handler::AdminContentList,
+        "admin",
+        "All content including drafts",
+    ),
+    post(
+        "/api/v1/admin/content",
+        Handler::AdminContentCreate,
+        "admin",
+        "Create content (201)",
+    ),
+    Route {
+        path: "/api/v1/admin/content/{slug}",
+        method: Method::PUT,
+        handler: Handler::AdminContentUpdate,
+        tag: "admin",
+        summary: "Replace content; If-Match carries the version you edited (409 when it changed)",
+    },
+    Route {
+        path: "/api/v1/admin/content/{slug}",
+        method: Method::DELETE,
+        handler: Handler::AdminContentDelete,
+        tag: "admin",
+        summary: "Delete content (204)",
+    },
     Route {
         path: "/api/v1/admin/ratelimit/reset",
         method: Method::POST,
@@ -406,6 +456,22 @@ fn request_body(handler: Handler) -> Option<Value> {
         }
         Handler::VerifyEmail => object(json!({"token": string}), &["token"]),
         Handler::Unlock => object(json!({"email": string, "ip": string}), &["email"]),
+        Handler::AdminContentCreate | Handler::AdminContentUpdate => {
+            let mut properties = json!({
+                "title": {"type": "string", "minLength": 1, "maxLength": 200},
+                "body": {"type": "string", "description": "Markdown, at most 256 KiB"},
+                "tags": {"type": "array", "maxItems": 16, "items": {"type": "string", "pattern": "^[a-z0-9-]{1,32}$"}},
+                "status": {"type": "string", "enum": ["draft", "published"]}
+            });
+            let required: &[&str] = if handler == Handler::AdminContentCreate {
+                properties["slug"] = json!({"type": "string", "pattern": "^[a-z0-9-]{1,100}$"});
+                &["slug", "title"]
+            } else {
+                properties["version"] = json!({"type": "integer", "description": "Expected version when If-Match is not sent"});
+                &["title"]
+            };
+            object(properties, required)
+        }
         Handler::Chat | Handler::ChatCompletions => {
             json!({"required": true, "content": {"application/json": {"schema": {
                 "type": "object",
@@ -525,6 +591,26 @@ fn responses(handler: Handler) -> Value {
             "502": error_response("Every LLM provider failed"),
             "504": error_response("LLM timeout")
         }),
+        Handler::ContentList | Handler::ContentGet | Handler::AdminContentList => json!({
+            "200": {"description": "Content (ETag, Cache-Control)", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "304": {"description": "Not modified (If-None-Match)"},
+            "400": error_response("Invalid cursor, limit or tag"),
+            "401": error_response("Admin credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such published content")
+        }),
+        Handler::AdminContentCreate | Handler::AdminContentUpdate | Handler::AdminContentDelete => {
+            json!({
+                "200": {"description": "The item", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "201": {"description": "Created"},
+                "204": {"description": "Deleted"},
+                "400": error_response("Invalid field, or If-Match missing"),
+                "401": error_response("Admin credentials required"),
+                "403": error_response("Not an admin"),
+                "404": error_response("No such content"),
+                "409": error_response("Slug taken, or the version changed since you read it")
+            })
+        }
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
             "501": error_response("Not implemented yet"),

@@ -443,3 +443,27 @@ pub async fn spawn_auth(
         .expect("auth starts");
     (handle.local_addr, database_url, shutdown)
 }
+
+/// A fresh database URL (PostgreSQL under `TEST_DATABASE_URL`, else a SQLite file).
+pub async fn fresh_database() -> String {
+    test_database().await
+}
+
+/// A standalone content service with the given variables (`DATABASE_URL` required).
+pub async fn spawn_content(
+    vars: &[(&str, &str)],
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let source: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let settings = Settings::from_source(&source).expect("content settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_content::serve(&settings, listener, shutdown.clone())
+        .await
+        .expect("content starts");
+    (handle.local_addr, shutdown)
+}

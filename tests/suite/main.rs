@@ -6,6 +6,7 @@ mod harness;
 mod auth;
 mod chat_edge;
 mod cli;
+mod content;
 mod cors;
 mod edge_http;
 mod health;

@@ -5,21 +5,58 @@ use tonic::Status;
 /// Everything that can go wrong in the content service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database failed or is unreachable.
+    /// Malformed input; the message says what to fix.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No credentials for an admin call.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials that are not an admin's.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No such item (or not visible to this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The slug is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller's expected version is not the current one.
+    #[error("{0}")]
+    Aborted(String),
+    /// The content store failed or is unreachable.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// Settings unusable at start.
+    #[error("{0}")]
+    Config(String),
     /// The gRPC server could not start.
     #[error("gRPC server: {0}")]
     Serve(#[from] portico_grpc::ServeError),
 }
 
+impl From<portico_tokens::AdminRefusal> for Error {
+    fn from(refusal: portico_tokens::AdminRefusal) -> Self {
+        match refusal {
+            portico_tokens::AdminRefusal::Unauthenticated(m) => Error::Unauthenticated(m),
+            portico_tokens::AdminRefusal::PermissionDenied(m) => Error::PermissionDenied(m),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
                 Status::unavailable("the content store is unavailable; retry shortly")
             }
+            Error::Config(m) => Status::internal(m),
             Error::Serve(error) => Status::internal(error.to_string()),
         }
     }

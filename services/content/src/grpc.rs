@@ -1,53 +1,331 @@
-//! `portico.content.v1.ContentService` over gRPC. The RPCs arrive with the content issue; until
-//! then each answers UNIMPLEMENTED.
+//! `portico.content.v1.ContentService` over gRPC, with validation, admin checks and the cache.
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
+use bytes::Bytes;
+use portico_config::SecretString;
 use portico_proto::content::{self as pb, content_service_server::ContentService};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
+
+use crate::{
+    cache::Cache,
+    store::{Position, Store},
+    Error,
+};
+
+const MAX_SLUG: usize = 100;
+const MAX_TITLE: usize = 200;
+const MAX_BODY: usize = 256 * 1024;
+const MAX_TAGS: usize = 16;
+const MAX_TAG: usize = 32;
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
 
 /// The gRPC face of the content service.
 #[derive(Debug, Clone)]
 pub struct ContentGrpc {
-    pub(crate) _db: sea_orm::DatabaseConnection,
+    pub(crate) store: Store,
+    pub(crate) cache: Cache,
+    pub(crate) admin_key: Option<SecretString>,
+    pub(crate) verifier: portico_tokens::Verifier,
 }
 
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("ContentService.{rpc} is not implemented yet"))
+fn url_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_slug(slug: &str) -> Result<(), Error> {
+    if slug.is_empty() || slug.len() > MAX_SLUG || !url_safe(slug) {
+        return Err(Error::InvalidArgument(format!(
+            "slug must be 1 to {MAX_SLUG} characters of [a-z0-9-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates and normalises the editable fields.
+fn check_fields(
+    title: &str,
+    body: &str,
+    tags: &[String],
+    status: i32,
+) -> Result<(String, Vec<String>), Error> {
+    let title = title.trim();
+    if title.is_empty() || title.chars().count() > MAX_TITLE {
+        return Err(Error::InvalidArgument(format!(
+            "title must be 1 to {MAX_TITLE} characters"
+        )));
+    }
+    if body.len() > MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "body must be at most {MAX_BODY} bytes"
+        )));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(Error::InvalidArgument(format!("at most {MAX_TAGS} tags")));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if tag.is_empty() || tag.len() > MAX_TAG || !url_safe(tag) {
+            return Err(Error::InvalidArgument(format!(
+                "tag `{tag}` must be 1 to {MAX_TAG} characters of [a-z0-9-]"
+            )));
+        }
+        if !unique.contains(tag) {
+            unique.push(tag.clone());
+        }
+    }
+    if pb::Status::try_from(status).is_err() {
+        return Err(Error::InvalidArgument(
+            "status must be STATUS_DRAFT or STATUS_PUBLISHED".into(),
+        ));
+    }
+    Ok((title.to_owned(), unique))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn decode_cursor(cursor: &str) -> Result<Option<Position>, Error> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Error::InvalidArgument("cursor is not one this service issued".into());
+    let raw = B64.decode(cursor).map_err(|_| invalid())?;
+    let text = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (key, id) = text.split_once(':').ok_or_else(invalid)?;
+    Ok(Some(Position {
+        key: key.parse().map_err(|_| invalid())?,
+        id: id.parse().map_err(|_| invalid())?,
+    }))
+}
+
+fn encode_cursor(position: Position) -> String {
+    B64.encode(format!("{}:{}", position.key, position.id))
+}
+
+impl ContentGrpc {
+    async fn admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        portico_tokens::authorize_admin(
+            request.metadata(),
+            self.admin_key.as_ref(),
+            &self.verifier,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// True when the caller presents valid admin credentials (public reads do not need any).
+    async fn is_admin<T>(&self, request: &Request<T>) -> bool {
+        let metadata = request.metadata();
+        (metadata.contains_key("x-admin-key") || metadata.contains_key("authorization"))
+            && self.admin(request).await.is_ok()
+    }
+
+    async fn page(
+        &self,
+        request: &pb::ListContentRequest,
+    ) -> Result<pb::ListContentResponse, Error> {
+        let limit = match request.limit {
+            0 => DEFAULT_LIMIT,
+            n if n <= MAX_LIMIT => n,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "limit must be 1 to {MAX_LIMIT}"
+                )))
+            }
+        };
+        let tag = (!request.tag.is_empty()).then_some(request.tag.as_str());
+        if let Some(tag) = tag {
+            if tag.len() > MAX_TAG || !url_safe(tag) {
+                return Err(Error::InvalidArgument(format!(
+                    "tag must be 1 to {MAX_TAG} characters of [a-z0-9-]"
+                )));
+            }
+        }
+        let after = decode_cursor(&request.cursor)?;
+        let mut rows = self
+            .store
+            .list(request.include_drafts, tag, after, limit)
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if more => encode_cursor(Position {
+                key: if request.include_drafts {
+                    last.id
+                } else {
+                    last.published_at_ms.unwrap_or(0)
+                },
+                id: last.id,
+            }),
+            _ => String::new(),
+        };
+        Ok(pb::ListContentResponse {
+            items: rows.into_iter().map(|r| r.content).collect(),
+            next_cursor,
+        })
+    }
+
+    async fn current(&self, slug: &str) -> Result<pb::Content, Error> {
+        self.store
+            .get(slug)
+            .await?
+            .map(|r| r.content)
+            .ok_or_else(|| Error::NotFound(format!("no content `{slug}`")))
+    }
 }
 
 #[tonic::async_trait]
 impl ContentService for ContentGrpc {
     async fn get_content(
         &self,
-        _: Request<pb::GetContentRequest>,
+        request: Request<pb::GetContentRequest>,
     ) -> Result<Response<pb::Content>, Status> {
-        Err(unimplemented("GetContent"))
+        let slug = request.get_ref().slug.clone();
+        check_slug(&slug)?;
+        if self.is_admin(&request).await {
+            return Ok(Response::new(self.current(&slug).await?));
+        }
+        let bytes = self
+            .cache
+            .get_or_load(&format!("content:{slug}"), || async {
+                let content = self.current(&slug).await?;
+                if content.status != pb::Status::Published as i32 {
+                    return Err(Error::NotFound(format!("no content `{slug}`")));
+                }
+                Ok::<_, Error>(Bytes::from(content.encode_to_vec()))
+            })
+            .await?;
+        let content = pb::Content::decode(bytes).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(content))
     }
 
     async fn list_content(
         &self,
-        _: Request<pb::ListContentRequest>,
+        request: Request<pb::ListContentRequest>,
     ) -> Result<Response<pb::ListContentResponse>, Status> {
-        Err(unimplemented("ListContent"))
+        if request.get_ref().include_drafts {
+            self.admin(&request).await?;
+            return Ok(Response::new(self.page(request.get_ref()).await?));
+        }
+        let r = request.get_ref();
+        let key = format!(
+            "content:list:{}",
+            B64.encode(Sha256::digest(format!(
+                "{}|{}|{}",
+                r.cursor, r.limit, r.tag
+            )))
+        );
+        let bytes = self
+            .cache
+            .get_or_load(&key, || async {
+                Ok::<_, Error>(Bytes::from(self.page(r).await?.encode_to_vec()))
+            })
+            .await?;
+        Ok(Response::new(
+            pb::ListContentResponse::decode(bytes).map_err(|e| Status::internal(e.to_string()))?,
+        ))
     }
 
     async fn create_content(
         &self,
-        _: Request<pb::CreateContentRequest>,
+        request: Request<pb::CreateContentRequest>,
     ) -> Result<Response<pb::Content>, Status> {
-        Err(unimplemented("CreateContent"))
+        self.admin(&request).await?;
+        let r = request.into_inner();
+        check_slug(&r.slug)?;
+        let status = if r.status == pb::Status::Unspecified as i32 {
+            pb::Status::Draft as i32
+        } else {
+            r.status
+        };
+        let (title, tags) = check_fields(&r.title, &r.body, &r.tags, status)?;
+        let content = pb::Content {
+            slug: r.slug.clone(),
+            title,
+            body: r.body,
+            tags,
+            status,
+            ..Default::default()
+        };
+        match self.store.insert(&content, now_ms()).await {
+            Ok(()) => {}
+            Err(error)
+                if matches!(
+                    error.sql_err(),
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                ) =>
+            {
+                return Err(Error::AlreadyExists(format!("slug `{}` is taken", r.slug)).into());
+            }
+            Err(error) => return Err(Error::from(error).into()),
+        }
+        self.cache.invalidate(&r.slug).await;
+        Ok(Response::new(self.current(&r.slug).await?))
     }
 
     async fn update_content(
         &self,
-        _: Request<pb::UpdateContentRequest>,
+        request: Request<pb::UpdateContentRequest>,
     ) -> Result<Response<pb::Content>, Status> {
-        Err(unimplemented("UpdateContent"))
+        self.admin(&request).await?;
+        let r = request.into_inner();
+        check_slug(&r.slug)?;
+        if r.expected_version < 1 {
+            return Err(Status::invalid_argument(
+                "expected_version (If-Match) is required",
+            ));
+        }
+        let existing = self.current(&r.slug).await?;
+        let status = if r.status == pb::Status::Unspecified as i32 {
+            existing.status
+        } else {
+            r.status
+        };
+        let (title, tags) = check_fields(&r.title, &r.body, &r.tags, status)?;
+        let content = pb::Content {
+            slug: r.slug.clone(),
+            title,
+            body: r.body,
+            tags,
+            status,
+            ..Default::default()
+        };
+        if !self
+            .store
+            .update(&content, r.expected_version, now_ms())
+            .await
+            .map_err(Error::from)?
+        {
+            let now = self.current(&r.slug).await?;
+            return Err(Error::Aborted(format!(
+                "version {} is not current (it is {}): reload and apply your change again",
+                r.expected_version, now.version
+            ))
+            .into());
+        }
+        self.cache.invalidate(&r.slug).await;
+        Ok(Response::new(self.current(&r.slug).await?))
     }
 
     async fn delete_content(
         &self,
-        _: Request<pb::DeleteContentRequest>,
+        request: Request<pb::DeleteContentRequest>,
     ) -> Result<Response<pb::DeleteContentResponse>, Status> {
-        Err(unimplemented("DeleteContent"))
+        self.admin(&request).await?;
+        let slug = request.into_inner().slug;
+        check_slug(&slug)?;
+        if !self.store.delete(&slug).await.map_err(Error::from)? {
+            return Err(Error::NotFound(format!("no content `{slug}`")).into());
+        }
+        self.cache.invalidate(&slug).await;
+        Ok(Response::new(pb::DeleteContentResponse {}))
     }
 }

@@ -1,4 +1,6 @@
-//! Portico's content service: published content (`portico.content.v1.ContentService`).
+//! Portico's content service (`portico.content.v1.ContentService`): published content for
+//! everyone, admin CRUD with optimistic concurrency, and a two-level cache whose entries no
+//! replica serves once a write has replaced them.
 
 use std::time::Duration;
 
@@ -10,16 +12,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+mod cache;
 mod error;
 mod grpc;
+mod store;
 
 pub use error::Error;
 
 /// How often the database is probed for the health status.
 const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a Redis command may take before the cache is bypassed.
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the content service on
-/// `listener` until `shutdown` is cancelled.
+/// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the content service
+/// on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     settings: &Settings,
     listener: TcpListener,
@@ -31,9 +37,44 @@ pub async fn serve(
         storage.migrate_on_boot.then_some(Owner::Content),
     )
     .await?;
-    let routes = Routes::new(ContentServiceServer::new(grpc::ContentGrpc {
-        _db: db.clone(),
-    }));
+    let redis = match &storage.redis_url {
+        Some(url) => Some(
+            portico_redis::Redis::connect(
+                url.expose_secret(),
+                &storage.redis_key_prefix,
+                REDIS_COMMAND_TIMEOUT,
+                shutdown.clone(),
+            )
+            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
+        ),
+        None => None,
+    };
+    let cache = cache::Cache::new(redis.clone());
+    if let Some(url) = &storage.redis_url {
+        cache::subscribe(
+            url.expose_secret(),
+            &storage.redis_key_prefix,
+            cache.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    }
+    let verifier = portico_tokens::Verifier::new(
+        tonic::transport::Endpoint::from_shared(settings.edge.auth_url.clone())
+            .map_err(|e| Error::Config(format!("AUTH_GRPC_URL: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy(),
+        &settings.auth.issuer,
+        &settings.auth.audience,
+        redis,
+    );
+    let service = grpc::ContentGrpc {
+        store: store::Store::new(db.clone()),
+        cache,
+        admin_key: settings.admin_api_key.clone(),
+        verifier,
+    };
+    let routes = Routes::new(ContentServiceServer::new(service));
     let handle = portico_grpc::serve(
         "content",
         listener,

@@ -1,0 +1,232 @@
+//! Read-through cache for public reads: an in-process L1 (moka, short TTL) over Redis
+//! (`content:{slug}`, `content:list:{hash}`).
+//!
+//! Freshness does not hang on pub/sub timing. Every write INCRs `content:rev` *before* it
+//! returns, and every cached value carries the rev it was filled at; a value whose rev is not
+//! current is a miss. So once a write has returned, no replica serves what it replaced. This
+//! also covers the classic race of a reader that filled the cache with a row it read just before
+//! the write. The `content:invalidate` channel still tells every replica to drop its L1 at once,
+//! which frees memory and spares the rev comparison a lookup. Without Redis, L1 alone (one replica).
+//! With Redis down, reads go to the database (the cache reports degraded) and writes still work.
+
+use std::{sync::OnceLock, time::Duration};
+
+use bytes::Bytes;
+use moka::sync::Cache as Moka;
+use portico_redis::{fred::prelude::*, Redis};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+
+/// How long an L1 entry may live (it is also checked against `content:rev` on every use).
+const L1_TTL: Duration = Duration::from_secs(5);
+/// Most L1 entries.
+const L1_CAPACITY: u64 = 10_000;
+/// Lifetime of a Redis entry (stale entries are recognised by their rev before this).
+const REDIS_TTL_SECONDS: i64 = 60;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn requests() -> &'static Family<ResultLabels, Counter> {
+    static METRIC: OnceLock<Family<ResultLabels, Counter>> = OnceLock::new();
+    METRIC.get_or_init(|| {
+        let family = Family::default();
+        portico_telemetry::metrics::register(
+            "cache_requests",
+            "Content cache lookups by result (hit, miss)",
+            family.clone(),
+        );
+        family
+    })
+}
+
+fn count(result: &'static str) {
+    requests().get_or_create(&ResultLabels { result }).inc();
+}
+
+#[derive(Clone)]
+struct Entry {
+    rev: i64,
+    bytes: Bytes,
+}
+
+/// The content cache.
+#[derive(Clone)]
+pub struct Cache {
+    l1: Moka<String, Entry>,
+    redis: Option<Redis>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A cache over `redis` (L1 only when `None`).
+    pub fn new(redis: Option<Redis>) -> Self {
+        Self {
+            l1: Moka::builder()
+                .max_capacity(L1_CAPACITY)
+                .time_to_live(L1_TTL)
+                .build(),
+            redis,
+        }
+    }
+
+    /// Drops every L1 entry (another replica wrote).
+    pub fn drop_local(&self) {
+        self.l1.invalidate_all();
+    }
+
+    /// The cached bytes under `key`, or `load`'s, cached.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, load: F) -> Result<Bytes, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, E>>,
+    {
+        let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
+            if self.redis.is_some() {
+                // Redis is down: no shared rev to trust, so no cache at all (degraded).
+                count("miss");
+                return load().await;
+            }
+            if let Some(entry) = self.l1.get(key) {
+                count("hit");
+                return Ok(entry.bytes);
+            }
+            let bytes = load().await?;
+            self.l1.insert(
+                key.to_owned(),
+                Entry {
+                    rev: 0,
+                    bytes: bytes.clone(),
+                },
+            );
+            count("miss");
+            return Ok(bytes);
+        };
+        let rev = match redis
+            .client()
+            .get::<Option<i64>, _>(redis.key("content:rev"))
+            .await
+        {
+            Ok(rev) => rev.unwrap_or(0),
+            Err(error) => {
+                redis.mark_down(&error);
+                count("miss");
+                return load().await;
+            }
+        };
+        if let Some(entry) = self.l1.get(key).filter(|e| e.rev == rev) {
+            count("hit");
+            return Ok(entry.bytes);
+        }
+        let full_key = redis.key(key);
+        if let Ok(Some(raw)) = redis.client().get::<Option<Vec<u8>>, _>(&full_key).await {
+            if raw.len() >= 8 && raw[..8] == rev.to_be_bytes() {
+                let bytes = Bytes::copy_from_slice(&raw[8..]);
+                self.l1.insert(
+                    key.to_owned(),
+                    Entry {
+                        rev,
+                        bytes: bytes.clone(),
+                    },
+                );
+                count("hit");
+                return Ok(bytes);
+            }
+        }
+        let bytes = load().await?;
+        let mut stored = rev.to_be_bytes().to_vec();
+        stored.extend_from_slice(&bytes);
+        let set: Result<(), _> = redis
+            .client()
+            .set(
+                &full_key,
+                stored,
+                Some(Expiration::EX(REDIS_TTL_SECONDS)),
+                None,
+                false,
+            )
+            .await;
+        if let Err(error) = set {
+            tracing::debug!(%error, "content cache fill failed");
+        }
+        self.l1.insert(
+            key.to_owned(),
+            Entry {
+                rev,
+                bytes: bytes.clone(),
+            },
+        );
+        count("miss");
+        Ok(bytes)
+    }
+
+    /// After a write of `slug`: bump the rev (every cached value is now stale everywhere),
+    /// delete the Redis keys, tell every replica to drop its L1.
+    pub async fn invalidate(&self, slug: &str) {
+        self.l1.invalidate_all();
+        let Some(redis) = &self.redis else { return };
+        let client = redis.client();
+        let outcome: Result<(), Error> = async {
+            client.incr::<i64, _>(redis.key("content:rev")).await?;
+            client
+                .del::<u64, _>(redis.key(&format!("content:{slug}")))
+                .await?;
+            redis.unlink_prefix("content:list:").await?;
+            client
+                .publish::<u64, _, _>(redis.key("content:invalidate"), slug)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            // The database is the truth; other replicas stop trusting their L1 while Redis is
+            // unreachable, so the write still stands.
+            redis.mark_down(&error);
+        }
+    }
+}
+
+/// Follows `content:invalidate` and drops this replica's L1 on every message, reconnecting
+/// after outages. Stops with `shutdown`.
+pub fn subscribe(
+    url: &str,
+    prefix: &str,
+    cache: Cache,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), Error> {
+    let subscriber = Builder::from_config(Config::from_url(url)?)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build_subscriber_client()?;
+    let channel = format!("{prefix}content:invalidate");
+    tokio::spawn(async move {
+        let _connection = subscriber.connect();
+        let _resubscribe = subscriber.manage_subscriptions();
+        if let Err(error) = subscriber.subscribe(channel.clone()).await {
+            tracing::warn!(%error, "content:invalidate subscription failed; L1 relies on the rev check");
+        }
+        let mut messages = subscriber.message_rx();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                message = messages.recv() => match message {
+                    Ok(_) => cache.drop_local(),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.drop_local(),
+                    Err(_) => break,
+                },
+            }
+        }
+        let _ = subscriber.quit().await;
+    });
+    Ok(())
+}
