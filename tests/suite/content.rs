@@ -497,6 +497,50 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
         .expect("list")
         .into_inner();
     assert_eq!(listed.items[0].version, 21, "lists too");
+
+    // The runbook's `KEYS "content:*" | xargs DEL` (rev included) only costs misses.
+    {
+        use fred::prelude::*;
+        let client = Builder::from_config(Config::from_url(&redis.url).expect("url"))
+            .build()
+            .expect("client");
+        client.init().await.expect("connect");
+        let keys: Vec<String> = client
+            .custom(fred::cmd!("KEYS"), vec![format!("{prefix}content:*")])
+            .await
+            .expect("keys");
+        assert!(!keys.is_empty());
+        let _: u64 = client.del(keys).await.expect("del");
+    }
+    assert_eq!(
+        b.get_content(pb::GetContentRequest {
+            slug: "live".into()
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .version,
+        21
+    );
+    a.update_content(admin(pb::UpdateContentRequest {
+        slug: "live".into(),
+        expected_version: 21,
+        title: "after the purge".into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("update");
+    let after = b
+        .get_content(pb::GetContentRequest {
+            slug: "live".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        (after.version, after.title.as_str()),
+        (22, "after the purge")
+    );
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Read-through cache for public reads: an in-process L1 (moka, short TTL) over Redis
 //! (`content:{slug}`, `content:list:{hash}`).
 //!
-//! Freshness does not hang on pub/sub timing. Every write INCRs `content:rev` *before* it
-//! returns, and every cached value carries the rev it was filled at; a value whose rev is not
-//! current is a miss. So once a write has returned, no replica serves what it replaced. This
+//! Freshness does not hang on pub/sub timing. Every write sets `content:rev` to a new random
+//! value *before* it returns, and every cached value carries the rev it was filled at; a value
+//! whose rev is not current is a miss. (Random, not a counter: after an operator deletes
+//! `content:*`, a counter could come back to an old value and revive a stale entry.) So once a write has returned, no replica serves what it replaced. This
 //! also covers the classic race of a reader that filled the cache with a row it read just before
 //! the write. The `content:invalidate` channel still tells every replica to drop its L1 at once,
 //! which frees memory and spares the rev comparison a lookup. Without Redis, L1 alone (one replica).
@@ -48,9 +49,12 @@ fn count(result: &'static str) {
     requests().get_or_create(&ResultLabels { result }).inc();
 }
 
+/// The revision cached values are checked against; all zeros when `content:rev` is unset.
+type Rev = [u8; 16];
+
 #[derive(Clone)]
 struct Entry {
-    rev: i64,
+    rev: Rev,
     bytes: Bytes,
 }
 
@@ -106,19 +110,19 @@ impl Cache {
             self.l1.insert(
                 key.to_owned(),
                 Entry {
-                    rev: 0,
+                    rev: Rev::default(),
                     bytes: bytes.clone(),
                 },
             );
             count("miss");
             return Ok(bytes);
         };
-        let rev = match redis
+        let rev: Rev = match redis
             .client()
-            .get::<Option<i64>, _>(redis.key("content:rev"))
+            .get::<Option<Vec<u8>>, _>(redis.key("content:rev"))
             .await
         {
-            Ok(rev) => rev.unwrap_or(0),
+            Ok(rev) => rev.and_then(|raw| raw.try_into().ok()).unwrap_or_default(),
             Err(error) => {
                 redis.mark_down(&error);
                 count("miss");
@@ -131,8 +135,8 @@ impl Cache {
         }
         let full_key = redis.key(key);
         if let Ok(Some(raw)) = redis.client().get::<Option<Vec<u8>>, _>(&full_key).await {
-            if raw.len() >= 8 && raw[..8] == rev.to_be_bytes() {
-                let bytes = Bytes::copy_from_slice(&raw[8..]);
+            if raw.len() >= rev.len() && raw[..rev.len()] == rev {
+                let bytes = Bytes::copy_from_slice(&raw[rev.len()..]);
                 self.l1.insert(
                     key.to_owned(),
                     Entry {
@@ -145,7 +149,7 @@ impl Cache {
             }
         }
         let bytes = load().await?;
-        let mut stored = rev.to_be_bytes().to_vec();
+        let mut stored = rev.to_vec();
         stored.extend_from_slice(&bytes);
         let set: Result<(), _> = redis
             .client()
@@ -171,14 +175,17 @@ impl Cache {
         Ok(bytes)
     }
 
-    /// After a write of `slug`: bump the rev (every cached value is now stale everywhere),
+    /// After a write of `slug`: a new rev (every cached value is now stale everywhere),
     /// delete the Redis keys, tell every replica to drop its L1.
     pub async fn invalidate(&self, slug: &str) {
         self.l1.invalidate_all();
         let Some(redis) = &self.redis else { return };
         let client = redis.client();
         let outcome: Result<(), Error> = async {
-            client.incr::<i64, _>(redis.key("content:rev")).await?;
+            let rev = uuid::Uuid::new_v4().into_bytes().to_vec();
+            client
+                .set::<(), _, _>(redis.key("content:rev"), rev, None, None, false)
+                .await?;
             client
                 .del::<u64, _>(redis.key(&format!("content:{slug}")))
                 .await?;
