@@ -94,6 +94,14 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// A cached `GET /api/v1/content/{slug}` through the edge against the edge's `/healthz`.
+    Content {
+        /// Redis for the cache (unset: in-process L1 only, as `cargo run`).
+        #[arg(long)]
+        redis_url: Option<String>,
+        #[command(flatten)]
+        load: Load,
+    },
     Ratelimit {
         /// Redis for the second half.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -180,6 +188,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Auth { redis_url, load },
         } => auth_scenario(redis_url, &load).await?,
+        Command::Scenario {
+            scenario: Scenario::Content { redis_url, load },
+        } => content_scenario(redis_url, &load).await?,
     }
     Ok(())
 }
@@ -789,4 +800,79 @@ async fn auth_scenario(redis_url: Option<String>, load: &Load) -> anyhow::Result
     let _ = std::fs::remove_file(&data);
     let _ = std::fs::remove_file(&key);
     Ok(())
+}
+
+async fn content_scenario(redis_url: Option<String>, load: &Load) -> anyhow::Result<()> {
+    let data =
+        std::env::temp_dir().join(format!("portico-bench-content-{}.db", std::process::id()));
+    let mut extra = vec![
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", data.display()),
+        ),
+        ("ADMIN_API_KEY", "bench-admin".to_owned()),
+        ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1s".into()),
+    ];
+    if let Some(url) = &redis_url {
+        extra.push(("REDIS_URL", url.clone()));
+        extra.push(("REDIS_KEY_PREFIX", format!("bench:{}:", std::process::id())));
+    }
+    let suite =
+        portico::Suite::start(portico_config::Settings::from_source(&suite_vars(&extra))?).await?;
+    let edge = suite.edge_addr;
+    let created = reqwest_free_post(
+        edge,
+        "/api/v1/admin/content",
+        r#"{"slug":"benchmark-article","title":"Benchmark","body":"A published article of a realistic size for a landing page.","tags":["bench"],"status":"published"}"#,
+    )
+    .await?;
+    anyhow::ensure!(created == 201, "creating the article answered {created}");
+
+    let healthz = run(
+        "edge /healthz",
+        http_target(&format!("http://{edge}/healthz"))?,
+        load,
+    )
+    .await?;
+    let content = run(
+        "edge GET /api/v1/content/benchmark-article (cached)",
+        http_target(&format!("http://{edge}/api/v1/content/benchmark-article"))?,
+        load,
+    )
+    .await?;
+    print(&healthz)?;
+    print(&content)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "content",
+            "cache": if redis_url.is_some() { "redis+l1" } else { "l1" },
+            "throughput_ratio_to_healthz": content.throughput_rps / healthz.throughput_rps,
+            "content_p99_ms": content.p99_ms,
+            "errors": healthz.errors + content.errors,
+        })
+    );
+    suite.shutdown().await;
+    let _ = std::fs::remove_file(&data);
+    Ok(())
+}
+
+/// One admin POST over a fresh HTTP/1.1 connection; returns the status code.
+async fn reqwest_free_post(
+    edge: SocketAddr,
+    path: &str,
+    json: &'static str,
+) -> anyhow::Result<u16> {
+    let stream = TcpStream::connect(edge).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header(http::header::HOST, edge.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("x-admin-key", "bench-admin")
+        .body(Full::new(Bytes::from_static(json.as_bytes())))?;
+    let response = sender.send_request(request).await?;
+    Ok(response.status().as_u16())
 }
