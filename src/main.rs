@@ -235,6 +235,20 @@ async fn service(
     let listener = portico::bind(variable, addr).await?;
     let shutdown = CancellationToken::new();
     let handle = portico::start_service(component, settings, listener, shutdown.clone()).await?;
+    if let Some(addr) = settings.metrics_addr {
+        let metrics = portico::bind("METRICS_ADDR", addr).await?;
+        let local = metrics.local_addr()?;
+        portico_grpc::serve_metrics(
+            metrics,
+            settings.edge.metrics_guard.clone(),
+            shutdown.clone(),
+        );
+        say(format_args!(
+            "portico {} metrics on http://{}/metrics",
+            component.name(),
+            portico::dialable(local)
+        ));
+    }
     say(format_args!(
         "portico {} listening on grpc://{}",
         component.name(),

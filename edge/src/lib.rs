@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
-use portico_config::{EdgeSettings, ExposeSecret as _, MetricsGuard, Settings, BODY_LIMIT_BYTES};
+use portico_config::{EdgeSettings, ExposeSecret as _, Settings, BODY_LIMIT_BYTES};
 use portico_telemetry::{metrics, RequestContext, CORRELATION_HEADER};
 use tonic::Code;
 use tracing::{field::Empty, Instrument as _};
@@ -436,13 +436,8 @@ impl Edge {
             )
             .into_response(correlation_id);
         }
-        let allowed = match &self.inner.settings.metrics_guard {
-            MetricsGuard::None => true,
-            MetricsGuard::Secret(secret) => headers
-                .get("x-metrics-secret")
-                .is_some_and(|given| portico_config::secret_matches(given.as_bytes(), secret)),
-            MetricsGuard::Cidr(allowlist) => allowlist.iter().any(|net| net.contains(&client_ip)),
-        };
+        let secret = headers.get("x-metrics-secret").map(HeaderValue::as_bytes);
+        let allowed = self.inner.settings.metrics_guard.allows(secret, client_ip);
         if !allowed {
             tracing::warn!(metrics_guard = true, client_ip = %client_ip, "metrics_guard refused a scrape");
             return ApiError::new(

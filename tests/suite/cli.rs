@@ -170,3 +170,54 @@ fn keys_generate_writes_a_private_key_once_and_prints_its_kid() {
         .expect("runs");
     assert!(!again.status.success(), "never overwrites a key");
 }
+
+#[tokio::test]
+async fn a_standalone_service_serves_guarded_metrics_on_metrics_addr() {
+    let mut child = Command::new(BIN)
+        .arg("ratelimit")
+        .env_clear()
+        .env("RATELIMIT_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("METRICS_GUARD", "secret")
+        .env("METRICS_GUARD_SECRET", "scrape-me")
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut url_tx = Some(url_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("portico ratelimit metrics on ") {
+                if let Some(tx) = url_tx.take() {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        }
+    });
+    let url = url_rx.await.expect("the metrics banner");
+    let client = reqwest::Client::new();
+    let refused = client.get(&url).send().await.expect("answers");
+    assert_eq!(refused.status(), 403);
+    let scraped = client
+        .get(&url)
+        .header("x-metrics-secret", "scrape-me")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.expect("text").ends_with("# EOF\n"));
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waiter")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(0));
+}

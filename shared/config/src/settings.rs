@@ -58,6 +58,9 @@ pub struct Settings {
     pub admin_api_key: Option<SecretString>,
     /// `SHUTDOWN_TIMEOUT`: longest graceful drain.
     pub shutdown_timeout: Duration,
+    /// `METRICS_ADDR`: where a standalone service process serves `/metrics` (unset: nowhere;
+    /// under `portico serve` the edge's `/metrics` already shows every component).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Listen addresses (`*_ADDR`).
@@ -129,6 +132,19 @@ pub enum MetricsGuard {
     Secret(SecretString),
     /// Peers inside these networks.
     Cidr(Vec<IpNet>),
+}
+
+impl MetricsGuard {
+    /// Whether a scrape with this `x-metrics-secret` header from this client may read metrics.
+    pub fn allows(&self, secret_header: Option<&[u8]>, client_ip: std::net::IpAddr) -> bool {
+        match self {
+            MetricsGuard::None => true,
+            MetricsGuard::Secret(secret) => {
+                secret_header.is_some_and(|given| crate::secret_matches(given, secret))
+            }
+            MetricsGuard::Cidr(allowlist) => allowlist.iter().any(|net| net.contains(&client_ip)),
+        }
+    }
 }
 
 /// The REST edge.
@@ -272,6 +288,9 @@ impl Settings {
         let admin_api_key = r.secret("ADMIN_API_KEY");
         let shutdown_timeout =
             r.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, Unit::Seconds);
+        let metrics_addr = r
+            .raw("METRICS_ADDR")
+            .map(|_| r.addr("METRICS_ADDR", "127.0.0.1:0"));
         r.finish()?;
         Ok(Self {
             app_env,
@@ -284,6 +303,7 @@ impl Settings {
             chat,
             admin_api_key,
             shutdown_timeout,
+            metrics_addr,
         })
     }
 }

@@ -12,8 +12,10 @@ use tonic::service::Routes;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 mod layer;
+mod metrics;
 
 pub use layer::{RequestContextLayer, RequestContextService};
+pub use metrics::serve_metrics;
 pub use portico_telemetry::RequestContext;
 
 /// Errors of the gRPC server plumbing.
