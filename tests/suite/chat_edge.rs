@@ -24,28 +24,6 @@ async fn chat(
     request.send().await.expect("edge answers")
 }
 
-async fn login(suite: &TestSuite, email: &str) -> String {
-    let credentials = json!({"email": email, "password": "correct horse battery"});
-    suite
-        .http
-        .post(suite.url("/api/v1/auth/register"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("register");
-    let tokens: Value = suite
-        .http
-        .post(suite.url("/api/v1/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    tokens["accessToken"].as_str().expect("token").to_owned()
-}
-
 #[tokio::test]
 async fn conversations_are_validated() {
     // Rate limiting comes first (floods of malformed requests are limited too): room for all.
@@ -148,8 +126,8 @@ async fn signed_in_callers_get_a_chat_bucket_each() {
         .env("RATE_LIMIT_AUTH_MAX", "100")
         .spawn()
         .await;
-    let ann = login(&suite, "ann@example.com").await;
-    let ben = login(&suite, "ben@example.com").await;
+    let ann = suite.login("ann@example.com").await;
+    let ben = suite.login("ben@example.com").await;
     assert_eq!(
         chat(&suite, "/api/v1/chat", &conversation(), Some(&ann))
             .await
@@ -188,7 +166,7 @@ async fn anonymous_chat_can_be_switched_off() {
         .await;
     let anonymous = chat(&suite, "/api/v1/chat", &conversation(), None).await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    let token = login(&suite, "cy@example.com").await;
+    let token = suite.login("cy@example.com").await;
     assert_eq!(
         chat(&suite, "/api/v1/chat", &conversation(), Some(&token))
             .await

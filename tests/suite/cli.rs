@@ -14,6 +14,26 @@ fn temp_sqlite() -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// Waits for the first stdout line starting with `prefix` and returns the rest of it, while a
+/// thread keeps draining stdout so the child never writes into a closed pipe.
+async fn line_after(child: &mut std::process::Child, prefix: &'static str) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found_tx = Some(found_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                if let Some(tx) = found_tx.take() {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        }
+    });
+    found_rx
+        .await
+        .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"))
+}
+
 #[test]
 fn invalid_configuration_exits_2_naming_every_bad_variable() {
     let output = Command::new(BIN)
@@ -66,20 +86,7 @@ async fn serve_prints_the_edge_url_and_exits_cleanly_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
-    // Read until the banner, then keep draining stdout so the child never writes into a closed pipe.
-    let stdout = child.stdout.take().expect("stdout");
-    let (banner_tx, banner_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut banner_tx = Some(banner_tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("Portico is up: edge ") {
-                if let Some(tx) = banner_tx.take() {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        }
-    });
-    let url = banner_rx.await.expect("the banner names the edge URL");
+    let url = line_after(&mut child, "Portico is up: edge ").await;
 
     let live = reqwest::get(format!("{url}/healthz"))
         .await
@@ -185,19 +192,7 @@ async fn a_standalone_service_serves_guarded_metrics_on_metrics_addr() {
         .stderr(Stdio::null())
         .spawn()
         .expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut url_tx = Some(url_tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("portico ratelimit metrics on ") {
-                if let Some(tx) = url_tx.take() {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        }
-    });
-    let url = url_rx.await.expect("the metrics banner");
+    let url = line_after(&mut child, "portico ratelimit metrics on ").await;
     let client = reqwest::Client::new();
     let refused = client.get(&url).send().await.expect("answers");
     assert_eq!(refused.status(), 403);

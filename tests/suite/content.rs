@@ -358,32 +358,8 @@ async fn a_stale_version_is_a_409() {
 #[tokio::test]
 async fn admin_by_key_or_jwt_and_everyone_else_refused() {
     let suite = admin_suite().await;
-    let login = |email: &str| {
-        let credentials = json!({"email": email, "password": "correct horse battery"});
-        let suite = &suite;
-        async move {
-            suite
-                .http
-                .post(suite.url("/api/v1/auth/register"))
-                .json(&credentials)
-                .send()
-                .await
-                .expect("register");
-            let tokens: Value = suite
-                .http
-                .post(suite.url("/api/v1/auth/login"))
-                .json(&credentials)
-                .send()
-                .await
-                .expect("login")
-                .json()
-                .await
-                .expect("json");
-            tokens["accessToken"].as_str().expect("token").to_owned()
-        }
-    };
-    let root = login("root@example.com").await;
-    let user = login("user@example.com").await;
+    let root = suite.login("root@example.com").await;
+    let user = suite.login("user@example.com").await;
     let by_jwt = suite
         .http
         .post(suite.url("/api/v1/admin/content"))

@@ -133,6 +133,31 @@ impl TestSuite {
             .expect("service accepts connections")
     }
 
+    /// Registers `email` (password "correct horse battery") and returns a fresh access token.
+    pub async fn login(&self, email: &str) -> String {
+        let credentials = serde_json::json!({"email": email, "password": "correct horse battery"});
+        self.http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("register");
+        let tokens: serde_json::Value = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        tokens["accessToken"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
+    }
+
     /// Stops one service, as a crash or a rollout would.
     pub async fn stop(&mut self, component: Component) {
         assert!(
