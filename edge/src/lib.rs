@@ -188,16 +188,16 @@ impl Edge {
         http_metrics
             .requests
             .get_or_create(&metrics::HttpLabels {
-                method: method.as_str().to_owned(),
-                route: route_label.to_owned(),
+                method: metrics::method_label(&method),
+                route: route_label,
                 status: response.status().as_u16(),
             })
             .inc();
         http_metrics
             .duration
             .get_or_create(&metrics::RouteLabels {
-                method: method.as_str().to_owned(),
-                route: route_label.to_owned(),
+                method: metrics::method_label(&method),
+                route: route_label,
             })
             .observe(started.elapsed().as_secs_f64());
         response

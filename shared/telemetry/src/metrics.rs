@@ -37,9 +37,9 @@ pub fn encode_text() -> String {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: &'static str,
     /// Route template (never the raw path, to bound cardinality).
-    pub route: String,
+    pub route: &'static str,
     /// Status code.
     pub status: u16,
 }
@@ -48,9 +48,23 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: &'static str,
     /// Route template.
-    pub route: String,
+    pub route: &'static str,
+}
+
+/// A method as a static label value (anything unusual is `OTHER`, bounding cardinality).
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
 }
 
 /// Labels of `grpc_client_requests_total`.
