@@ -112,10 +112,10 @@ async fn ask(
 
 async fn check_database(edge: &Edge, timeout: Duration) -> Check {
     let started = Instant::now();
-    let ok = match &edge.inner.database {
-        Some(db) => matches!(tokio::time::timeout(timeout, db.ping()).await, Ok(Ok(()))),
-        None => false,
-    };
+    let ok = matches!(
+        tokio::time::timeout(timeout, edge.inner.database.ping()).await,
+        Ok(Ok(()))
+    );
     if !ok {
         portico_telemetry::metrics::http().database_errors.inc();
     }

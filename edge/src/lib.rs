@@ -66,7 +66,7 @@ struct Inner {
     backends: backends::Backends,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
-    database: Option<sea_orm::DatabaseConnection>,
+    database: sea_orm::DatabaseConnection,
     redis: Option<portico_redis::Redis>,
     verifier: portico_tokens::Verifier,
     allow_anonymous_chat: bool,
@@ -81,9 +81,8 @@ impl Edge {
         settings: &Settings,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Self, EdgeError> {
-        let database = Some(
-            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
-        );
+        let database =
+            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?;
         let redis = match &settings.storage.redis_url {
             Some(url) => Some(portico_redis::Redis::connect(
                 url.expose_secret(),

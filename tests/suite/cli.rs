@@ -34,6 +34,20 @@ async fn line_after(child: &mut std::process::Child, prefix: &'static str) -> St
         .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"))
 }
 
+/// Sends SIGTERM and asserts the process drains and exits 0.
+async fn terminate_and_expect_clean_exit(mut child: std::process::Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waiter")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn invalid_configuration_exits_2_naming_every_bad_variable() {
     let output = Command::new(BIN)
@@ -97,16 +111,7 @@ async fn serve_prints_the_edge_url_and_exits_cleanly_on_sigterm() {
         .expect("edge answers");
     assert_eq!(ready.status(), 200);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("waiter")
-        .expect("exit status");
-    assert_eq!(status.code(), Some(0));
+    terminate_and_expect_clean_exit(child).await;
 }
 
 #[test]
@@ -205,14 +210,5 @@ async fn a_standalone_service_serves_guarded_metrics_on_metrics_addr() {
     assert_eq!(scraped.status(), 200);
     assert!(scraped.text().await.expect("text").ends_with("# EOF\n"));
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("waiter")
-        .expect("exit status");
-    assert_eq!(status.code(), Some(0));
+    terminate_and_expect_clean_exit(child).await;
 }

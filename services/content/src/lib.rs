@@ -59,15 +59,7 @@ pub async fn serve(
         )
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     }
-    let verifier = portico_tokens::Verifier::new(
-        tonic::transport::Endpoint::from_shared(settings.edge.auth_url.clone())
-            .map_err(|e| Error::Config(format!("AUTH_GRPC_URL: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .connect_lazy(),
-        &settings.auth.issuer,
-        &settings.auth.audience,
-        redis,
-    );
+    let verifier = portico_tokens::Verifier::for_service(settings, redis).map_err(Error::Config)?;
     let service = grpc::ContentGrpc {
         store: store::Store::new(db.clone()),
         cache,

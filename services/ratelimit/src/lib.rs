@@ -74,15 +74,7 @@ pub async fn serve_with_clock(
         limiter,
         descriptors: Arc::new(descriptors),
         admin_key: settings.admin_api_key.clone(),
-        verifier: portico_tokens::Verifier::new(
-            tonic::transport::Endpoint::from_shared(settings.edge.auth_url.clone())
-                .map_err(|e| Error::Config(format!("AUTH_GRPC_URL: {e}")))?
-                .connect_timeout(Duration::from_millis(500))
-                .connect_lazy(),
-            &settings.auth.issuer,
-            &settings.auth.audience,
-            None,
-        ),
+        verifier: portico_tokens::Verifier::for_service(settings, None).map_err(Error::Config)?,
     };
     let routes = Routes::new(RateLimitServiceServer::new(service.clone()))
         .add_service(EnvoyRateLimitServiceServer::new(service));

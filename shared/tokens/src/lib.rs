@@ -180,6 +180,24 @@ impl Verifier {
         }
     }
 
+    /// The verifier a service (not the edge) uses: auth at `AUTH_GRPC_URL`, connected lazily,
+    /// with the configured issuer and audience.
+    pub fn for_service(
+        settings: &portico_config::Settings,
+        redis: Option<portico_redis::Redis>,
+    ) -> Result<Self, String> {
+        let channel = tonic::transport::Endpoint::from_shared(settings.edge.auth_url.clone())
+            .map_err(|e| format!("AUTH_GRPC_URL: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .connect_lazy();
+        Ok(Self::new(
+            channel,
+            &settings.auth.issuer,
+            &settings.auth.audience,
+            redis,
+        ))
+    }
+
     async fn refresh_keys(&self) -> Result<(), Refused> {
         let mut cache = self.keys.write().await;
         if cache
