@@ -3,16 +3,20 @@
 //! many). Both are limited by the `chat` policy per user, or per IP for anonymous callers, and
 //! need a bearer token when `CHAT_ALLOW_ANONYMOUS=false`.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use http::StatusCode;
+use http::{header, HeaderValue, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt as _, StreamBody};
 use portico_proto::chat::{self as pb, chat_service_client::ChatServiceClient};
 use portico_telemetry::RequestContext;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tonic::Code;
 
 use crate::{
-    backends::Forwarded,
+    backends::{self, Forwarded},
     finish, parse_json, read_body,
     response::{self, Response},
     ApiError, Edge,
@@ -199,23 +203,24 @@ impl Edge {
                 )
             }
         };
-        if stream == Some(true) {
-            // Server-sent events come with the chat gateway (issue 6); say so rather than
-            // pretend with a non-streamed answer.
-            return Err(ApiError::new(
-                Code::Unimplemented,
-                "streaming chat is not implemented yet",
-            ));
-        }
         let backend = &self.inner.backends.chat;
         let mut client = ChatServiceClient::new(backend.channel.clone());
-        let answer = finish(
-            backend,
-            "Complete",
-            client
-                .complete(self.call(message, context, forwarded))
-                .await,
-        )?;
+        let include_usage = message.include_usage;
+        let call = backends::request(message, context, forwarded, self.inner.chat_timeout);
+        if stream == Some(true) {
+            let chunks = finish(
+                backend,
+                "StreamComplete",
+                client.stream_complete(call).await,
+            )?;
+            return Ok(sse(
+                dialect,
+                chunks,
+                include_usage,
+                context.correlation_id.clone(),
+            ));
+        }
+        let answer = finish(backend, "Complete", client.complete(call).await)?;
         let usage = answer.usage.unwrap_or_default();
         let content = answer.message.map(|m| m.content).unwrap_or_default();
         let body = match dialect {
@@ -239,6 +244,7 @@ impl Edge {
                 "choices": [{
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
+                    "logprobs": null,
                     "finish_reason": answer.finish_reason,
                 }],
                 "usage": {
@@ -246,8 +252,225 @@ impl Edge {
                     "completion_tokens": usage.completion_tokens,
                     "total_tokens": usage.total_tokens,
                 },
+                "system_fingerprint": null,
             }),
         };
         Ok(response::json_response(StatusCode::OK, &body))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderChange {
+    priority: Option<i32>,
+    enabled: Option<bool>,
+}
+
+fn provider_json(p: &pb::Provider) -> Value {
+    json!({
+        "name": p.name,
+        "baseUrl": p.base_url,
+        "model": p.model,
+        "priority": p.priority,
+        "enabled": p.enabled,
+        "circuitState": p.circuit_state,
+    })
+}
+
+impl Edge {
+    /// `GET /api/v1/admin/llm/providers`: ListProviders is open inside the mesh (readiness
+    /// reads it), so the edge checks the admin credentials itself, with the one routine the
+    /// services use.
+    pub(crate) async fn llm_providers(
+        &self,
+        headers: &http::HeaderMap,
+        context: &RequestContext,
+        forwarded: &Forwarded,
+    ) -> Result<Response, ApiError> {
+        let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+        portico_tokens::authorize_admin(
+            &metadata,
+            self.inner.admin_key.as_ref(),
+            &self.inner.verifier,
+        )
+        .await
+        .map_err(|refusal| match refusal {
+            portico_tokens::AdminRefusal::Unauthenticated(m) => {
+                ApiError::new(Code::Unauthenticated, m)
+            }
+            portico_tokens::AdminRefusal::PermissionDenied(m) => {
+                ApiError::new(Code::PermissionDenied, m)
+            }
+        })?;
+        let backend = &self.inner.backends.chat;
+        let answer = ChatServiceClient::new(backend.channel.clone())
+            .list_providers(self.call(pb::ListProvidersRequest {}, context, forwarded))
+            .await;
+        let list = finish(backend, "ListProviders", answer)?;
+        let providers: Vec<Value> = list.providers.iter().map(provider_json).collect();
+        Ok(response::json_response(
+            StatusCode::OK,
+            &json!({ "providers": providers }),
+        ))
+    }
+
+    /// `PUT /api/v1/admin/llm/providers/{name}` `{priority?, enabled?}`.
+    pub(crate) async fn llm_provider_update<B>(
+        &self,
+        name: String,
+        body: B,
+        context: &RequestContext,
+        forwarded: &Forwarded,
+    ) -> Result<Response, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let change: ProviderChange = parse_json(&read_body(body).await?)?;
+        if change.priority.is_none() && change.enabled.is_none() {
+            return Err(ApiError::new(
+                Code::InvalidArgument,
+                "set priority, enabled or both",
+            ));
+        }
+        let backend = &self.inner.backends.chat;
+        let request = pb::SetProviderPriorityRequest {
+            name,
+            priority: change.priority,
+            enabled: change.enabled,
+        };
+        let answer = ChatServiceClient::new(backend.channel.clone())
+            .set_provider_priority(self.call(request, context, forwarded))
+            .await;
+        let provider = finish(backend, "SetProviderPriority", answer)?;
+        Ok(response::json_response(
+            StatusCode::OK,
+            &provider_json(&provider),
+        ))
+    }
+}
+
+/// One chunk as the dialect frames it.
+fn chunk_json(dialect: Dialect, chunk: &pb::CompletionChunk, include_usage: bool) -> Value {
+    let usage = chunk.usage.as_ref();
+    match dialect {
+        Dialect::OpenAi => {
+            let mut value = if let Some(usage) = usage {
+                json!({
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": usage.prompt_tokens,
+                        "completion_tokens": usage.completion_tokens,
+                        "total_tokens": usage.total_tokens,
+                    },
+                })
+            } else {
+                let mut delta = json!({"content": chunk.delta});
+                if !chunk.role.is_empty() {
+                    delta["role"] = json!(chunk.role);
+                }
+                let finish = (!chunk.finish_reason.is_empty()).then_some(&chunk.finish_reason);
+                let mut value = json!({
+                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+                });
+                if include_usage {
+                    // OpenAI sends `usage: null` on every chunk but the last when usage is asked.
+                    value["usage"] = Value::Null;
+                }
+                value
+            };
+            value["id"] = json!(chunk.id);
+            value["object"] = json!("chat.completion.chunk");
+            value["created"] = json!(chunk.created);
+            value["model"] = json!(chunk.model);
+            value["system_fingerprint"] = Value::Null;
+            value
+        }
+        Dialect::Portico => {
+            let mut value = json!({
+                "id": chunk.id,
+                "model": chunk.model,
+                "provider": chunk.provider,
+                "delta": chunk.delta,
+            });
+            if !chunk.role.is_empty() {
+                value["role"] = json!(chunk.role);
+            }
+            if !chunk.finish_reason.is_empty() {
+                value["finishReason"] = json!(chunk.finish_reason);
+            }
+            if let Some(usage) = usage {
+                value["usage"] = json!({
+                    "promptTokens": usage.prompt_tokens,
+                    "completionTokens": usage.completion_tokens,
+                    "totalTokens": usage.total_tokens,
+                });
+            }
+            value
+        }
+    }
+}
+
+fn event(data: &str) -> Result<Frame<Bytes>, Infallible> {
+    Ok(Frame::data(Bytes::from(format!("data: {data}\n\n"))))
+}
+
+/// Server-sent events as OpenAI frames them: `data: {chunk}` … `data: [DONE]`. A failure after
+/// the stream started is an error event and the stream ends without `[DONE]`, so no client
+/// mistakes a cut-off answer for a complete one. Dropping the body (the client went away)
+/// drops the gRPC stream, which cancels the provider's request.
+fn sse(
+    dialect: Dialect,
+    chunks: tonic::Streaming<pb::CompletionChunk>,
+    include_usage: bool,
+    correlation_id: String,
+) -> Response {
+    struct State {
+        chunks: tonic::Streaming<pb::CompletionChunk>,
+        over: bool,
+        correlation_id: String,
+    }
+    let state = State {
+        chunks,
+        over: false,
+        correlation_id,
+    };
+    let frames = futures_util::stream::unfold(state, move |mut state| async move {
+        if state.over {
+            return None;
+        }
+        let frame = match state.chunks.message().await {
+            Ok(Some(chunk)) => event(&chunk_json(dialect, &chunk, include_usage).to_string()),
+            Ok(None) => {
+                state.over = true;
+                event("[DONE]")
+            }
+            Err(status) => {
+                state.over = true;
+                backends::record("chat", "StreamComplete", status.code());
+                let error = ApiError::from_status(&status, "chat");
+                tracing::warn!(code = ?status.code(), message = %status.message(), "chat stream failed after it started");
+                event(
+                    &json!({"error": {
+                        "message": error.message,
+                        "type": if status.code() == Code::DeadlineExceeded { "timeout" } else { "upstream_error" },
+                        "code": crate::error::code_name(status.code()),
+                        "correlationId": state.correlation_id,
+                    }})
+                    .to_string(),
+                )
+            }
+        };
+        Some((frame, state))
+    });
+    let mut response = http::Response::new(StreamBody::new(frames).boxed());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx and friends must not buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }

@@ -110,6 +110,60 @@ async fn ask(
     result
 }
 
+/// The chat gateway's check, with its circuits: `circuitBreaker` is the worst state among the
+/// enabled providers (the seed runbooks' single-provider reading), `providers` each one's. An
+/// open circuit makes chat `degraded`.
+async fn check_chat(edge: &Edge, context: &RequestContext, timeout: Duration) -> Check {
+    use portico_proto::chat::{chat_service_client::ChatServiceClient, ListProvidersRequest};
+    let backend = &edge.inner.backends.chat;
+    let mut check = check_backend(backend, context, timeout).await;
+    if !check.ok {
+        return check;
+    }
+    let request = crate::backends::request(
+        ListProvidersRequest {},
+        context,
+        &crate::backends::Forwarded::none(),
+        timeout,
+    );
+    let mut client = ChatServiceClient::new(backend.channel.clone());
+    let answer = tokio::time::timeout(timeout, client.list_providers(request)).await;
+    let Ok(Ok(answer)) = answer else {
+        check.detail["circuitBreaker"] = json!("unknown");
+        return check;
+    };
+    let rank = |state: &str| match state {
+        "open" => 2,
+        "half_open" => 1,
+        _ => 0,
+    };
+    let mut worst = "closed";
+    let mut providers = Map::new();
+    for provider in answer.into_inner().providers {
+        if provider.enabled && rank(&provider.circuit_state) > rank(worst) {
+            worst = if provider.circuit_state == "open" {
+                "open"
+            } else {
+                "half_open"
+            };
+        }
+        let state = if provider.enabled {
+            provider.circuit_state
+        } else {
+            "disabled".into()
+        };
+        providers.insert(provider.name, json!(state));
+    }
+    check.detail["circuitBreaker"] = json!(worst);
+    check.detail["providers"] = Value::Object(providers);
+    if worst == "open" {
+        check.ok = false;
+        check.detail["status"] = json!("degraded");
+        check.detail["error"] = json!("an LLM provider's circuit is open");
+    }
+    check
+}
+
 async fn check_database(edge: &Edge, timeout: Duration) -> Check {
     let started = Instant::now();
     let ok = matches!(
@@ -157,7 +211,13 @@ async fn check_cache(edge: &Edge, timeout: Duration) -> Check {
 pub async fn readiness(edge: &Edge, context: &RequestContext) -> (StatusCode, Value) {
     let timeout = edge.inner.settings.health_check_timeout;
     let backends = edge.inner.backends.all();
-    let backend_checks = join_all(backends.iter().map(|b| check_backend(b, context, timeout)));
+    let backend_checks = join_all(backends.iter().map(|b| async move {
+        if b.name == "chat" {
+            check_chat(edge, context, timeout).await
+        } else {
+            check_backend(b, context, timeout).await
+        }
+    }));
     let (mut checks, database, cache) = tokio::join!(
         backend_checks,
         check_database(edge, timeout),

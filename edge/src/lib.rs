@@ -37,6 +37,9 @@ pub use server::{serve, EdgeHandle};
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
 const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
+/// Added to `LLM_TIMEOUT` for the edge's deadline on a chat call, so the gateway's own timeout (a
+/// clear 504) fires first.
+const CHAT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Errors while starting the edge.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,10 @@ struct Inner {
     redis: Option<portico_redis::Redis>,
     verifier: portico_tokens::Verifier,
     allow_anonymous_chat: bool,
+    /// The deadline of a chat call: `LLM_TIMEOUT` and a margin for the hops.
+    chat_timeout: std::time::Duration,
+    /// `ADMIN_API_KEY`, for the admin routes the edge answers itself.
+    admin_key: Option<portico_config::SecretString>,
     started_at: Instant,
     started: AtomicBool,
 }
@@ -113,6 +120,8 @@ impl Edge {
                 database,
                 verifier,
                 allow_anonymous_chat: settings.chat.allow_anonymous,
+                chat_timeout: settings.chat.timeout + CHAT_DEADLINE_MARGIN,
+                admin_key: settings.admin_api_key.clone(),
                 redis,
                 started_at: Instant::now(),
                 started: AtomicBool::new(false),
@@ -334,6 +343,20 @@ impl Edge {
                     chat_routes::Dialect::OpenAi
                 };
                 self.chat(dialect, request.into_body(), context, &forwarded)
+                    .await
+                    .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
+            routes::Handler::AdminLlmProviders => self
+                .llm_providers(request.headers(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
+            routes::Handler::AdminLlmProviderUpdate => {
+                let name = params
+                    .into_iter()
+                    .find(|(name, _)| *name == "name")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                self.llm_provider_update(name, request.into_body(), context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id))
             }

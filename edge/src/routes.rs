@@ -42,6 +42,10 @@ pub enum Handler {
     Chat,
     /// ChatService.Complete, OpenAI's JSON.
     ChatCompletions,
+    /// ChatService.ListProviders (admin at the edge).
+    AdminLlmProviders,
+    /// ChatService.SetProviderPriority (admin).
+    AdminLlmProviderUpdate,
     /// ContentService.ListContent, published only.
     ContentList,
     /// ContentService.GetContent.
@@ -241,6 +245,19 @@ pub static ROUTES: &[Route] = &[
         "chat",
         "OpenAI-compatible chat completions",
     ),
+    get(
+        "/api/v1/admin/llm/providers",
+        Handler::AdminLlmProviders,
+        "admin",
+        "LLM providers by priority, with circuit state (X-Admin-Key or admin JWT)",
+    ),
+    Route {
+        path: "/api/v1/admin/llm/providers/{name}",
+        method: Method::PUT,
+        handler: Handler::AdminLlmProviderUpdate,
+        tag: "admin",
+        summary: "Change a provider's priority and/or enabled flag at runtime",
+    },
     get(
         "/api/v1/content",
         Handler::ContentList,
@@ -489,6 +506,13 @@ fn request_body(handler: Handler) -> Option<Value> {
                 }
             }}}})
         }
+        Handler::AdminLlmProviderUpdate => {
+            json!({"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": false,
+                "properties": {"priority": {"type": "integer", "minimum": -1_000_000, "maximum": 1_000_000, "description": "Lower is tried first"}, "enabled": {"type": "boolean"}},
+                "minProperties": 1
+            }}}})
+        }
         Handler::Revoke => json!({"required": true, "content": {"application/json": {"schema": {
             "type": "object", "additionalProperties": false,
             "properties": {"jti": string, "userId": string},
@@ -583,13 +607,20 @@ fn responses(handler: Handler) -> Value {
             "401": error_response("No credentials"), "403": error_response("Not an admin")
         }),
         Handler::Chat | Handler::ChatCompletions => json!({
-            "200": {"description": "The assistant's answer", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "200": {"description": "The assistant's answer; with stream=true, server-sent events ending in data: [DONE]", "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
             "400": error_response("Invalid conversation"),
             "401": error_response("Bearer token required or invalid"),
             "429": error_response("Rate limited (chat policy)"),
-            "501": error_response("Not implemented yet (chat gateway, streaming)"),
-            "502": error_response("Every LLM provider failed"),
+            "502": error_response("Every LLM provider failed or its circuit is open (Retry-After while open)"),
+            "503": error_response("The chat gateway is unreachable"),
             "504": error_response("LLM timeout")
+        }),
+        Handler::AdminLlmProviders | Handler::AdminLlmProviderUpdate => json!({
+            "200": {"description": "Providers (or the changed one)", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": error_response("Invalid body"),
+            "401": error_response("Admin credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such provider")
         }),
         Handler::ContentList | Handler::ContentGet | Handler::AdminContentList => json!({
             "200": {"description": "Content (ETag, Cache-Control)", "content": {"application/json": {"schema": {"type": "object"}}}},

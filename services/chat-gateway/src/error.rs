@@ -1,6 +1,10 @@
-//! The chat gateway's errors and their gRPC codes.
+//! The chat gateway's errors and their gRPC codes. LLM failures carry the `x-portico-error`
+//! reason the edge maps to 502 (`llm-unavailable`, with `retry-after` while a circuit is open)
+//! or 504 (`llm-timeout`), as DESIGN §4 asks.
 
-use tonic::Status;
+use std::time::Duration;
+
+use tonic::{metadata::MetadataValue, Status};
 
 /// Everything that can go wrong in the chat gateway.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +15,12 @@ pub enum Error {
     /// The gRPC server could not start.
     #[error("gRPC server: {0}")]
     Serve(#[from] portico_grpc::ServeError),
+    /// The providers' configuration is wrong.
+    #[error("LLM providers: {0}")]
+    Providers(#[from] crate::providers::SpecError),
+    /// Something else in the configuration is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl From<Error> for Status {
@@ -20,7 +30,32 @@ impl From<Error> for Status {
                 tracing::error!(%error, "database error");
                 Status::unavailable("the provider store is unavailable; retry shortly")
             }
-            Error::Serve(error) => Status::internal(error.to_string()),
+            other => Status::internal(other.to_string()),
         }
     }
+}
+
+fn with_reason(mut status: Status, reason: &'static str) -> Status {
+    status
+        .metadata_mut()
+        .insert("x-portico-error", MetadataValue::from_static(reason));
+    status
+}
+
+/// Every provider failed or is open: UNAVAILABLE, which the edge answers with 502.
+pub fn llm_unavailable(message: String, retry_after: Option<Duration>) -> Status {
+    let mut status = with_reason(Status::unavailable(message), "llm-unavailable");
+    if let Some(wait) = retry_after {
+        // Whole seconds, rounded up: never ask to come back before the circuit half-opens.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        status
+            .metadata_mut()
+            .insert("retry-after", MetadataValue::from(seconds.max(1)));
+    }
+    status
+}
+
+/// The LLM call ran out of time: DEADLINE_EXCEEDED, which the edge answers with 504.
+pub fn llm_timeout(message: String) -> Status {
+    with_reason(Status::deadline_exceeded(message), "llm-timeout")
 }

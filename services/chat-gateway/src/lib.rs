@@ -1,37 +1,123 @@
-//! Portico's chat gateway: LLM providers behind failover (`portico.chat.v1.ChatService`).
+//! Portico's chat gateway: OpenAI-compatible LLM providers behind per-provider circuit
+//! breakers, retries and failover (`portico.chat.v1.ChatService`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use portico_config::{ExposeSecret as _, Settings};
 use portico_grpc::ServerHandle;
+use portico_limiter::{Clock, SystemClock};
 use portico_migrations::Owner;
 use portico_proto::{chat::chat_service_server::ChatServiceServer, names};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+mod circuit;
 mod error;
+mod gateway;
 mod grpc;
+pub mod providers;
+mod store;
+mod upstream;
 
 pub use error::Error;
 
 /// How often the database is probed for the health status.
 const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often each replica re-reads priorities and enabled flags another replica may have changed.
+const PROVIDER_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// The first retry's delay before jitter; the second is twice that.
+const RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
+/// Bound on one Redis command (token denylist).
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Connects the database (migrating it when `MIGRATE_ON_BOOT`), and serves the chat gateway on
-/// `listener` until `shutdown` is cancelled.
+/// What tests may replace.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The circuit breakers' clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// [`serve_with`] with the real clock.
 pub async fn serve(
     settings: &Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<ServerHandle, Error> {
+    serve_with(settings, listener, shutdown, Options::default()).await
+}
+
+/// Reads the providers, connects the database (migrating it when `MIGRATE_ON_BOOT`) and
+/// records them there, and serves the chat gateway on `listener` until `shutdown` is cancelled.
+pub async fn serve_with(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    options: Options,
+) -> Result<ServerHandle, Error> {
+    let chat = &settings.chat;
+    let specs = providers::load(chat, &|name| std::env::var(name).ok())?;
     let storage = &settings.storage;
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
         storage.migrate_on_boot.then_some(Owner::Chat),
     )
     .await?;
-    let routes = Routes::new(ChatServiceServer::new(grpc::ChatGrpc { _db: db.clone() }));
+    let store = store::Store::new(db.clone());
+    store.register(&specs).await?;
+    let gateway = Arc::new(gateway::Gateway::new(
+        specs,
+        circuit::Thresholds {
+            failures: chat.cb_failure_threshold,
+            reset: chat.cb_reset_timeout,
+            successes: chat.cb_success_threshold,
+        },
+        gateway::Timing {
+            total: chat.timeout,
+            first_token: chat.first_token_timeout.min(chat.timeout),
+            retry_base: RETRY_BASE_DELAY,
+        },
+        options.clock,
+    ));
+    refresh(&gateway, &store).await;
+    for provider in gateway.providers() {
+        tracing::info!(
+            provider = %provider.spec.name,
+            base_url = %provider.spec.base_url,
+            model = %provider.spec.model,
+            priority = provider.priority(),
+            enabled = provider.enabled(),
+            "LLM provider"
+        );
+    }
+    let redis = match &storage.redis_url {
+        Some(url) => Some(
+            portico_redis::Redis::connect(
+                url.expose_secret(),
+                &storage.redis_key_prefix,
+                REDIS_COMMAND_TIMEOUT,
+                shutdown.clone(),
+            )
+            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
+        ),
+        None => None,
+    };
+    let verifier = portico_tokens::Verifier::for_service(settings, redis).map_err(Error::Config)?;
+    let service = grpc::ChatGrpc {
+        gateway: Arc::clone(&gateway),
+        store: store.clone(),
+        admin_key: settings.admin_api_key.clone(),
+        verifier,
+    };
+    let routes = Routes::new(ChatServiceServer::new(service));
     let handle = portico_grpc::serve(
         "chat-gateway",
         listener,
@@ -40,6 +126,17 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await?;
+    let refresh_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PROVIDER_REFRESH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = refresh_shutdown.cancelled() => return,
+                _ = interval.tick() => refresh(&gateway, &store).await,
+            }
+        }
+    });
     handle
         .health
         .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
@@ -47,4 +144,18 @@ pub async fn serve(
             async move { db.ping().await.is_ok() }
         });
     Ok(handle)
+}
+
+/// Applies the table's priorities and enabled flags (changed by any replica's admin route).
+async fn refresh(gateway: &gateway::Gateway, store: &store::Store) {
+    match store.runtime().await {
+        Ok(rows) => {
+            for row in rows {
+                if let Some(provider) = gateway.provider(&row.name) {
+                    provider.set(row.priority, row.enabled);
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not re-read LLM provider priorities"),
+    }
 }

@@ -241,6 +241,8 @@ pub struct ChatSettings {
     pub model: Option<String>,
     /// `LLM_TIMEOUT`.
     pub timeout: Duration,
+    /// `LLM_FIRST_TOKEN_TIMEOUT`: one streaming attempt's wait for its first token.
+    pub first_token_timeout: Duration,
     /// `LLM_CB_FAILURE_THRESHOLD`.
     pub cb_failure_threshold: u32,
     /// `LLM_CB_RESET_TIMEOUT`.
@@ -537,6 +539,11 @@ fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
         api_key: r.secret("LLM_API_KEY"),
         model: r.raw("LLM_MODEL"),
         timeout: r.duration("LLM_TIMEOUT", Duration::from_secs(30), Unit::Seconds),
+        first_token_timeout: r.duration(
+            "LLM_FIRST_TOKEN_TIMEOUT",
+            Duration::from_secs(10),
+            Unit::Seconds,
+        ),
         cb_failure_threshold: r.number("LLM_CB_FAILURE_THRESHOLD", 5u32, 1, 1000),
         cb_reset_timeout: r.duration(
             "LLM_CB_RESET_TIMEOUT",
