@@ -492,3 +492,48 @@ pub async fn spawn_content(
         .expect("content starts");
     (handle.local_addr, shutdown)
 }
+
+/// A standalone chat gateway with the given variables and an injected circuit clock, on a
+/// fresh database.
+pub async fn spawn_chat(
+    vars: &[(&str, &str)],
+    clock: std::sync::Arc<dyn portico_limiter::Clock>,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let mut source: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    source
+        .entry("DATABASE_URL".into())
+        .or_insert(test_database().await);
+    let settings = Settings::from_source(&source).expect("chat settings");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_chat_gateway::serve_with(
+        &settings,
+        listener,
+        shutdown.clone(),
+        portico_chat_gateway::Options { clock },
+    )
+    .await
+    .expect("chat gateway starts");
+    (handle.local_addr, shutdown)
+}
+
+/// Writes an `LLM_PROVIDERS_FILE` listing `(name, base_url, priority)` and returns its path.
+pub fn providers_file(providers: &[(&str, &str, i32)]) -> String {
+    let mut text = String::from("providers:\n");
+    for (name, base_url, priority) in providers {
+        text.push_str(&format!(
+            "  - name: {name}\n    base_url: {base_url}\n    model: fake-model\n    priority: {priority}\n"
+        ));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "portico-providers-{}.yaml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, text).expect("write providers file");
+    path.to_string_lossy().into_owned()
+}

@@ -4,11 +4,13 @@
 mod harness;
 
 mod auth;
+mod chat;
 mod chat_edge;
 mod cli;
 mod content;
 mod cors;
 mod edge_http;
+mod fake_llm;
 mod health;
 mod metrics_guard;
 mod migrations;
