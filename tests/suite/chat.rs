@@ -416,7 +416,8 @@ async fn a_stalled_provider_is_a_504_streamed_or_not() {
 #[tokio::test]
 async fn a_stream_arrives_in_order_as_openai_frames_it_and_ends_with_done() {
     let fake = FakeLlm::start(Reply::Stream(&["The", "quick", "fox"], End::Done)).await;
-    let suite = suite_with(&[(&unique("streamer"), &fake, 0)], &[]).await;
+    let name = unique("streamer");
+    let suite = suite_with(&[(&name, &fake, 0)], &[]).await;
     let mut body = conversation(true);
     body["stream_options"] = json!({"include_usage": true});
     let response = post(&suite, "/v1/chat/completions", body).await;
@@ -450,6 +451,15 @@ async fn a_stream_arrives_in_order_as_openai_frames_it_and_ends_with_done() {
         usage["usage"],
         json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
     );
+    // Tokens are counted per provider; the attempt's duration is observed.
+    let metrics = portico_telemetry::metrics::encode_text();
+    for line in [
+        format!("llm_tokens_total{{provider=\"{name}\",kind=\"completion\"}} 3"),
+        format!("llm_tokens_total{{provider=\"{name}\",kind=\"prompt\"}} 7"),
+        format!("llm_request_duration_seconds_count{{provider=\"{name}\"}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     // The provider was asked to stream, with the caller's model.
     assert_eq!(fake.bodies()[0]["stream"], true);
     assert_eq!(fake.bodies()[0]["model"], "fake-model");

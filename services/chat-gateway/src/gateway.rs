@@ -231,7 +231,8 @@ impl Failures {
 
 /// How one provider's attempts ended.
 enum Attempts<T> {
-    Answered(T, Permit),
+    /// The answer, its permit and when its attempt started.
+    Answered(T, Permit, Instant),
     Refused(Status),
     Gave,
 }
@@ -329,9 +330,8 @@ impl Gateway {
             let outcome = tokio::time::timeout(bound, attempt())
                 .await
                 .unwrap_or(Err(Failure::Timeout));
-            provider.observe(started);
             let failure = match outcome {
-                Ok(answer) => return Attempts::Answered(answer, permit),
+                Ok(answer) => return Attempts::Answered(answer, permit, started),
                 Err(Failure::Refused { status, message }) => {
                     // The provider is healthy; the request is not.
                     permit.record(Verdict::Healthy);
@@ -342,6 +342,7 @@ impl Gateway {
                 }
                 Err(failure) => failure,
             };
+            provider.observe(started);
             permit.record(Verdict::Failed);
             failures.failed(name, &failure);
             tracing::warn!(provider = name, %failure, "LLM attempt failed");
@@ -377,7 +378,8 @@ impl Gateway {
                 })
                 .await;
             match outcome {
-                Attempts::Answered(answer, permit) => {
+                Attempts::Answered(answer, permit, started) => {
+                    provider.observe(started);
                     permit.record(Verdict::Healthy);
                     count(&spec.name, "ok");
                     count_tokens(&spec.name, answer.usage);
@@ -424,7 +426,7 @@ impl Gateway {
                 })
                 .await;
             match outcome {
-                Attempts::Answered((first, events), permit) => {
+                Attempts::Answered((first, events), permit, started) => {
                     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
                     let relay = Relay {
                         provider: Arc::clone(&provider),
@@ -433,7 +435,7 @@ impl Gateway {
                         sent_role: false,
                         tx,
                     };
-                    tokio::spawn(relay.run(first, events, permit, deadline));
+                    tokio::spawn(relay.run(first, events, permit, started, deadline));
                     return Ok(rx);
                 }
                 Attempts::Refused(status) => return Err(status),
@@ -479,9 +481,15 @@ impl Relay {
         }
     }
 
-    async fn run(mut self, first: Event, mut events: Events, permit: Permit, deadline: Instant) {
+    async fn run(
+        mut self,
+        first: Event,
+        mut events: Events,
+        permit: Permit,
+        started: Instant,
+        deadline: Instant,
+    ) {
         let name = self.provider.spec.name.clone();
-        let started = Instant::now();
         let mut last_id = (String::new(), String::new());
         let mut next = Some(Ok(first));
         let out_of_time = tokio::time::sleep_until(deadline);

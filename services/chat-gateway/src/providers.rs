@@ -233,6 +233,38 @@ mod tests {
     }
 
     #[test]
+    fn variables_give_one_provider_and_nothing_gives_echo() {
+        let mut settings = portico_config::Settings::from_source(&std::collections::HashMap::<
+            String,
+            String,
+        >::new())
+        .expect("defaults")
+        .chat;
+        let none = load(&settings, &|_| None).expect("echo");
+        assert_eq!(none.len(), 1);
+        assert!(none[0].is_echo());
+        settings.base_url = Some("https://llm.example.com/v1/".into());
+        settings.model = Some("m1".into());
+        settings.api_key = Some(SecretString::from("sk-1".to_owned()));
+        let one = load(&settings, &|_| None).expect("one");
+        assert_eq!(
+            (
+                one[0].name.as_str(),
+                one[0].base_url.as_str(),
+                one[0].model.as_str()
+            ),
+            ("default", "https://llm.example.com/v1", "m1")
+        );
+        assert_eq!(
+            one[0]
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("sk-1".to_owned())
+        );
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, fragment) in [
             ("providers: []", "empty"),
