@@ -102,6 +102,18 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// Chat through the edge and the chat gateway to a fake provider, against the same fake
+    /// called directly: added p50/p99 at a fixed rate, then resident memory around 100k requests.
+    Chat {
+        /// Requests through the gateway between the two memory readings.
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        /// Whitelist loopback, so the edge skips its rate-limit decisions (the gateway alone).
+        #[arg(long)]
+        whitelisted: bool,
+        #[command(flatten)]
+        load: Load,
+    },
     Ratelimit {
         /// Redis for the second half.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -191,6 +203,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Content { redis_url, load },
         } => content_scenario(redis_url, &load).await?,
+        Command::Scenario {
+            scenario:
+                Scenario::Chat {
+                    requests,
+                    whitelisted,
+                    load,
+                },
+        } => chat_scenario(requests, whitelisted, &load).await?,
     }
     Ok(())
 }
@@ -453,11 +473,16 @@ impl Connection {
 
 /// The baseline: a bare hyper server answering the bytes the edge's liveness answers.
 async fn bare_server() -> anyhow::Result<SocketAddr> {
+    fixed_server(Bytes::from_static(
+        br#"{"status":"ok","timestamp":"2026-11-22T00:00:00.000Z","uptime":1.0,"version":"0.1.0"}"#,
+    ))
+    .await
+}
+
+/// A hyper server answering every request with `body` (JSON).
+async fn fixed_server(body: Bytes) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let body = Bytes::from_static(
-        br#"{"status":"ok","timestamp":"2026-11-22T00:00:00.000Z","uptime":1.0,"version":"0.1.0"}"#,
-    );
     tokio::spawn(async move {
         let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
             TokioExecutor::new(),
@@ -875,4 +900,103 @@ async fn reqwest_free_post(
         .body(Full::new(Bytes::from_static(json.as_bytes())))?;
     let response = sender.send_request(request).await?;
     Ok(response.status().as_u16())
+}
+
+/// This process's resident memory in MiB (Linux).
+fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        load.rate.is_some(),
+        "the chat scenario measures added latency at a fixed rate: pass --rate"
+    );
+    let provider = fixed_server(Bytes::from_static(
+        br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A short answer of a few words."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#,
+    ))
+    .await?;
+    let data = std::env::temp_dir().join(format!("portico-bench-chat-{}.db", std::process::id()));
+    let extra = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", data.display()),
+        ),
+        ("LLM_BASE_URL", format!("http://{provider}/v1")),
+        ("LLM_MODEL", "bench".to_owned()),
+        ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
+        ("RATE_LIMIT_GLOBAL_WINDOW", "1s".into()),
+        ("RATE_LIMIT_CAPACITY", "10000000".into()),
+        ("RATE_LIMIT_REFILL_RATE", "1000000".into()),
+    ];
+    let mut extra = extra.to_vec();
+    if whitelisted {
+        // Isolates the gateway's own cost from the edge's rate-limit hop.
+        extra.push(("RATE_LIMIT_WHITELIST", "127.0.0.1/32".into()));
+    }
+    let suite =
+        portico::Suite::start(portico_config::Settings::from_source(&suite_vars(&extra))?).await?;
+    let edge = suite.edge_addr;
+    let body: Arc<[Bytes]> = Arc::new([Bytes::from_static(
+        br#"{"model":"bench","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say something short."}],"max_tokens":32}"#,
+    )]);
+    let target = |addr: SocketAddr| Target::Http {
+        addr,
+        path: "/v1/chat/completions".into(),
+        host: addr.to_string(),
+        bodies: body.clone(),
+    };
+    let direct = run("fake provider, direct", target(provider), load).await?;
+    let gateway = run("edge -> chat-gateway -> fake provider", target(edge), load).await?;
+    print(&direct)?;
+    print(&gateway)?;
+
+    // Memory: read once warm, again after `requests` more calls as fast as they go.
+    let flood = Load {
+        rate: None,
+        warmup: 0.0,
+        duration: 5.0,
+        ..load.clone()
+    };
+    let before = resident_mib();
+    let mut sent = 0;
+    let mut errors = 0;
+    while sent < requests {
+        let report = run("flood", target(edge), &flood).await?;
+        sent += report.requests;
+        errors += report.errors;
+    }
+    let after = resident_mib();
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "chat",
+            "rate_limited": !whitelisted,
+            "rate": load.rate,
+            "added_p50_ms": gateway.p50_ms - direct.p50_ms,
+            "added_p99_ms": gateway.p99_ms - direct.p99_ms,
+            "p99_ratio": gateway.p99_ms / direct.p99_ms.max(0.001),
+            "errors": direct.errors + gateway.errors + errors,
+            "memory_requests": sent,
+            "rss_before_mib": before,
+            "rss_after_mib": after,
+        })
+    );
+    suite.shutdown().await;
+    let _ = std::fs::remove_file(&data);
+    Ok(())
 }

@@ -267,23 +267,46 @@ impl Edge {
         let mut granted: Option<portico_limiter::Decision> = None;
         if !route.handler.is_operational() {
             let ip = client_ip.to_string();
-            // `global` first: everything after it (verifying a chat caller's token) is limited.
-            for policy in std::iter::once("global").chain(route.handler.extra_policy()) {
-                // The chat policy is per user (a verified bearer) or per IP (anonymous).
-                let key = if policy == "chat" {
-                    match self.chat_key(request.headers(), &ip).await {
-                        Ok(key) => key,
-                        Err(error) => return error.into_response(correlation_id),
+            let limiter = &self.inner.limiter;
+            let extra = route.handler.extra_policy();
+            let bearer = request.headers().contains_key(http::header::AUTHORIZATION);
+            let outcomes = match extra {
+                // A chat caller's token is verified only after `global` admitted the request,
+                // so floods of forged tokens are limited before any verification work.
+                Some("chat") if bearer => {
+                    let global = limiter.check("global", &ip, client_ip, context).await;
+                    if global.is_err() {
+                        vec![global]
+                    } else {
+                        match self.chat_key(request.headers(), &ip).await {
+                            Ok(key) => {
+                                let chat = limiter.check("chat", &key, client_ip, context).await;
+                                vec![global, chat]
+                            }
+                            Err(error) => return error.into_response(correlation_id),
+                        }
                     }
-                } else {
-                    ip.clone()
-                };
-                match self
-                    .inner
-                    .limiter
-                    .check(policy, &key, client_ip, context)
-                    .await
-                {
+                }
+                // Every key is known up front: both decisions at once (one hop, not two).
+                Some(policy) => {
+                    let key = if policy == "chat" {
+                        match self.chat_key(request.headers(), &ip).await {
+                            Ok(key) => key,
+                            Err(error) => return error.into_response(correlation_id),
+                        }
+                    } else {
+                        ip.clone()
+                    };
+                    let (global, extra) = tokio::join!(
+                        limiter.check("global", &ip, client_ip, context),
+                        limiter.check(policy, &key, client_ip, context)
+                    );
+                    vec![global, extra]
+                }
+                None => vec![limiter.check("global", &ip, client_ip, context).await],
+            };
+            for outcome in outcomes {
+                match outcome {
                     // The headers describe the tightest bucket.
                     Ok(Some(decision))
                         if granted.is_none_or(|g| decision.remaining < g.remaining) =>
