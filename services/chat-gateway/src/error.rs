@@ -17,10 +17,17 @@ pub enum Error {
     Serve(#[from] portico_grpc::ServeError),
     /// The providers' configuration is wrong.
     #[error("LLM providers: {0}")]
-    Providers(#[from] crate::providers::SpecError),
+    Providers(crate::providers::SpecError),
     /// Something else in the configuration is wrong.
     #[error("configuration: {0}")]
     Config(String),
+}
+
+// Not `#[from]`: that would make the spec error a `source` too, and the CLI prints sources.
+impl From<crate::providers::SpecError> for Error {
+    fn from(error: crate::providers::SpecError) -> Self {
+        Error::Providers(error)
+    }
 }
 
 impl From<Error> for Status {
