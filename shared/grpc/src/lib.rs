@@ -29,6 +29,9 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// The health name Kubernetes' liveness probe asks: SERVING as long as the process answers.
+pub const LIVENESS: &str = "liveness";
+
 /// The health state of one server: `""` plus each of its full service names.
 #[derive(Clone)]
 pub struct Health {
@@ -171,6 +174,12 @@ pub async fn serve(
         names: service_names.to_vec(),
     };
     health.set_serving(true).await;
+    // For liveness probes: SERVING while the process runs, whatever its dependencies do (a
+    // database outage must take pods out of rotation, not restart them).
+    health
+        .reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
 
     // Advertise only what this server serves: every Portico descriptor is registered (the
     // files import nothing from each other), but `grpcurl list` must not promise the others.
