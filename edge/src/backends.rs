@@ -1,15 +1,21 @@
 //! The gRPC channels from the edge to the four services, and the metadata every call carries
 //! (DESIGN §3): correlation ID, W3C trace context, client IP, caller's bearer token, deadline.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use portico_config::EdgeSettings;
 use portico_telemetry::{metrics, RequestContext};
 use tonic::{
     metadata::MetadataMap,
-    transport::{Channel, Endpoint},
+    transport::{channel::Change, Channel, Endpoint},
 };
 
+/// How often a backend's host name is re-resolved (pods come and go).
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a backend connection attempt may take before the call fails as UNAVAILABLE.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -74,20 +80,111 @@ impl Backend {
         component: Option<&'static str>,
         url: &str,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
         Ok(Self {
             name,
             service,
             critical,
             component,
-            channel,
+            channel: channel(url)?,
         })
     }
+}
+
+fn endpoint(url: String) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connected channel to `url`. A host name (a Kubernetes headless Service) is
+/// re-resolved every [`RESOLVE_INTERVAL`] and calls are balanced across every address it
+/// returns, one HTTP/2 connection each: a single connection to a ClusterIP would pin every call
+/// of this edge to one pod. An IP address gets one plain connection.
+fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    let single = endpoint(url.to_owned())?;
+    let uri = single.uri().clone();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    if host.parse::<IpAddr>().is_ok() || tokio::runtime::Handle::try_current().is_err() {
+        return Ok(single.connect_lazy());
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let name = host.clone();
+    Ok(balanced(scheme, host, port, move || {
+        let name = name.clone();
+        async move {
+            tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map(Iterator::collect)
+        }
+    }))
+}
+
+/// A channel balanced across what `resolve` returns, re-resolved every [`RESOLVE_INTERVAL`].
+fn balanced<R, F>(scheme: String, host: String, port: u16, resolve: R) -> Channel
+where
+    R: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+{
+    let (channel, changes) = Channel::balance_channel::<Target>(64);
+    tokio::spawn(async move {
+        let mut current: HashSet<Target> = HashSet::new();
+        loop {
+            let resolved: HashSet<Target> = match resolve().await {
+                Ok(addrs) => addrs.into_iter().map(Target::Addr).collect(),
+                Err(error) => {
+                    tracing::debug!(%host, %error, "backend name does not resolve");
+                    HashSet::new()
+                }
+            };
+            // Nothing resolves (no ready pod): keep the name itself, so calls fail fast with
+            // UNAVAILABLE instead of waiting for an address until their deadline.
+            let wanted = if resolved.is_empty() {
+                HashSet::from([Target::Name])
+            } else {
+                resolved
+            };
+            for gone in current.difference(&wanted) {
+                if changes.send(Change::Remove(gone.clone())).await.is_err() {
+                    return;
+                }
+            }
+            for new in wanted.difference(&current) {
+                let url = match new {
+                    Target::Addr(addr) => format!("{scheme}://{addr}"),
+                    Target::Name => format!("{scheme}://{host}:{port}"),
+                };
+                let Ok(endpoint) = endpoint(url) else {
+                    continue;
+                };
+                if changes
+                    .send(Change::Insert(new.clone(), endpoint))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            current = wanted;
+            tokio::time::sleep(RESOLVE_INTERVAL).await;
+        }
+    });
+    channel
+}
+
+/// One member of a balanced backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    /// A resolved address.
+    Addr(SocketAddr),
+    /// The unresolved name, while nothing resolves.
+    Name,
 }
 
 /// What the edge forwards about the HTTP caller on every call.
@@ -166,4 +263,66 @@ pub fn record(service: &str, method: &str, code: tonic::Code) {
             code: crate::error::code_name(code).to_owned(),
         })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::{
+        pb::{health_client::HealthClient, HealthCheckRequest},
+        ServingStatus,
+    };
+
+    use super::*;
+
+    /// A health server on `ip` answering `status` for the name "who".
+    async fn server(ip: &str, status: ServingStatus) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("who", status).await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn calls_spread_across_every_resolved_address() {
+        let a = server("127.0.0.1", ServingStatus::Serving).await;
+        let b = server("127.0.0.1", ServingStatus::NotServing).await;
+        let channel = balanced("http".into(), "pods".into(), 0, move || async move {
+            Ok(vec![a, b])
+        });
+        let mut client = HealthClient::new(channel);
+        let mut seen = HashSet::new();
+        for _ in 0..64 {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: "who".into(),
+                })
+                .await
+                .expect("a pod answers");
+            seen.insert(answer.into_inner().status);
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2, "both pods served calls");
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_nothing_fails_fast_as_unavailable() {
+        let channel = balanced("http".into(), "nowhere.invalid".into(), 1, || async {
+            Ok(Vec::new())
+        });
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        request.set_timeout(Duration::from_secs(30));
+        let status = HealthClient::new(channel)
+            .check(request)
+            .await
+            .expect_err("nothing to call");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    }
 }

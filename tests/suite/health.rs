@@ -226,3 +226,56 @@ async fn unreachable_cache_makes_readiness_degraded() {
     assert_eq!(body["checks"]["cache"]["status"], "degraded");
     assert_eq!(body["checks"]["cache"]["type"], "redis");
 }
+
+#[tokio::test]
+async fn liveness_stays_serving_when_a_dependency_takes_the_server_out_of_rotation() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = portico_grpc::serve(
+        "probe-test",
+        listener,
+        tonic::service::Routes::default(),
+        &[portico_proto::names::CONTENT],
+        shutdown.clone(),
+    )
+    .await
+    .expect("serves");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", handle.local_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let client = HealthClient::new(channel);
+    let status = |service: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .expect("check")
+                .into_inner()
+                .status
+        }
+    };
+    // What the database watchdog does when the database stops answering.
+    handle.health.set_serving(false).await;
+    assert_eq!(
+        status("").await,
+        ServingStatus::NotServing as i32,
+        "readiness fails"
+    );
+    assert_eq!(
+        status(portico_proto::names::CONTENT).await,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        status(portico_grpc::LIVENESS).await,
+        ServingStatus::Serving as i32,
+        "liveness must not restart a pod whose database is down"
+    );
+    shutdown.cancel();
+}
