@@ -24,7 +24,7 @@ mod content_routes;
 pub mod cors;
 pub mod error;
 pub mod health;
-pub mod limits;
+mod limits;
 pub mod response;
 pub mod routes;
 mod server;

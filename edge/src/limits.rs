@@ -4,7 +4,14 @@
 //! `open` decides with this edge's own in-memory buckets (a ceiling, not a free pass), `closed`
 //! refuses with 503.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
@@ -12,10 +19,17 @@ use portico_config::RateLimitSettings;
 use portico_limiter::{bucket_key, Decision, MemoryStore, Policies, SystemClock};
 use portico_proto::ratelimit::{rate_limit_service_client::RateLimitServiceClient, CheckRequest};
 use portico_telemetry::{metrics, RequestContext};
+use portico_ttlmap::TtlMap;
 use tonic::{transport::Channel, Code};
 
 use crate::{backends, ApiError};
 
+/// Most buckets whose last decision this edge remembers.
+const VIEW_MAX_KEYS: usize = 100_000;
+/// How long tokens admitted ahead wait to be spent together in the service.
+const FLUSH_DELAY: Duration = Duration::from_millis(5);
+/// How long a remembered decision may steer admission without a newer one.
+const VIEW_TTL: Duration = Duration::from_secs(2);
 /// Most buckets the edge's fallback keeps.
 const FALLBACK_MAX_KEYS: u64 = 100_000;
 
@@ -28,6 +42,8 @@ pub struct EdgeLimiter {
     fallback: MemoryStore,
     fail_open: bool,
     timeout: std::time::Duration,
+    /// Buckets with room, as last seen (see [`EdgeLimiter::ahead`]).
+    views: TtlMap<Arc<View>>,
 }
 
 /// A refusal: the error to answer with and the decision whose headers it carries.
@@ -49,6 +65,7 @@ impl EdgeLimiter {
             fallback: MemoryStore::new(FALLBACK_MAX_KEYS, Arc::new(SystemClock)),
             fail_open: settings.fail_open,
             timeout: settings.check_timeout,
+            views: TtlMap::new(VIEW_TTL, VIEW_MAX_KEYS),
         }
     }
 
@@ -74,6 +91,10 @@ impl EdgeLimiter {
             &backends::Forwarded::client(client_ip),
             self.timeout,
         );
+        let bucket = bucket_key(policy, key);
+        if let Some(decision) = self.ahead(&bucket, request.get_ref().clone(), context, client_ip) {
+            return Ok(Some(decision));
+        }
         let mut client = RateLimitServiceClient::new(self.channel.clone());
         let answer = tokio::time::timeout(self.timeout, client.check(request)).await;
         let decision = match answer {
@@ -117,8 +138,19 @@ impl EdgeLimiter {
             }
         };
         if decision.allowed {
+            self.views.insert(
+                bucket,
+                Arc::new(View {
+                    remaining: AtomicU32::new(decision.remaining),
+                    limit: decision.limit,
+                    reset_after_ms: AtomicU64::new(decision.reset_after_ms),
+                    pending: AtomicU32::new(0),
+                    unsent: AtomicU32::new(0),
+                }),
+            );
             return Ok(Some(decision));
         }
+        self.views.remove(&bucket);
         metrics::http()
             .rate_limited
             .get_or_create(&metrics::PolicyLabels {
@@ -136,6 +168,104 @@ impl EdgeLimiter {
     }
 }
 
+impl EdgeLimiter {
+    /// Admits at once when this edge last saw the bucket with more than [`headroom`] tokens
+    /// left beyond the ones it admitted ahead since. Every admitted request still spends its
+    /// token in the service: the tokens admitted ahead within [`FLUSH_DELAY`] are spent
+    /// together in one decision (`cost = n`); only the wait is skipped. A bucket near empty,
+    /// one never seen, or a background decision that fails or refuses sends the next request
+    /// down the synchronous path, so at most the tokens admitted ahead while a bucket crosses
+    /// the headroom get through beyond the limit (only when other edges drained it meanwhile).
+    fn ahead(
+        &self,
+        bucket: &str,
+        message: CheckRequest,
+        context: &RequestContext,
+        client_ip: IpAddr,
+    ) -> Option<Decision> {
+        let view = self.views.get(bucket)?;
+        let pending = view.pending.load(Ordering::Relaxed);
+        let left = view
+            .remaining
+            .load(Ordering::Relaxed)
+            .checked_sub(pending + 1)?;
+        if left < headroom(view.limit) {
+            return None;
+        }
+        view.pending.fetch_add(1, Ordering::SeqCst);
+        // The first token admitted ahead schedules the flush that spends every token admitted
+        // until then in one decision (`cost`): one call per bucket per FLUSH_DELAY under load.
+        if view.unsent.fetch_add(1, Ordering::SeqCst) == 0 {
+            let channel = self.channel.clone();
+            let timeout = self.timeout;
+            let views = self.views.clone();
+            let bucket = bucket.to_owned();
+            let background = Arc::clone(&view);
+            let context = context.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FLUSH_DELAY).await;
+                let cost = background.unsent.swap(0, Ordering::SeqCst);
+                let request = backends::request(
+                    CheckRequest { cost, ..message },
+                    &context,
+                    &backends::Forwarded::client(client_ip),
+                    timeout,
+                );
+                let mut client = RateLimitServiceClient::new(channel);
+                let answer = tokio::time::timeout(timeout, client.check(request)).await;
+                match answer {
+                    Ok(Ok(response)) => {
+                        backends::record("ratelimit", "Check", Code::Ok);
+                        let r = response.into_inner();
+                        if r.allowed {
+                            background.remaining.store(r.remaining, Ordering::SeqCst);
+                            background
+                                .reset_after_ms
+                                .store(r.reset_after_ms, Ordering::SeqCst);
+                        } else {
+                            views.remove(&bucket);
+                        }
+                    }
+                    failure => {
+                        let code = match &failure {
+                            Ok(Err(status)) => status.code(),
+                            _ => Code::DeadlineExceeded,
+                        };
+                        backends::record("ratelimit", "Check", code);
+                        views.remove(&bucket);
+                    }
+                }
+                // After the new remaining is stored, so no estimate counts a token twice.
+                background.pending.fetch_sub(cost, Ordering::SeqCst);
+            });
+        }
+        Some(Decision {
+            allowed: true,
+            limit: view.limit,
+            remaining: left,
+            reset_after_ms: view.reset_after_ms.load(Ordering::Relaxed),
+            retry_after_ms: 0,
+        })
+    }
+}
+
+/// Tokens a bucket must keep, beyond the decisions in flight, for this edge to admit without
+/// waiting: a quarter of its capacity, and never fewer than 8.
+fn headroom(limit: u32) -> u32 {
+    (limit / 4).max(8)
+}
+
+/// A bucket as this edge last saw it.
+struct View {
+    remaining: AtomicU32,
+    limit: u32,
+    reset_after_ms: AtomicU64,
+    /// Tokens admitted ahead and not yet confirmed by the service.
+    pending: AtomicU32,
+    /// Of those, the ones not yet sent (the next flush sends them as one decision).
+    unsent: AtomicU32,
+}
+
 /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
 pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
@@ -144,4 +274,144 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
         "ratelimit-reset",
         HeaderValue::from(decision.reset_after_ms.div_ceil(1000)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_proto::ratelimit::{
+        rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
+        CheckResponse, ResetRequest, ResetResponse,
+    };
+    use tokio::sync::{mpsc, Mutex};
+
+    use super::*;
+
+    /// A ratelimit service that reports each call, then answers with what the test sends.
+    struct Scripted {
+        calls: mpsc::UnboundedSender<CheckRequest>,
+        answers: Mutex<mpsc::UnboundedReceiver<CheckResponse>>,
+    }
+
+    #[tonic::async_trait]
+    impl RateLimitService for Scripted {
+        async fn check(
+            &self,
+            request: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            let _ = self.calls.send(request.into_inner());
+            let answer = self.answers.lock().await.recv().await;
+            answer
+                .map(tonic::Response::new)
+                .ok_or_else(|| tonic::Status::unavailable("script over"))
+        }
+
+        async fn reset(
+            &self,
+            _: tonic::Request<ResetRequest>,
+        ) -> Result<tonic::Response<ResetResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not scripted"))
+        }
+    }
+
+    fn allowed(remaining: u32) -> CheckResponse {
+        CheckResponse {
+            allowed: true,
+            limit: 100,
+            remaining,
+            reset_after_ms: 1000,
+            retry_after_ms: 0,
+            degraded: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn with_room_the_edge_admits_at_once_and_still_spends_the_token_in_the_service() {
+        let (calls_tx, mut calls) = mpsc::unbounded_channel();
+        let (answers, answers_rx) = mpsc::unbounded_channel();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RateLimitServiceServer::new(Scripted {
+                    calls: calls_tx,
+                    answers: Mutex::new(answers_rx),
+                }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect_lazy();
+        let settings = portico_config::Settings::from_source(&std::collections::HashMap::<
+            String,
+            String,
+        >::from([(
+            "RATE_LIMIT_CHECK_TIMEOUT".to_owned(),
+            "30s".to_owned(),
+        )]))
+        .expect("settings")
+        .ratelimit;
+        let limiter = Arc::new(EdgeLimiter::new(channel, &settings));
+        let ip: IpAddr = "203.0.113.9".parse().expect("ip");
+        let context = RequestContext::attach(tracing::Span::none(), &http::HeaderMap::new());
+        let check = |limiter: Arc<EdgeLimiter>, context: RequestContext| {
+            tokio::spawn(async move { limiter.check("global", "203.0.113.9", ip, &context).await })
+        };
+
+        // Never seen: the edge waits for the service.
+        let first = check(Arc::clone(&limiter), context.clone());
+        calls.recv().await.expect("the service is asked");
+        assert!(!first.is_finished(), "no answer yet, so no admission yet");
+        answers.send(allowed(99)).expect("answer");
+        let first = first
+            .await
+            .expect("task")
+            .expect("admitted")
+            .expect("limited route");
+        assert_eq!(first.remaining, 99);
+
+        // 99 left: admitted before the service answers, and the service is still asked.
+        let second = limiter
+            .check("global", "203.0.113.9", ip, &context)
+            .await
+            .expect("admitted")
+            .expect("limited route");
+        assert_eq!(second.remaining, 98);
+        let spent = calls
+            .recv()
+            .await
+            .expect("the token is still spent in the service");
+        assert_eq!(
+            (spent.policy.as_str(), spent.key.as_str(), spent.cost),
+            ("global", "203.0.113.9", 1)
+        );
+        // The service says the bucket is nearly empty (other edges spent it): from here on the
+        // edge waits for each decision again.
+        answers.send(allowed(20)).expect("answer");
+        let view = limiter
+            .views
+            .get("ratelimit:global:203.0.113.9")
+            .expect("a view");
+        while view.pending.load(Ordering::SeqCst) > 0 {
+            // The background reply lands on another task; wait for it to be applied.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(view.remaining.load(Ordering::SeqCst), 20);
+        let third = check(Arc::clone(&limiter), context.clone());
+        calls.recv().await.expect("asked");
+        assert!(
+            !third.is_finished(),
+            "20 left is within the headroom: the edge waits"
+        );
+        answers
+            .send(CheckResponse {
+                allowed: false,
+                retry_after_ms: 500,
+                ..allowed(0)
+            })
+            .expect("answer");
+        let refusal = third.await.expect("task").expect_err("refused");
+        assert_eq!(refusal.error.code, Code::ResourceExhausted);
+    }
 }

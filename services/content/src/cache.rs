@@ -1,4 +1,4 @@
-//! Read-through cache for public reads: an in-process L1 (moka, short TTL) over Redis
+//! Read-through cache for public reads: an in-process L1 (short TTL) over Redis
 //! (`content:{slug}`, `content:list:{hash}`).
 //!
 //! Freshness does not hang on pub/sub timing. Every write sets `content:rev` to a new random
@@ -13,8 +13,8 @@
 use std::{sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
-use moka::sync::Cache as Moka;
 use portico_redis::{fred::prelude::*, Redis};
+use portico_ttlmap::TtlMap;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -23,7 +23,7 @@ use prometheus_client::{
 /// How long an L1 entry may live (it is also checked against `content:rev` on every use).
 const L1_TTL: Duration = Duration::from_secs(5);
 /// Most L1 entries.
-const L1_CAPACITY: u64 = 10_000;
+const L1_CAPACITY: usize = 10_000;
 /// Lifetime of a Redis entry (stale entries are recognised by their rev before this).
 const REDIS_TTL_SECONDS: i64 = 60;
 
@@ -61,7 +61,7 @@ struct Entry {
 /// The content cache.
 #[derive(Clone)]
 pub struct Cache {
-    l1: Moka<String, Entry>,
+    l1: TtlMap<Entry>,
     redis: Option<Redis>,
 }
 
@@ -77,17 +77,14 @@ impl Cache {
     /// A cache over `redis` (L1 only when `None`).
     pub fn new(redis: Option<Redis>) -> Self {
         Self {
-            l1: Moka::builder()
-                .max_capacity(L1_CAPACITY)
-                .time_to_live(L1_TTL)
-                .build(),
+            l1: TtlMap::new(L1_TTL, L1_CAPACITY),
             redis,
         }
     }
 
     /// Drops every L1 entry (another replica wrote).
     pub fn drop_local(&self) {
-        self.l1.invalidate_all();
+        self.l1.clear();
     }
 
     /// The cached bytes under `key`, or `load`'s, cached.
@@ -178,7 +175,7 @@ impl Cache {
     /// After a write of `slug`: a new rev (every cached value is now stale everywhere),
     /// delete the Redis keys, tell every replica to drop its L1.
     pub async fn invalidate(&self, slug: &str) {
-        self.l1.invalidate_all();
+        self.l1.clear();
         let Some(redis) = &self.redis else { return };
         let client = redis.client();
         let outcome: Result<(), Error> = async {
