@@ -138,16 +138,30 @@ impl EdgeLimiter {
             }
         };
         if decision.allowed {
-            self.views.insert(
-                bucket,
-                Arc::new(View {
-                    remaining: AtomicU32::new(decision.remaining),
-                    limit: decision.limit,
-                    reset_after_ms: AtomicU64::new(decision.reset_after_ms),
-                    pending: AtomicU32::new(0),
-                    unsent: AtomicU32::new(0),
-                }),
-            );
+            match self.views.get(&bucket) {
+                // Tokens this edge admitted ahead may still be on their way to the service: the
+                // decision does not count them yet, so neither may the estimate.
+                Some(view) => {
+                    view.remaining.store(decision.remaining, Ordering::SeqCst);
+                    view.reset_after_ms
+                        .store(decision.reset_after_ms, Ordering::SeqCst);
+                    let pending = view.pending.load(Ordering::SeqCst);
+                    return Ok(Some(Decision {
+                        remaining: decision.remaining.saturating_sub(pending),
+                        ..decision
+                    }));
+                }
+                None => self.views.insert(
+                    bucket,
+                    Arc::new(View {
+                        remaining: AtomicU32::new(decision.remaining),
+                        limit: decision.limit,
+                        reset_after_ms: AtomicU64::new(decision.reset_after_ms),
+                        pending: AtomicU32::new(0),
+                        unsent: AtomicU32::new(0),
+                    }),
+                ),
+            }
             return Ok(Some(decision));
         }
         self.views.remove(&bucket);
@@ -218,7 +232,11 @@ impl EdgeLimiter {
                         backends::record("ratelimit", "Check", Code::Ok);
                         let r = response.into_inner();
                         if r.allowed {
-                            background.remaining.store(r.remaining, Ordering::SeqCst);
+                            // A reply can overtake a later decision's: never raise the estimate
+                            // (refill within a view's 2 s is the only thing this forgoes).
+                            background
+                                .remaining
+                                .fetch_min(r.remaining, Ordering::SeqCst);
                             background
                                 .reset_after_ms
                                 .store(r.reset_after_ms, Ordering::SeqCst);

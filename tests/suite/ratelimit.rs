@@ -972,3 +972,55 @@ mod edge {
         assert_eq!(suite.get("/healthz").await.status(), 200);
     }
 }
+
+#[tokio::test]
+async fn the_edge_admitting_ahead_still_spends_every_token_in_the_service() {
+    // 40 per minute: the edge admits most of them without waiting, yet the service counts each.
+    let suite = crate::harness::TestSuite::builder()
+        .env("RATE_LIMIT_GLOBAL_MAX", "40")
+        .env("RATE_LIMIT_GLOBAL_WINDOW", "60s")
+        .spawn()
+        .await;
+    let mut admitted = 0;
+    let mut last_remaining = None;
+    for _ in 0..60 {
+        let response = suite.get("/api/openapi.json").await;
+        match response.status().as_u16() {
+            200 => {
+                admitted += 1;
+                let remaining: u32 = response.headers()["ratelimit-remaining"]
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("number");
+                if let Some(last) = last_remaining {
+                    assert!(
+                        remaining < last,
+                        "remaining only goes down: {last} then {remaining}"
+                    );
+                }
+                last_remaining = Some(remaining);
+            }
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Exact accounting for one edge: every admitted request spent a token in the service.
+    assert_eq!(
+        admitted, 40,
+        "the bucket admits its capacity, no more and no less"
+    );
+    // And the service agrees that the bucket is empty.
+    let mut ratelimit = client(suite.service_addr(portico::Component::RateLimit)).await;
+    let check = ratelimit
+        .check(CheckRequest {
+            key: "127.0.0.1".into(),
+            policy: "global".into(),
+            cost: 1,
+            client_ip: String::new(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!check.allowed, "{check:?}");
+}
