@@ -90,15 +90,12 @@ impl Edge {
     ) -> Result<Self, EdgeError> {
         let database =
             portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?;
-        let redis = match &settings.storage.redis_url {
-            Some(url) => Some(portico_redis::Redis::connect(
-                url.expose_secret(),
-                &settings.storage.redis_key_prefix,
-                REDIS_COMMAND_TIMEOUT,
-                shutdown,
-            )?),
-            None => None,
-        };
+        let redis = portico_redis::Redis::connect_optional(
+            settings.storage.redis_url.as_ref(),
+            &settings.storage.redis_key_prefix,
+            REDIS_COMMAND_TIMEOUT,
+            shutdown,
+        )?;
         let backends = backends::Backends::new(&settings.edge)?;
         let verifier = portico_tokens::Verifier::new(
             backends.auth.channel.clone(),

@@ -80,6 +80,19 @@ async fn post(suite: &TestSuite, path: &str, body: Value) -> reqwest::Response {
         .expect("edge answers")
 }
 
+/// `POST /api/v1/chat` with one "hi": the answer's JSON (any status).
+async fn say_hi(suite: &TestSuite) -> Value {
+    post(
+        suite,
+        "/api/v1/chat",
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json")
+}
+
 fn conversation(stream: bool) -> Value {
     json!({"model": "fake-model", "stream": stream, "messages": [{"role": "user", "content": "Hello"}]})
 }
@@ -211,13 +224,7 @@ async fn failover_follows_priority_and_an_admin_change_applies_at_once() {
     let (a, b, c) = (unique("a"), unique("b"), unique("c"));
     let suite = suite_with(&[(&a, &first, 1), (&b, &second, 2), (&c, &third, 3)], &[]).await;
 
-    let response = post(
-        &suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    let body: Value = response.json().await.expect("json");
+    let body = say_hi(&suite).await;
     assert_eq!(body["provider"], json!(b), "{body}");
     assert_eq!(first.requests(), 3);
     assert_eq!(third.requests(), 0);
@@ -226,15 +233,7 @@ async fn failover_follows_priority_and_an_admin_change_applies_at_once() {
 
     // A 429 whose Retry-After exceeds the budget is not waited for: next provider at once.
     first.set_default(Reply::Status(429, Some(3600)));
-    let body: Value = post(
-        &suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let body = say_hi(&suite).await;
     assert_eq!(body["provider"], json!(b));
     assert_eq!(first.requests(), 4, "no retry before the Retry-After");
 
@@ -259,15 +258,7 @@ async fn failover_follows_priority_and_an_admin_change_applies_at_once() {
         (changed["priority"].clone(), changed["circuitState"].clone()),
         (json!(0), json!("closed"))
     );
-    let body: Value = post(
-        &suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let body = say_hi(&suite).await;
     assert_eq!(body["provider"], json!(c));
     assert_eq!(body["message"]["content"], "third speaking");
 
@@ -297,15 +288,7 @@ async fn failover_follows_priority_and_an_admin_change_applies_at_once() {
     assert_eq!(names, [c.as_str(), a.as_str(), b.as_str()]);
     assert_eq!(listed["providers"][0]["enabled"], false);
     let served_before = third.requests();
-    let body: Value = post(
-        &suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let body = say_hi(&suite).await;
     assert_eq!(body["provider"], json!(b));
     assert_eq!(third.requests(), served_before);
 

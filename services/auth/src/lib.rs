@@ -77,16 +77,15 @@ pub async fn serve_with(
     )
     .await?;
     let store = store::Store::new(db.clone());
-    let guards = match &storage.redis_url {
-        Some(url) => lockout::Guards::redis(
-            portico_redis::Redis::connect(
-                url.expose_secret(),
-                &storage.redis_key_prefix,
-                REDIS_COMMAND_TIMEOUT,
-                shutdown.clone(),
-            )
-            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
-        ),
+    let redis = portico_redis::Redis::connect_optional(
+        storage.redis_url.as_ref(),
+        &storage.redis_key_prefix,
+        REDIS_COMMAND_TIMEOUT,
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    let guards = match redis {
+        Some(redis) => lockout::Guards::redis(redis),
         None => lockout::Guards::Database(store.clone()),
     };
     let accounts = accounts::Accounts {

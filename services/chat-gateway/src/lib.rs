@@ -98,18 +98,13 @@ pub async fn serve_with(
             "LLM provider"
         );
     }
-    let redis = match &storage.redis_url {
-        Some(url) => Some(
-            portico_redis::Redis::connect(
-                url.expose_secret(),
-                &storage.redis_key_prefix,
-                REDIS_COMMAND_TIMEOUT,
-                shutdown.clone(),
-            )
-            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
-        ),
-        None => None,
-    };
+    let redis = portico_redis::Redis::connect_optional(
+        storage.redis_url.as_ref(),
+        &storage.redis_key_prefix,
+        REDIS_COMMAND_TIMEOUT,
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     let verifier = portico_tokens::Verifier::for_service(settings, redis).map_err(Error::Config)?;
     let service = grpc::ChatGrpc {
         gateway: Arc::clone(&gateway),

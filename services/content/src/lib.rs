@@ -37,18 +37,13 @@ pub async fn serve(
         storage.migrate_on_boot.then_some(Owner::Content),
     )
     .await?;
-    let redis = match &storage.redis_url {
-        Some(url) => Some(
-            portico_redis::Redis::connect(
-                url.expose_secret(),
-                &storage.redis_key_prefix,
-                REDIS_COMMAND_TIMEOUT,
-                shutdown.clone(),
-            )
-            .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?,
-        ),
-        None => None,
-    };
+    let redis = portico_redis::Redis::connect_optional(
+        storage.redis_url.as_ref(),
+        &storage.redis_key_prefix,
+        REDIS_COMMAND_TIMEOUT,
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     let cache = cache::Cache::new(redis.clone());
     if let Some(url) = &storage.redis_url {
         cache::subscribe(

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use portico_config::{ExposeSecret as _, Settings};
+use portico_config::Settings;
 use portico_grpc::ServerHandle;
 use portico_limiter::{Clock, Policies, SystemClock};
 use portico_proto::{
@@ -51,18 +51,13 @@ pub async fn serve_with_clock(
             .map_err(|e| Error::Config(format!("RATE_LIMIT_DESCRIPTORS_FILE: {e}")))?,
         None => Descriptors::default(),
     };
-    let redis = match &settings.storage.ratelimit_redis_url {
-        Some(url) => Some(
-            portico_redis::Redis::connect(
-                url.expose_secret(),
-                &settings.storage.redis_key_prefix,
-                REDIS_COMMAND_TIMEOUT,
-                shutdown.clone(),
-            )
-            .map_err(|e| Error::Config(format!("RATE_LIMIT_REDIS_URL/REDIS_URL: {e}")))?,
-        ),
-        None => None,
-    };
+    let redis = portico_redis::Redis::connect_optional(
+        settings.storage.ratelimit_redis_url.as_ref(),
+        &settings.storage.redis_key_prefix,
+        REDIS_COMMAND_TIMEOUT,
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("RATE_LIMIT_REDIS_URL/REDIS_URL: {e}")))?;
     let limiter = RateLimiter::new(
         Policies::from_settings(rl),
         rl.whitelist.clone(),

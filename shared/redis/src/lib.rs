@@ -32,6 +32,19 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
+    /// [`Redis::connect`] when `url` is set (`REDIS_URL` and friends are optional): `None`
+    /// when it is not.
+    pub fn connect_optional(
+        url: Option<&secrecy::SecretString>,
+        prefix: &str,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Self>, Error> {
+        use secrecy::ExposeSecret as _;
+        url.map(|url| Self::connect(url.expose_secret(), prefix, command_timeout, shutdown))
+            .transpose()
+    }
+
     /// A handle to `url`, connecting in the background. Commands give up after
     /// `command_timeout`. The recovery probe stops with `shutdown`.
     pub fn connect(
