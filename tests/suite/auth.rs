@@ -15,30 +15,20 @@ use crate::harness::{self, TestSuite};
 
 const PASSWORD: &str = "correct horse battery";
 
-async fn post(suite: &TestSuite, path: &str, body: Value) -> reqwest::Response {
-    suite
-        .http
-        .post(suite.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("edge answers")
-}
-
 async fn register_and_login(suite: &TestSuite, email: &str) -> Value {
-    let registered = post(
-        suite,
-        "/api/v1/auth/register",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await;
+    let registered = suite
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(registered.status(), StatusCode::CREATED);
-    let login = post(
-        suite,
-        "/api/v1/auth/login",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await;
+    let login = suite
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(login.status(), StatusCode::OK);
     login.json().await.expect("json")
 }
@@ -84,12 +74,9 @@ async fn register_login_me_refresh_logout_over_rest() {
     assert_eq!(account["role"], "user");
     assert_eq!(account["emailVerified"], false);
 
-    let rotated = post(
-        &suite,
-        "/api/v1/auth/refresh",
-        json!({"refreshToken": refresh}),
-    )
-    .await;
+    let rotated = suite
+        .post("/api/v1/auth/refresh", json!({"refreshToken": refresh}))
+        .await;
     assert_eq!(rotated.status(), StatusCode::OK);
     let rotated: Value = rotated.json().await.expect("json");
     let new_refresh = rotated["refreshToken"].as_str().expect("refresh");
@@ -111,12 +98,9 @@ async fn register_login_me_refresh_logout_over_rest() {
         StatusCode::UNAUTHORIZED,
         "access jti denylisted"
     );
-    let after = post(
-        &suite,
-        "/api/v1/auth/refresh",
-        json!({"refreshToken": new_refresh}),
-    )
-    .await;
+    let after = suite
+        .post("/api/v1/auth/refresh", json!({"refreshToken": new_refresh}))
+        .await;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED, "family revoked");
     assert_eq!(me(&suite, "").await.status(), StatusCode::UNAUTHORIZED);
 }
@@ -184,18 +168,18 @@ async fn the_same_flow_over_grpc() {
 async fn unknown_email_and_wrong_password_are_indistinguishable() {
     let suite = TestSuite::spawn().await;
     register_and_login(&suite, "bob@example.com").await;
-    let wrong = post(
-        &suite,
-        "/api/v1/auth/login",
-        json!({"email": "bob@example.com", "password": "not the password"}),
-    )
-    .await;
-    let unknown = post(
-        &suite,
-        "/api/v1/auth/login",
-        json!({"email": "nobody@example.com", "password": "not the password"}),
-    )
-    .await;
+    let wrong = suite
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "bob@example.com", "password": "not the password"}),
+        )
+        .await;
+    let unknown = suite
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "nobody@example.com", "password": "not the password"}),
+        )
+        .await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
     let wrong: Value = wrong.json().await.expect("json");
@@ -208,30 +192,30 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
 async fn duplicate_registration_is_409_unless_verification_hides_it() {
     let suite = TestSuite::spawn().await;
     register_and_login(&suite, "dup@example.com").await;
-    let again = post(
-        &suite,
-        "/api/v1/auth/register",
-        json!({"email": "DUP@example.com", "password": PASSWORD}),
-    )
-    .await;
+    let again = suite
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "DUP@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
 
     let hiding = TestSuite::builder()
         .env("AUTH_EMAIL_VERIFICATION_REQUIRED", "true")
         .spawn()
         .await;
-    let first = post(
-        &hiding,
-        "/api/v1/auth/register",
-        json!({"email": "dup@example.com", "password": PASSWORD}),
-    )
-    .await;
-    let second = post(
-        &hiding,
-        "/api/v1/auth/register",
-        json!({"email": "dup@example.com", "password": PASSWORD}),
-    )
-    .await;
+    let first = hiding
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "dup@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let second = hiding
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "dup@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(first.status(), second.status());
     let (first, second): (Value, Value) = (
         first.json().await.expect("json"),
@@ -279,7 +263,7 @@ async fn bad_input_is_400_with_a_message() {
             "required",
         ),
     ] {
-        let response = post(&suite, path, body).await;
+        let response = suite.post(path, body).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
         let body: Value = response.json().await.expect("json");
         assert!(
@@ -311,20 +295,20 @@ async fn lockout_after_max_failures_then_admin_unlock() {
         .await;
     register_and_login(&suite, "carol@example.com").await;
     for _ in 0..3 {
-        let r = post(
-            &suite,
-            "/api/v1/auth/login",
-            json!({"email": "carol@example.com", "password": "wrong password"}),
-        )
-        .await;
+        let r = suite
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": "carol@example.com", "password": "wrong password"}),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let locked = post(
-        &suite,
-        "/api/v1/auth/login",
-        json!({"email": "carol@example.com", "password": PASSWORD}),
-    )
-    .await;
+    let locked = suite
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "carol@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(
         locked.status(),
         StatusCode::TOO_MANY_REQUESTS,
@@ -339,19 +323,19 @@ async fn lockout_after_max_failures_then_admin_unlock() {
 
     // Unknown emails lock the same way.
     for _ in 0..3 {
-        post(
-            &suite,
+        suite
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": "ghost@example.com", "password": "wrong password"}),
+            )
+            .await;
+    }
+    let ghost = suite
+        .post(
             "/api/v1/auth/login",
             json!({"email": "ghost@example.com", "password": "wrong password"}),
         )
         .await;
-    }
-    let ghost = post(
-        &suite,
-        "/api/v1/auth/login",
-        json!({"email": "ghost@example.com", "password": "wrong password"}),
-    )
-    .await;
     assert_eq!(ghost.status(), StatusCode::TOO_MANY_REQUESTS);
 
     let unlock = suite
@@ -368,12 +352,12 @@ async fn lockout_after_max_failures_then_admin_unlock() {
         cleared["cleared"].as_u64().is_some_and(|n| n >= 1),
         "{cleared}"
     );
-    let ok = post(
-        &suite,
-        "/api/v1/auth/login",
-        json!({"email": "carol@example.com", "password": PASSWORD}),
-    )
-    .await;
+    let ok = suite
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "carol@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(ok.status(), StatusCode::OK);
 
     let forbidden = suite
@@ -515,23 +499,17 @@ async fn refresh_reuse_revokes_the_family_and_is_audited() {
     let suite = TestSuite::spawn().await;
     let tokens = register_and_login(&suite, "frank@example.com").await;
     let first = tokens["refreshToken"].as_str().expect("refresh").to_owned();
-    let second: Value = post(
-        &suite,
-        "/api/v1/auth/refresh",
-        json!({"refreshToken": first}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let second: Value = suite
+        .post("/api/v1/auth/refresh", json!({"refreshToken": first}))
+        .await
+        .json()
+        .await
+        .expect("json");
     let second = second["refreshToken"].as_str().expect("refresh").to_owned();
 
-    let reuse = post(
-        &suite,
-        "/api/v1/auth/refresh",
-        json!({"refreshToken": first}),
-    )
-    .await;
+    let reuse = suite
+        .post("/api/v1/auth/refresh", json!({"refreshToken": first}))
+        .await;
     assert_eq!(reuse.status(), StatusCode::UNAUTHORIZED);
     let body: Value = reuse.json().await.expect("json");
     assert!(
@@ -540,12 +518,9 @@ async fn refresh_reuse_revokes_the_family_and_is_audited() {
             .is_some_and(|m| m.contains("already used")),
         "{body}"
     );
-    let victim = post(
-        &suite,
-        "/api/v1/auth/refresh",
-        json!({"refreshToken": second}),
-    )
-    .await;
+    let victim = suite
+        .post("/api/v1/auth/refresh", json!({"refreshToken": second}))
+        .await;
     assert_eq!(
         victim.status(),
         StatusCode::UNAUTHORIZED,

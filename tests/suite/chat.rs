@@ -70,27 +70,17 @@ async fn suite_with(providers: &[(&str, &FakeLlm, i32)], extra: &[(&str, &str)])
     builder.spawn().await
 }
 
-async fn post(suite: &TestSuite, path: &str, body: Value) -> reqwest::Response {
-    suite
-        .http
-        .post(suite.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("edge answers")
-}
-
 /// `POST /api/v1/chat` with one "hi": the answer's JSON (any status).
 async fn say_hi(suite: &TestSuite) -> Value {
-    post(
-        suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json")
+    suite
+        .post(
+            "/api/v1/chat",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json")
 }
 
 fn conversation(stream: bool) -> Value {
@@ -190,12 +180,12 @@ async fn a_503_is_retried_then_succeeds_and_a_400_is_neither_retried_nor_failed_
     .await;
 
     primary.then(Reply::Status(503, None));
-    let response = post(
-        &suite,
-        "/api/v1/chat",
-        json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let response = suite
+        .post(
+            "/api/v1/chat",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["message"]["content"], "fine now");
@@ -203,7 +193,9 @@ async fn a_503_is_retried_then_succeeds_and_a_400_is_neither_retried_nor_failed_
     assert_eq!(backup.requests(), 0);
 
     primary.then(Reply::Status(400, None));
-    let response = post(&suite, "/v1/chat/completions", conversation(false)).await;
+    let response = suite
+        .post("/v1/chat/completions", conversation(false))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let error: Value = response.json().await.expect("json");
     assert!(
@@ -347,14 +339,18 @@ async fn every_provider_failing_is_502_and_an_open_circuit_gives_retry_after() {
         ],
     )
     .await;
-    let response = post(&suite, "/v1/chat/completions", conversation(false)).await;
+    let response = suite
+        .post("/v1/chat/completions", conversation(false))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert!(
         response.headers().get("retry-after").is_none(),
         "not open yet"
     );
     // Three failures opened it: the next call is refused with Retry-After and no upstream call.
-    let response = post(&suite, "/v1/chat/completions", conversation(false)).await;
+    let response = suite
+        .post("/v1/chat/completions", conversation(false))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(
         response
@@ -385,7 +381,9 @@ async fn a_stalled_provider_is_a_504_streamed_or_not() {
     )
     .await;
     for stream in [false, true] {
-        let response = post(&suite, "/v1/chat/completions", conversation(stream)).await;
+        let response = suite
+            .post("/v1/chat/completions", conversation(stream))
+            .await;
         assert_eq!(
             response.status(),
             StatusCode::GATEWAY_TIMEOUT,
@@ -403,7 +401,7 @@ async fn a_stream_arrives_in_order_as_openai_frames_it_and_ends_with_done() {
     let suite = suite_with(&[(&name, &fake, 0)], &[]).await;
     let mut body = conversation(true);
     body["stream_options"] = json!({"include_usage": true});
-    let response = post(&suite, "/v1/chat/completions", body).await;
+    let response = suite.post("/v1/chat/completions", body).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = events(&response.text().await.expect("body"));
@@ -467,7 +465,7 @@ async fn a_provider_failing_mid_stream_ends_in_an_error_event_never_done() {
             if path == "/api/v1/chat" {
                 body.as_object_mut().expect("object").remove("model");
             }
-            let response = post(&suite, path, body).await;
+            let response = suite.post(path, body).await;
             assert_eq!(response.status(), StatusCode::OK, "the stream had started");
             let events = events(&response.text().await.expect("body"));
             assert!(
@@ -492,7 +490,7 @@ async fn a_provider_failing_mid_stream_ends_in_an_error_event_never_done() {
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let fake = FakeLlm::start(Reply::Stream(&["never", "ending"], End::Hold)).await;
     let suite = suite_with(&[(&unique("held"), &fake, 0)], &[]).await;
-    let mut response = post(&suite, "/v1/chat/completions", conversation(true)).await;
+    let mut response = suite.post("/v1/chat/completions", conversation(true)).await;
     assert_eq!(response.status(), StatusCode::OK);
     let first = response
         .chunk()
@@ -515,7 +513,7 @@ async fn the_openai_shape_without_streaming_and_the_echo_default() {
     body["temperature"] = json!(0.5);
     body["max_tokens"] = json!(64);
     body["stop"] = json!("END");
-    let response = post(&suite, "/v1/chat/completions", body).await;
+    let response = suite.post("/v1/chat/completions", body).await;
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["object"], "chat.completion");
@@ -545,26 +543,26 @@ async fn the_openai_shape_without_streaming_and_the_echo_default() {
         .env("RATE_LIMIT_CAPACITY", "100")
         .spawn()
         .await;
-    let echo: Value = post(
-        &offline,
-        "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "say it back"}]}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let echo: Value = offline
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "say it back"}]}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(echo["choices"][0]["message"]["content"], "say it back");
     assert_eq!(echo["model"], "echo");
-    let streamed = post(
-        &offline,
-        "/api/v1/chat",
-        json!({"stream": true, "messages": [{"role": "user", "content": "say it back"}]}),
-    )
-    .await
-    .text()
-    .await
-    .expect("body");
+    let streamed = offline
+        .post(
+            "/api/v1/chat",
+            json!({"stream": true, "messages": [{"role": "user", "content": "say it back"}]}),
+        )
+        .await
+        .text()
+        .await
+        .expect("body");
     let deltas: Vec<String> = events(&streamed)
         .iter()
         .filter(|e| *e != "[DONE]")

@@ -97,6 +97,16 @@ impl TestSuite {
         Builder::default()
     }
 
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("edge answers")
+    }
+
     /// `base_url` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
