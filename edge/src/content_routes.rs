@@ -2,6 +2,8 @@
 //! `Cache-Control`; admin CRUD with `If-Match` carrying the expected version. Admin
 //! credentials travel as metadata and are checked by the content service itself.
 
+use std::sync::Arc;
+
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -74,9 +76,9 @@ fn to_json(c: &pb::Content) -> Value {
     })
 }
 
-/// A strong validator of a representation: its content, hashed.
-fn etag_of(body: &Value) -> String {
-    let digest = Sha256::digest(body.to_string().as_bytes());
+/// A strong validator of a representation: its bytes, hashed.
+fn etag_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
     format!("\"{}\"", B64.encode(&digest[..16]))
 }
 
@@ -93,9 +95,9 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
 /// 200 with `ETag` and `Cache-Control`, or 304 when the client already has it.
 fn cacheable(
     request_headers: &HeaderMap,
-    body: &Value,
+    body: Bytes,
     cache_control: &'static str,
-    etag: String,
+    etag: &str,
 ) -> Response {
     let matches = request_headers
         .get(header::IF_NONE_MATCH)
@@ -110,9 +112,14 @@ fn cacheable(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        response::json_response(StatusCode::OK, body)
+        let mut response = http::Response::new(response::full(body));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     };
-    if let Ok(value) = HeaderValue::from_str(&etag) {
+    if let Ok(value) = HeaderValue::from_str(etag) {
         response.headers_mut().insert(header::ETAG, value);
     }
     response.headers_mut().insert(
@@ -120,6 +127,14 @@ fn cacheable(
         HeaderValue::from_static(cache_control),
     );
     response
+}
+
+/// A public item as the edge keeps it: the revision of the content service it was read under,
+/// the bytes and their validator.
+pub(crate) struct CachedItem {
+    revision: Vec<u8>,
+    body: Bytes,
+    etag: String,
 }
 
 /// `cursor`, `limit` and `tag` from a query string (values are URL-safe by construction).
@@ -166,6 +181,30 @@ fn page_json(page: &pb::ListContentResponse) -> Value {
 }
 
 impl Edge {
+    /// The content revision an anonymous read can be validated against: `content:rev` in Redis
+    /// (a new random value set by the content service before each write returns), or, without
+    /// Redis, the write counter of the content service running in this process. `None`: no
+    /// edge copy.
+    async fn content_revision(&self) -> Option<Vec<u8>> {
+        use portico_redis::fred::prelude::KeysInterface as _;
+        match &self.inner.redis {
+            Some(redis) if redis.is_up() => redis
+                .client()
+                .get::<Option<Vec<u8>>, _>(redis.key("content:rev"))
+                .await
+                .ok()
+                // Unset (a fresh Redis, or `content:*` deleted by hand): no edge copy until
+                // the next write sets it, so no copy from before the deletion can match.
+                .flatten(),
+            Some(_) => None,
+            None => self
+                .inner
+                .content_addr
+                .and_then(portico_revision::lookup)
+                .map(|revision| revision.current().to_be_bytes().to_vec()),
+        }
+    }
+
     /// Answers one content route.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn content<B>(
@@ -204,10 +243,37 @@ impl Edge {
                         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     return Ok(response);
                 }
+                let body = Bytes::from(body.to_string());
                 let etag = etag_of(&body);
-                Ok(cacheable(&headers, &body, PUBLIC_MAX_AGE, etag))
+                Ok(cacheable(&headers, body, PUBLIC_MAX_AGE, &etag))
             }
             Handler::ContentGet => {
+                // An anonymous read may be served from the edge's copy when no write happened
+                // since it was read. The revision is read before the fetch, so a fetch that
+                // raced a write is never served.
+                let anonymous = !headers.contains_key(header::AUTHORIZATION)
+                    && !headers.contains_key("x-admin-key");
+                let revision = if anonymous {
+                    self.content_revision().await
+                } else {
+                    None
+                };
+                if let Some(current) = &revision {
+                    if let Some(hit) = self
+                        .inner
+                        .content_cache
+                        .get(&slug)
+                        .filter(|hit| &hit.revision == current)
+                    {
+                        return Ok(cacheable(
+                            &headers,
+                            hit.body.clone(),
+                            PUBLIC_MAX_AGE,
+                            &hit.etag,
+                        ));
+                    }
+                }
+                let request_slug = slug.clone();
                 let request = pb::GetContentRequest { slug };
                 let item = finish(
                     backend,
@@ -216,9 +282,19 @@ impl Edge {
                         .get_content(self.call(request, context, forwarded))
                         .await,
                 )?;
-                let body = to_json(&item);
+                let body = Bytes::from(to_json(&item).to_string());
                 let etag = etag_of(&body);
-                Ok(cacheable(&headers, &body, PUBLIC_MAX_AGE, etag))
+                if let Some(revision) = revision {
+                    self.inner.content_cache.insert(
+                        request_slug,
+                        Arc::new(CachedItem {
+                            revision,
+                            body: body.clone(),
+                            etag: etag.clone(),
+                        }),
+                    );
+                }
+                Ok(cacheable(&headers, body, PUBLIC_MAX_AGE, &etag))
             }
             Handler::AdminContentCreate => {
                 let b: CreateBody = parse_json(&read_body(body).await?)?;

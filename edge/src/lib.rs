@@ -37,6 +37,10 @@ pub use server::{serve, EdgeHandle};
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
 const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
+/// How long the edge keeps a public item (each use is also checked against the revision).
+const CONTENT_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Most public items the edge keeps.
+const CONTENT_CACHE_CAPACITY: usize = 10_000;
 /// Added to `LLM_TIMEOUT` for the edge's deadline on a chat call, so the gateway's own timeout (a
 /// clear 504) fires first.
 const CHAT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -77,6 +81,11 @@ struct Inner {
     chat_timeout: std::time::Duration,
     /// `ADMIN_API_KEY`, for the admin routes the edge answers itself.
     admin_key: Option<portico_config::SecretString>,
+    /// The content service's address when `CONTENT_GRPC_URL` names one (it may run in this
+    /// process: see portico-revision).
+    content_addr: Option<SocketAddr>,
+    /// Public items read through this edge, validated by the content service's revision.
+    content_cache: portico_ttlmap::TtlMap<Arc<content_routes::CachedItem>>,
     started_at: Instant,
     started: AtomicBool,
 }
@@ -119,6 +128,19 @@ impl Edge {
                 allow_anonymous_chat: settings.chat.allow_anonymous,
                 chat_timeout: settings.chat.timeout + CHAT_DEADLINE_MARGIN,
                 admin_key: settings.admin_api_key.clone(),
+                content_addr: settings
+                    .edge
+                    .content_url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|uri| {
+                        let host = uri.host()?.trim_matches(['[', ']']).parse().ok()?;
+                        Some(SocketAddr::new(host, uri.port_u16()?))
+                    }),
+                content_cache: portico_ttlmap::TtlMap::new(
+                    CONTENT_CACHE_TTL,
+                    CONTENT_CACHE_CAPACITY,
+                ),
                 redis,
                 started_at: Instant::now(),
                 started: AtomicBool::new(false),

@@ -579,3 +579,55 @@ async fn redis_down_reads_come_from_the_database_and_writes_still_work() {
         .into_inner();
     assert_eq!(after.title, "during the outage");
 }
+
+#[tokio::test]
+async fn every_read_through_the_edge_after_a_write_sees_the_write() {
+    // Public reads may be answered from the edge's own copy (without Redis, the content service
+    // runs in this process) and from the service's L1; neither may outlive a write.
+    let suite = admin_suite().await;
+    assert_eq!(
+        create(&suite, article("fresh", "published")).await.status(),
+        StatusCode::CREATED
+    );
+    for version in 1..=20 {
+        let read: Value = suite
+            .get("/api/v1/content/fresh")
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(read["version"], version, "{read}");
+        // Twice: the second read is the cached one.
+        let again: Value = suite
+            .get("/api/v1/content/fresh")
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(again, read);
+        let updated = suite
+            .http
+            .put(suite.url("/api/v1/admin/content/fresh"))
+            .header("x-admin-key", KEY)
+            .header("if-match", format!("\"{version}\""))
+            .json(&json!({"title": format!("Edition {}", version + 1), "status": "published"}))
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(updated.status(), StatusCode::OK);
+        let read: Value = suite
+            .get("/api/v1/content/fresh")
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            (read["version"].clone(), read["title"].clone()),
+            (
+                json!(version + 1),
+                json!(format!("Edition {}", version + 1))
+            ),
+            "a read after the write returned saw what it replaced"
+        );
+    }
+}

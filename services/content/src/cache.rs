@@ -10,10 +10,14 @@
 //! which frees memory and spares the rev comparison a lookup. Without Redis, L1 alone (one replica).
 //! With Redis down, reads go to the database (the cache reports degraded) and writes still work.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use portico_redis::{fred::prelude::*, Redis};
+use portico_revision::Revision;
 use portico_ttlmap::TtlMap;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -63,6 +67,9 @@ struct Entry {
 pub struct Cache {
     l1: TtlMap<Entry>,
     redis: Option<Redis>,
+    /// This replica's write counter: without Redis it tags L1 entries (a fill that raced a
+    /// write is never served), and an edge in the same process validates its copies with it.
+    revision: Arc<Revision>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -79,7 +86,20 @@ impl Cache {
         Self {
             l1: TtlMap::new(L1_TTL, L1_CAPACITY),
             redis,
+            revision: Arc::default(),
         }
+    }
+
+    /// The write counter (registered for the edge when there is no Redis).
+    pub fn revision(&self) -> Arc<Revision> {
+        Arc::clone(&self.revision)
+    }
+
+    /// The local revision as an L1 tag.
+    fn local_rev(&self) -> Rev {
+        let mut rev = Rev::default();
+        rev[..8].copy_from_slice(&self.revision.current().to_be_bytes());
+        rev
     }
 
     /// Drops every L1 entry (another replica wrote).
@@ -99,7 +119,9 @@ impl Cache {
                 count("miss");
                 return load().await;
             }
-            if let Some(entry) = self.l1.get(key) {
+            // Read before loading: a write that lands meanwhile makes this fill stale-tagged.
+            let rev = self.local_rev();
+            if let Some(entry) = self.l1.get(key).filter(|e| e.rev == rev) {
                 count("hit");
                 return Ok(entry.bytes);
             }
@@ -107,7 +129,7 @@ impl Cache {
             self.l1.insert(
                 key.to_owned(),
                 Entry {
-                    rev: Rev::default(),
+                    rev,
                     bytes: bytes.clone(),
                 },
             );
@@ -175,6 +197,7 @@ impl Cache {
     /// After a write of `slug`: a new rev (every cached value is now stale everywhere),
     /// delete the Redis keys, tell every replica to drop its L1.
     pub async fn invalidate(&self, slug: &str) {
+        self.revision.bump();
         self.l1.clear();
         let Some(redis) = &self.redis else { return };
         let client = redis.client();

@@ -45,6 +45,7 @@ pub async fn serve(
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     let cache = cache::Cache::new(redis.clone());
+    let revision = cache.revision();
     if let Some(url) = &storage.redis_url {
         cache::subscribe(
             url.expose_secret(),
@@ -70,6 +71,17 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await?;
+    if storage.redis_url.is_none() {
+        // One replica, no Redis: an edge in this process may validate its own copies against
+        // this replica's writes (see portico-revision).
+        let addr = handle.local_addr;
+        portico_revision::register(addr, revision);
+        let stopped = shutdown.clone();
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            portico_revision::unregister(addr);
+        });
+    }
     handle
         .health
         .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
