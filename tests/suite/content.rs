@@ -426,8 +426,42 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
         ("ADMIN_API_KEY", KEY),
     ];
     let (a, _stop_a) = harness::spawn_content(&vars).await;
-    let (b, _stop_b) = harness::spawn_content(&vars).await;
-    let (mut a, mut b) = (grpc(a).await, grpc(b).await);
+    let (b_addr, _stop_b) = harness::spawn_content(&vars).await;
+    let (mut a, mut b) = (grpc(a).await, grpc(b_addr).await);
+    // An edge in front of B, with its own copy of public reads validated through Redis.
+    let b_url = format!("http://{b_addr}");
+    let edge_vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .chain(&[
+            ("CONTENT_GRPC_URL", b_url.as_str()),
+            ("RATE_LIMIT_WHITELIST", "127.0.0.1/32"),
+        ])
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let edge_settings = portico_config::Settings::from_source(&edge_vars).expect("edge settings");
+    let edge_shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = portico_edge::serve(
+        &edge_settings,
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        edge_shutdown.clone(),
+    )
+    .await
+    .expect("edge");
+    let edge_url = format!("http://{}/api/v1/content/live", edge.local_addr);
+    let http = reqwest::Client::new();
+    let through_edge = || async {
+        let item: Value = http
+            .get(&edge_url)
+            .send()
+            .await
+            .expect("edge")
+            .json()
+            .await
+            .expect("json");
+        item["version"].as_i64().expect("version")
+    };
     a.create_content(admin(pb::CreateContentRequest {
         slug: "live".into(),
         title: "v1".into(),
@@ -447,6 +481,7 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
                 .expect("get")
                 .into_inner();
             assert_eq!(seen.version, version);
+            assert_eq!(through_edge().await, version);
         }
         // …A replaces it; the very next read through B must be the new one.
         a.update_content(admin(pb::UpdateContentRequest {
@@ -465,6 +500,11 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
             .expect("get")
             .into_inner();
         assert_eq!(next.version, version + 1, "B served a replaced version");
+        assert_eq!(
+            through_edge().await,
+            version + 1,
+            "the edge in front of B served a replaced version"
+        );
         assert_eq!(next.title, format!("v{}", version + 1));
     }
     let listed = b
