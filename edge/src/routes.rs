@@ -644,7 +644,6 @@ fn responses(handler: Handler) -> Value {
         }
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
-            "501": error_response("Not implemented yet"),
             "503": error_response("Auth service unavailable")
         }),
     }
