@@ -22,11 +22,6 @@ use crate::{
     ApiError, Edge,
 };
 
-/// Most messages in one conversation.
-const MAX_MESSAGES: usize = 256;
-/// Most stop sequences (OpenAI's limit).
-const MAX_STOP: usize = 4;
-
 #[derive(Deserialize)]
 struct Message {
     role: String,
@@ -77,6 +72,8 @@ pub(crate) enum Dialect {
     OpenAi,
 }
 
+/// The gRPC request. Its rules (message count and roles, temperature, stop sequences) are the
+/// chat gateway's to check, for every caller: a violation comes back as INVALID_ARGUMENT → 400.
 fn request(
     messages: Vec<Message>,
     model: Option<String>,
@@ -84,34 +81,8 @@ fn request(
     max_tokens: Option<u32>,
     stop: Option<Stop>,
     include_usage: bool,
-) -> Result<pb::CompleteRequest, ApiError> {
-    let invalid = |message: String| ApiError::new(Code::InvalidArgument, message);
-    if messages.is_empty() || messages.len() > MAX_MESSAGES {
-        return Err(invalid(format!(
-            "messages must hold 1 to {MAX_MESSAGES} messages"
-        )));
-    }
-    if let Some(bad) = messages
-        .iter()
-        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool"))
-    {
-        return Err(invalid(format!(
-            "message role `{}` is not system, user, assistant or tool",
-            bad.role
-        )));
-    }
-    if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-        return Err(invalid("temperature must be between 0 and 2".into()));
-    }
-    let stop = match stop {
-        None => Vec::new(),
-        Some(Stop::One(one)) => vec![one],
-        Some(Stop::Many(many)) => many,
-    };
-    if stop.len() > MAX_STOP {
-        return Err(invalid(format!("at most {MAX_STOP} stop sequences")));
-    }
-    Ok(pb::CompleteRequest {
+) -> pb::CompleteRequest {
+    pb::CompleteRequest {
         messages: messages
             .into_iter()
             .map(|m| pb::ChatMessage {
@@ -122,9 +93,13 @@ fn request(
         model: model.unwrap_or_default(),
         temperature,
         max_tokens,
-        stop,
+        stop: match stop {
+            None => Vec::new(),
+            Some(Stop::One(one)) => vec![one],
+            Some(Stop::Many(many)) => many,
+        },
         include_usage,
-    })
+    }
 }
 
 impl Edge {
@@ -182,7 +157,7 @@ impl Edge {
                         c.max_tokens,
                         c.stop,
                         false,
-                    )?,
+                    ),
                     c.stream,
                 )
             }
@@ -198,7 +173,7 @@ impl Edge {
                         max_tokens,
                         c.stop,
                         usage,
-                    )?,
+                    ),
                     c.stream,
                 )
             }
@@ -294,14 +269,7 @@ impl Edge {
             &self.inner.verifier,
         )
         .await
-        .map_err(|refusal| match refusal {
-            portico_tokens::AdminRefusal::Unauthenticated(m) => {
-                ApiError::new(Code::Unauthenticated, m)
-            }
-            portico_tokens::AdminRefusal::PermissionDenied(m) => {
-                ApiError::new(Code::PermissionDenied, m)
-            }
-        })?;
+        .map_err(|refusal| ApiError::from_status(&refusal.into(), "chat"))?;
         let backend = &self.inner.backends.chat;
         let answer = ChatServiceClient::new(backend.channel.clone())
             .list_providers(self.call(pb::ListProvidersRequest {}, context, forwarded))

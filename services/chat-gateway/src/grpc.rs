@@ -4,7 +4,6 @@ use std::{pin::Pin, sync::Arc};
 
 use portico_config::SecretString;
 use portico_proto::chat::{self as pb, chat_service_server::ChatService};
-use portico_tokens::AdminRefusal;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
@@ -80,13 +79,6 @@ fn provider(p: &Provider) -> pb::Provider {
     }
 }
 
-fn refusal(refusal: AdminRefusal) -> Status {
-    match refusal {
-        AdminRefusal::Unauthenticated(message) => Status::unauthenticated(message),
-        AdminRefusal::PermissionDenied(message) => Status::permission_denied(message),
-    }
-}
-
 #[tonic::async_trait]
 impl ChatService for ChatGrpc {
     type StreamCompleteStream = ChunkStream;
@@ -135,7 +127,7 @@ impl ChatService for ChatGrpc {
             &self.verifier,
         )
         .await
-        .map_err(refusal)?;
+        .map_err(Status::from)?;
         let change = request.into_inner();
         if change.priority.is_none() && change.enabled.is_none() {
             return Err(Status::invalid_argument("set priority, enabled or both"));

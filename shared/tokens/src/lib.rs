@@ -284,6 +284,15 @@ pub enum AdminRefusal {
     PermissionDenied(String),
 }
 
+impl From<AdminRefusal> for tonic::Status {
+    fn from(refusal: AdminRefusal) -> Self {
+        match refusal {
+            AdminRefusal::Unauthenticated(message) => tonic::Status::unauthenticated(message),
+            AdminRefusal::PermissionDenied(message) => tonic::Status::permission_denied(message),
+        }
+    }
+}
+
 /// Admin access for a service: `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token whose
 /// role is `admin`.
 pub async fn authorize_admin(
