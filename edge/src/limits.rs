@@ -17,7 +17,9 @@ use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use portico_config::RateLimitSettings;
 use portico_limiter::{bucket_key, Decision, MemoryStore, Policies, SystemClock};
-use portico_proto::ratelimit::{rate_limit_service_client::RateLimitServiceClient, CheckRequest};
+use portico_proto::ratelimit::{
+    rate_limit_service_client::RateLimitServiceClient, CheckRequest, CheckResponse,
+};
 use portico_telemetry::{metrics, RequestContext};
 use portico_ttlmap::TtlMap;
 use tonic::{transport::Channel, Code};
@@ -80,41 +82,33 @@ impl EdgeLimiter {
         if self.whitelist.iter().any(|net| net.contains(&client_ip)) {
             return Ok(None);
         }
-        let request = backends::request(
-            CheckRequest {
-                key: key.to_owned(),
-                policy: policy.to_owned(),
-                cost: 1,
-                client_ip: client_ip.to_string(),
-            },
-            context,
-            &backends::Forwarded::client(client_ip),
-            self.timeout,
-        );
+        let message = CheckRequest {
+            key: key.to_owned(),
+            policy: policy.to_owned(),
+            cost: 1,
+            client_ip: client_ip.to_string(),
+        };
         let bucket = bucket_key(policy, key);
-        if let Some(decision) = self.ahead(&bucket, request.get_ref().clone(), context, client_ip) {
+        if let Some(decision) = self.ahead(&bucket, &message, context, client_ip) {
             return Ok(Some(decision));
         }
-        let mut client = RateLimitServiceClient::new(self.channel.clone());
-        let answer = tokio::time::timeout(self.timeout, client.check(request)).await;
+        let answer = ask(
+            self.channel.clone(),
+            message,
+            context,
+            client_ip,
+            self.timeout,
+        )
+        .await;
         let decision = match answer {
-            Ok(Ok(response)) => {
-                backends::record("ratelimit", "Check", Code::Ok);
-                let r = response.into_inner();
-                Decision {
-                    allowed: r.allowed,
-                    limit: r.limit,
-                    remaining: r.remaining,
-                    reset_after_ms: r.reset_after_ms,
-                    retry_after_ms: r.retry_after_ms,
-                }
-            }
-            failure => {
-                let code = match &failure {
-                    Ok(Err(status)) => status.code(),
-                    _ => Code::DeadlineExceeded,
-                };
-                backends::record("ratelimit", "Check", code);
+            Ok(r) => Decision {
+                allowed: r.allowed,
+                limit: r.limit,
+                remaining: r.remaining,
+                reset_after_ms: r.reset_after_ms,
+                retry_after_ms: r.retry_after_ms,
+            },
+            Err(code) => {
                 tracing::warn!(
                     ?code,
                     policy,
@@ -134,7 +128,7 @@ impl EdgeLimiter {
                 let Some(limit) = self.policies.get(policy) else {
                     return Ok(None);
                 };
-                self.fallback.check(&bucket_key(policy, key), limit, 1)
+                self.fallback.check(&bucket, limit, 1)
             }
         };
         if decision.allowed {
@@ -193,7 +187,7 @@ impl EdgeLimiter {
     fn ahead(
         &self,
         bucket: &str,
-        message: CheckRequest,
+        message: &CheckRequest,
         context: &RequestContext,
         client_ip: IpAddr,
     ) -> Option<Decision> {
@@ -216,42 +210,23 @@ impl EdgeLimiter {
             let bucket = bucket.to_owned();
             let background = Arc::clone(&view);
             let context = context.clone();
+            let message = message.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(FLUSH_DELAY).await;
                 let cost = background.unsent.swap(0, Ordering::SeqCst);
-                let request = backends::request(
-                    CheckRequest { cost, ..message },
-                    &context,
-                    &backends::Forwarded::client(client_ip),
-                    timeout,
-                );
-                let mut client = RateLimitServiceClient::new(channel);
-                let answer = tokio::time::timeout(timeout, client.check(request)).await;
-                match answer {
-                    Ok(Ok(response)) => {
-                        backends::record("ratelimit", "Check", Code::Ok);
-                        let r = response.into_inner();
-                        if r.allowed {
-                            // A reply can overtake a later decision's: never raise the estimate
-                            // (refill within a view's 2 s is the only thing this forgoes).
-                            background
-                                .remaining
-                                .fetch_min(r.remaining, Ordering::SeqCst);
-                            background
-                                .reset_after_ms
-                                .store(r.reset_after_ms, Ordering::SeqCst);
-                        } else {
-                            views.remove(&bucket);
-                        }
+                let message = CheckRequest { cost, ..message };
+                match ask(channel, message, &context, client_ip, timeout).await {
+                    Ok(r) if r.allowed => {
+                        // A reply can overtake a later decision's: never raise the estimate
+                        // (refill within a view's 2 s is the only thing this forgoes).
+                        background
+                            .remaining
+                            .fetch_min(r.remaining, Ordering::SeqCst);
+                        background
+                            .reset_after_ms
+                            .store(r.reset_after_ms, Ordering::SeqCst);
                     }
-                    failure => {
-                        let code = match &failure {
-                            Ok(Err(status)) => status.code(),
-                            _ => Code::DeadlineExceeded,
-                        };
-                        backends::record("ratelimit", "Check", code);
-                        views.remove(&bucket);
-                    }
+                    _ => views.remove(&bucket),
                 }
                 // After the new remaining is stored, so no estimate counts a token twice.
                 background.pending.fetch_sub(cost, Ordering::SeqCst);
@@ -265,6 +240,35 @@ impl EdgeLimiter {
             retry_after_ms: 0,
         })
     }
+}
+
+/// One decision from the ratelimit service within `timeout`, counted in
+/// `grpc_client_requests_total`; the code of the failure otherwise.
+async fn ask(
+    channel: Channel,
+    message: CheckRequest,
+    context: &RequestContext,
+    client_ip: IpAddr,
+    timeout: Duration,
+) -> Result<CheckResponse, Code> {
+    let request = backends::request(
+        message,
+        context,
+        &backends::Forwarded::client(client_ip),
+        timeout,
+    );
+    let mut client = RateLimitServiceClient::new(channel);
+    let outcome = match tokio::time::timeout(timeout, client.check(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.code()),
+        Err(_) => Err(Code::DeadlineExceeded),
+    };
+    backends::record(
+        "ratelimit",
+        "Check",
+        outcome.as_ref().err().copied().unwrap_or(Code::Ok),
+    );
+    outcome
 }
 
 /// Tokens a bucket must keep, beyond the decisions in flight, for this edge to admit without
@@ -298,7 +302,7 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
 mod tests {
     use portico_proto::ratelimit::{
         rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
-        CheckResponse, ResetRequest, ResetResponse,
+        ResetRequest, ResetResponse,
     };
     use tokio::sync::{mpsc, Mutex};
 
