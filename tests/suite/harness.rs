@@ -418,23 +418,32 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A standalone service's variables.
+fn source(vars: &[(&str, &str)]) -> HashMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A standalone service's listener (127.0.0.1, port 0) and its shutdown token.
+async fn listen() -> (tokio::net::TcpListener, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    (listener, tokio_util::sync::CancellationToken::new())
+}
+
 /// A standalone ratelimit service with extra variables and an injected clock.
 pub async fn spawn_ratelimit(
     vars: &[(&str, &str)],
     clock: std::sync::Arc<dyn portico_limiter::Clock>,
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let mut source: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let mut source = source(vars);
     source
         .entry("REDIS_KEY_PREFIX".into())
         .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
     let settings = Settings::from_source(&source).expect("ratelimit settings");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (listener, shutdown) = listen().await;
     let handle = portico_ratelimit::serve_with_clock(&settings, listener, shutdown.clone(), clock)
         .await
         .expect("ratelimit starts");
@@ -453,10 +462,7 @@ pub async fn spawn_auth(
     options: portico_auth::Options,
 ) -> (SocketAddr, String, tokio_util::sync::CancellationToken) {
     let database_url = test_database().await;
-    let mut source: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let mut source = source(vars);
     source.entry("DATABASE_URL".into()).or_insert(database_url);
     source
         .entry("REDIS_KEY_PREFIX".into())
@@ -469,10 +475,7 @@ pub async fn spawn_auth(
     }
     let database_url = source["DATABASE_URL"].clone();
     let settings = Settings::from_source(&source).expect("auth settings");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (listener, shutdown) = listen().await;
     let handle = portico_auth::serve_with(&settings, listener, shutdown.clone(), options)
         .await
         .expect("auth starts");
@@ -488,15 +491,9 @@ pub async fn fresh_database() -> String {
 pub async fn spawn_content(
     vars: &[(&str, &str)],
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let source: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let source = source(vars);
     let settings = Settings::from_source(&source).expect("content settings");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (listener, shutdown) = listen().await;
     let handle = portico_content::serve(&settings, listener, shutdown.clone())
         .await
         .expect("content starts");
@@ -509,18 +506,12 @@ pub async fn spawn_chat(
     vars: &[(&str, &str)],
     clock: std::sync::Arc<dyn portico_limiter::Clock>,
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let mut source: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    source
-        .entry("DATABASE_URL".into())
-        .or_insert(test_database().await);
+    let mut source = source(vars);
+    if !source.contains_key("DATABASE_URL") {
+        source.insert("DATABASE_URL".into(), test_database().await);
+    }
     let settings = Settings::from_source(&source).expect("chat settings");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (listener, shutdown) = listen().await;
     let handle = portico_chat_gateway::serve_with(
         &settings,
         listener,
