@@ -28,8 +28,6 @@ pub use accounts::normalize_email;
 pub use error::Error;
 pub use mailer::{EmailSender, LogSender};
 
-/// How often the database is probed for the health status.
-const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest a Redis command may take (lockouts, denylist).
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -101,11 +99,6 @@ pub async fn serve_with(
     let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { accounts }));
     let handle =
         portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
-    handle
-        .health
-        .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
-            let db = db.clone();
-            async move { db.ping().await.is_ok() }
-        });
+    handle.health.watch_database(db, shutdown);
     Ok(handle)
 }

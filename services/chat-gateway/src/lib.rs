@@ -22,8 +22,6 @@ mod upstream;
 
 pub use error::Error;
 
-/// How often the database is probed for the health status.
-const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often each replica re-reads priorities and enabled flags another replica may have changed.
 const PROVIDER_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// The first retry's delay before jitter; the second is twice that.
@@ -132,12 +130,7 @@ pub async fn serve_with(
             }
         }
     });
-    handle
-        .health
-        .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
-            let db = db.clone();
-            async move { db.ping().await.is_ok() }
-        });
+    handle.health.watch_database(db, shutdown);
     Ok(handle)
 }
 

@@ -19,8 +19,6 @@ mod store;
 
 pub use error::Error;
 
-/// How often the database is probed for the health status.
-const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest a Redis command may take before the cache is bypassed.
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -82,11 +80,6 @@ pub async fn serve(
             portico_revision::unregister(addr);
         });
     }
-    handle
-        .health
-        .watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
-            let db = db.clone();
-            async move { db.ping().await.is_ok() }
-        });
+    handle.health.watch_database(db, shutdown);
     Ok(handle)
 }

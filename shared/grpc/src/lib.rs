@@ -29,6 +29,9 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// How often a service's database is pinged for its health status.
+pub const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The health name Kubernetes' liveness probe asks: SERVING as long as the process answers.
 pub const LIVENESS: &str = "liveness";
 
@@ -70,6 +73,19 @@ impl Health {
             ServingStatus::NotServing
         };
         self.reporter.set_service_status(name, status).await;
+    }
+
+    /// [`Health::watch_dependency`] on the service's database: a ping every
+    /// [`DATABASE_PROBE_INTERVAL`].
+    pub fn watch_database(
+        &self,
+        db: sea_orm::DatabaseConnection,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        self.watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
+            let db = db.clone();
+            async move { db.ping().await.is_ok() }
+        })
     }
 
     /// Probes a required dependency (the database) every `interval` and reports NOT_SERVING
