@@ -264,8 +264,12 @@ async fn migrate(
     action: MigrateAction,
     service: Option<MigrateService>,
 ) -> anyhow::Result<()> {
-    let db =
-        portico_migrations::connect(settings.storage.database_url.expose_secret(), None).await?;
+    let db = portico_migrations::connect(
+        settings.storage.database_url.expose_secret(),
+        None,
+        settings.storage.database_acquire_timeout,
+    )
+    .await?;
     let owners: Vec<Owner> = match service {
         Some(service) => vec![service.into()],
         None => Owner::ALL.to_vec(),

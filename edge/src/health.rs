@@ -164,12 +164,32 @@ async fn check_chat(edge: &Edge, context: &RequestContext, timeout: Duration) ->
     check
 }
 
+/// A background probe keeps the database's state, so while it is known down a `/readyz` flood
+/// neither waits for timeouts nor opens connections to a struggling database; the probe is
+/// what notices its return.
+pub(crate) fn watch_database(
+    database: portico_migrations::Db,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(portico_migrations::PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            // Probe while up too: an outage is noticed before a readiness call pays for it.
+            database.probe(portico_migrations::PROBE_INTERVAL).await;
+        }
+    });
+}
+
 async fn check_database(edge: &Edge, timeout: Duration) -> Check {
     let started = Instant::now();
-    let ok = matches!(
-        tokio::time::timeout(timeout, edge.inner.database.ping()).await,
-        Ok(Ok(()))
-    );
+    let database = &edge.inner.database;
+    // Known down: answer at once; the background probe flips it back.
+    let ok = database.is_up() && database.probe(timeout).await;
     if !ok {
         portico_telemetry::metrics::http().database_errors.inc();
     }
@@ -194,7 +214,8 @@ async fn check_cache(edge: &Edge, timeout: Duration) -> Check {
         };
     };
     let started = Instant::now();
-    let ok = matches!(tokio::time::timeout(timeout, redis.ping()).await, Ok(true));
+    // Known down: answer at once; the Redis handle's own probe notices its return.
+    let ok = redis.is_up() && matches!(tokio::time::timeout(timeout, redis.ping()).await, Ok(true));
     Check {
         name: "cache",
         critical: false,

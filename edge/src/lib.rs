@@ -73,7 +73,7 @@ struct Inner {
     backends: backends::Backends,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
-    database: sea_orm::DatabaseConnection,
+    database: portico_migrations::Db,
     redis: Option<portico_redis::Redis>,
     verifier: portico_tokens::Verifier,
     allow_anonymous_chat: bool,
@@ -97,8 +97,10 @@ impl Edge {
         settings: &Settings,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Self, EdgeError> {
-        let database =
-            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?;
+        let database = portico_migrations::Db::new(
+            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
+        );
+        health::watch_database(database.clone(), shutdown.clone());
         let redis = portico_redis::Redis::connect_optional(
             settings.storage.redis_url.as_ref(),
             &settings.storage.redis_key_prefix,

@@ -10,6 +10,9 @@ use sea_orm_migration::prelude::*;
 mod auth;
 mod chat;
 mod content;
+mod db;
+
+pub use db::{unreachable, Db, KNOWN_DOWN, PROBE_INTERVAL};
 
 pub use sea_orm_migration::MigratorTrait;
 
@@ -124,17 +127,21 @@ pub async fn status(
 /// Serialises SQLite initialisation (journal mode, migrations) within the process.
 static SQLITE_INIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// How long a call waits for a pool connection by default (`DATABASE_ACQUIRE_TIMEOUT`).
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Opens the database at `url` (creating a SQLite file's directory), and runs `owner`'s
-/// migrations when given. Fails fast: a database that does not answer within a few seconds
-/// is an error, not a hang.
+/// migrations when given. Fails fast: a database that does not answer within
+/// `acquire_timeout` is an error, not a hang.
 pub async fn connect(
     url: &str,
     migrate: Option<Owner>,
+    acquire_timeout: Duration,
 ) -> Result<sea_orm::DatabaseConnection, DbErr> {
     let mut options = options(url)?;
     options
-        .connect_timeout(Duration::from_secs(3))
-        .acquire_timeout(Duration::from_secs(3))
+        .connect_timeout(acquire_timeout)
+        .acquire_timeout(acquire_timeout)
         .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 });
     let db = sea_orm::Database::connect(options).await?;
     let sqlite = url.starts_with("sqlite:");

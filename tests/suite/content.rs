@@ -560,7 +560,7 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
 }
 
 #[tokio::test]
-async fn redis_down_reads_come_from_the_database_and_writes_still_work() {
+async fn redis_down_reads_come_from_the_database_and_writes_wait_for_it() {
     let mut redis = PrivateRedis::start().await;
     let database = harness::fresh_database().await;
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -601,7 +601,9 @@ async fn redis_down_reads_come_from_the_database_and_writes_still_work() {
         .await
         .expect("read without Redis");
     assert_eq!(during.into_inner().title, "before");
-    content
+    // A write must bump content:rev before it commits (see the fault tests): refused, and
+    // nothing written.
+    let refused = content
         .update_content(admin(pb::UpdateContentRequest {
             slug: "sturdy".into(),
             expected_version: 1,
@@ -609,7 +611,8 @@ async fn redis_down_reads_come_from_the_database_and_writes_still_work() {
             ..Default::default()
         }))
         .await
-        .expect("write without Redis");
+        .expect_err("no write without Redis");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
     let after = content
         .get_content(pb::GetContentRequest {
             slug: "sturdy".into(),
@@ -617,7 +620,7 @@ async fn redis_down_reads_come_from_the_database_and_writes_still_work() {
         .await
         .expect("get")
         .into_inner();
-    assert_eq!(after.title, "during the outage");
+    assert_eq!((after.title.as_str(), after.version), ("before", 1));
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod content;
 mod cors;
 mod edge_http;
 mod fake_llm;
+mod faults;
 mod health;
 mod metrics_guard;
 mod migrations;

@@ -15,9 +15,13 @@ async fn table_exists(db: &sea_orm::DatabaseConnection, table: &str) -> bool {
 #[tokio::test]
 async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
     let suite = TestSuite::spawn().await;
-    let db = portico_migrations::connect(&suite.database_url, None)
-        .await
-        .expect("database");
+    let db = portico_migrations::connect(
+        &suite.database_url,
+        None,
+        portico_migrations::DEFAULT_ACQUIRE_TIMEOUT,
+    )
+    .await
+    .expect("database");
     for owner in Owner::ALL {
         let (applied, pending) = portico_migrations::status(&db, owner)
             .await

@@ -256,7 +256,7 @@ impl Accounts {
             .guards
             .reserve(&email, &caller.ip, max, now, window)
             .await
-            .map_err(Error::Internal)?;
+            .map_err(Error::LockoutStore)?;
         let number = match attempt {
             Attempt::Allowed(n) => n,
             Attempt::Refused { until_ms } => {
@@ -274,14 +274,30 @@ impl Accounts {
                 ));
             }
         };
-        let user = self.store.user_by_email(&email).await?;
-        let verified = self
-            .passwords
-            .verify(
-                password.clone(),
-                user.as_ref().map(|u| u.password_hash.clone()),
-            )
-            .await;
+        let checked = async {
+            let user = self.store.user_by_email(&email).await?;
+            let verified = self
+                .passwords
+                .verify(
+                    password.clone(),
+                    user.as_ref().map(|u| u.password_hash.clone()),
+                )
+                .await
+                .map_err(Error::Internal)?;
+            Ok::<_, Error>((user, verified))
+        }
+        .await;
+        let (user, verified) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
+                // Not checked (the account store or the hash pool failed): the attempt must
+                // not count against the owner, or an outage would lock out the right password.
+                if let Err(release) = self.guards.release(&email, &caller.ip).await {
+                    tracing::warn!(error = %release, "login attempt not released");
+                }
+                return Err(error);
+            }
+        };
         let Some(user) = user.filter(|_| verified.ok) else {
             login_failures().inc();
             self.audit("LOGIN_FAILURE", None, Some(&email), caller, None)
@@ -291,7 +307,7 @@ impl Accounts {
                 self.guards
                     .lock(&email, &caller.ip, now, until)
                     .await
-                    .map_err(Error::Internal)?;
+                    .map_err(Error::LockoutStore)?;
                 self.audit("ACCOUNT_LOCKED", None, Some(&email), caller, None)
                     .await;
             }
@@ -300,7 +316,7 @@ impl Accounts {
         self.guards
             .succeeded(&email, &caller.ip)
             .await
-            .map_err(Error::Internal)?;
+            .map_err(Error::LockoutStore)?;
         if self.settings.email_verification_required && !user.email_verified {
             return Err(Error::FailedPrecondition(
                 "verify your email address before logging in".into(),
@@ -406,7 +422,7 @@ impl Accounts {
             self.guards
                 .deny(&claims.jti, now, (claims.exp as i64) * 1000)
                 .await
-                .map_err(Error::Internal)?;
+                .map_err(Error::LockoutStore)?;
         }
         self.audit(
             "TOKEN_REVOKED",
@@ -515,7 +531,7 @@ impl Accounts {
         self.guards
             .deny(jti, now, until)
             .await
-            .map_err(Error::Internal)?;
+            .map_err(Error::LockoutStore)?;
         self.audit(
             "TOKEN_REVOKED",
             None,
@@ -564,7 +580,7 @@ impl Accounts {
             .guards
             .unlock(&email, ip)
             .await
-            .map_err(Error::Internal)?;
+            .map_err(Error::LockoutStore)?;
         tracing::info!(email, ip, cleared, "account unlocked");
         Ok(cleared)
     }

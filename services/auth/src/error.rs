@@ -26,7 +26,10 @@ pub enum Error {
     /// The account store failed or is unreachable.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
-    /// Redis or hashing failed.
+    /// The lockout store (Redis, or the database without Redis) failed or is unreachable.
+    #[error("lockout store: {0}")]
+    LockoutStore(String),
+    /// Hashing or signing failed.
     #[error("{0}")]
     Internal(String),
     /// Keys or settings are unusable at start.
@@ -56,7 +59,11 @@ impl From<Error> for Status {
             }
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
-                Status::unavailable("the account store is unavailable; retry shortly")
+                portico_grpc::unavailable("the account store is unavailable; retry shortly")
+            }
+            Error::LockoutStore(message) => {
+                tracing::error!(%message, "lockout store error");
+                portico_grpc::unavailable("the account store is unavailable; retry shortly")
             }
             Error::Internal(message) => {
                 tracing::error!(%message, "internal error");

@@ -72,8 +72,10 @@ pub async fn serve_with(
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
         storage.migrate_on_boot.then_some(Owner::Auth),
+        storage.database_acquire_timeout,
     )
     .await?;
+    let db = portico_migrations::Db::new(db);
     let store = store::Store::new(db.clone());
     let redis = portico_redis::Redis::connect_optional(
         storage.redis_url.as_ref(),

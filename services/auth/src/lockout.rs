@@ -22,6 +22,14 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {n, 0}
 "#;
 
+/// Gives back an attempt whose password was never checked; never below zero, never a key
+/// without its TTL.
+const RELEASE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"#;
+
 /// The outcome of reserving an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -35,7 +43,11 @@ pub enum Attempt {
 #[derive(Debug, Clone)]
 pub enum Guards {
     /// Redis (shared by replicas, the operators' keys).
-    Redis { redis: Redis, reserve: Script },
+    Redis {
+        redis: Redis,
+        reserve: Script,
+        release: Script,
+    },
     /// The auth database.
     Database(Store),
 }
@@ -45,6 +57,17 @@ impl Guards {
         Self::Redis {
             redis,
             reserve: Script::from_lua(RESERVE),
+            release: Script::from_lua(RELEASE),
+        }
+    }
+
+    /// Fails at once while Redis is known down, instead of waiting out a command timeout.
+    fn reachable(&self) -> Result<(), String> {
+        match self {
+            Guards::Redis { redis, .. } if !redis.is_up() => {
+                Err("redis unreachable (known down until the next successful probe)".into())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -57,8 +80,9 @@ impl Guards {
         now: i64,
         window_ms: i64,
     ) -> Result<Attempt, String> {
+        self.reachable()?;
         let (n, locked_until) = match self {
-            Guards::Redis { redis, reserve } => {
+            Guards::Redis { redis, reserve, .. } => {
                 let keys = vec![
                     redis.key(&attempt_key(email, ip)),
                     redis.key(&lockout_key(email, ip)),
@@ -70,7 +94,7 @@ impl Guards {
                         vec![now.to_string(), window_ms.to_string()],
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| failed(redis, &e))?;
                 match reply[..] {
                     [-1, until] => return Ok(Attempt::Refused { until_ms: until }),
                     [n, _] => (n, None),
@@ -105,8 +129,30 @@ impl Guards {
         Ok(Attempt::Allowed(n))
     }
 
+    /// Gives back a reserved attempt that could not be checked (the account store or the
+    /// hash pool failed): only a verified wrong password may count against the owner.
+    pub async fn release(&self, email: &str, ip: &str) -> Result<(), String> {
+        self.reachable()?;
+        match self {
+            Guards::Redis { redis, release, .. } => release
+                .evalsha_with_reload::<i64, _, _>(
+                    redis.client(),
+                    vec![redis.key(&attempt_key(email, ip))],
+                    Vec::<String>::new(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| failed(redis, &e)),
+            Guards::Database(store) => store
+                .release_attempt(email, ip)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Locks `email`+`ip` until `until_ms`.
     pub async fn lock(&self, email: &str, ip: &str, now: i64, until_ms: i64) -> Result<(), String> {
+        self.reachable()?;
         match self {
             Guards::Redis { redis, .. } => {
                 let ttl = (until_ms - now).max(1);
@@ -120,15 +166,15 @@ impl Guards {
                         false,
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| failed(redis, &e))?;
                 redis
                     .client()
                     .del::<(), _>(redis.key(&attempt_key(email, ip)))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| failed(redis, &e))
             }
             Guards::Database(store) => store
-                .lock(email, ip, until_ms)
+                .lock(email, ip, now, until_ms)
                 .await
                 .map_err(|e| e.to_string()),
         }
@@ -136,12 +182,13 @@ impl Guards {
 
     /// Forgets the attempts (a successful login).
     pub async fn succeeded(&self, email: &str, ip: &str) -> Result<(), String> {
+        self.reachable()?;
         match self {
             Guards::Redis { redis, .. } => redis
                 .client()
                 .del::<(), _>(redis.key(&attempt_key(email, ip)))
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| failed(redis, &e)),
             Guards::Database(store) => store
                 .clear_attempts(email, Some(ip))
                 .await
@@ -152,6 +199,7 @@ impl Guards {
 
     /// Removes lockouts and attempts of `email` (one IP, or all); returns entries removed.
     pub async fn unlock(&self, email: &str, ip: Option<&str>) -> Result<u32, String> {
+        self.reachable()?;
         let removed = match self {
             Guards::Redis { redis, .. } => match ip {
                 Some(ip) => redis
@@ -161,7 +209,7 @@ impl Guards {
                         redis.key(&attempt_key(email, ip)),
                     ])
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| failed(redis, &e))?,
                 None => {
                     let mut removed = 0;
                     for prefix in [
@@ -171,7 +219,7 @@ impl Guards {
                         removed += redis
                             .unlink_prefix(&prefix)
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| failed(redis, &e))?;
                     }
                     removed
                 }
@@ -186,6 +234,7 @@ impl Guards {
 
     /// Denylists `jti` until `expires_at_ms`.
     pub async fn deny(&self, jti: &str, now: i64, expires_at_ms: i64) -> Result<(), String> {
+        self.reachable()?;
         let ttl = (expires_at_ms - now).max(1);
         match self {
             Guards::Redis { redis, .. } => redis
@@ -198,7 +247,7 @@ impl Guards {
                     false,
                 )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| failed(redis, &e)),
             Guards::Database(store) => store
                 .deny(jti, expires_at_ms)
                 .await
@@ -208,16 +257,23 @@ impl Guards {
 
     /// Whether `jti` is denylisted (also by an operator's `redis-cli setex`).
     pub async fn is_denied(&self, jti: &str, now: i64) -> Result<bool, String> {
+        self.reachable()?;
         match self {
             Guards::Redis { redis, .. } => redis
                 .client()
                 .exists::<u32, _>(redis.key(&denylist_key(jti)))
                 .await
                 .map(|n| n > 0)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| failed(redis, &e)),
             Guards::Database(store) => store.is_denied(jti, now).await.map_err(|e| e.to_string()),
         }
     }
+}
+
+/// Marks Redis down after a failed command (the next calls fail fast) and says why.
+fn failed(redis: &Redis, error: &Error) -> String {
+    redis.mark_down(error);
+    error.to_string()
 }
 
 fn attempt_key(email: &str, ip: &str) -> String {

@@ -148,7 +148,13 @@ impl Passwords {
 
     /// Verifies `password` against `stored`, or against the dummy hash when `stored` is `None`
     /// (same cost, always false).
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Verified {
+    /// Checks `password` against `stored` (a dummy hash when there is no account, so timing
+    /// does not tell). An error means the password could not be checked at all.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<Verified, String> {
         let unknown = stored.is_none();
         let stored = stored.unwrap_or_else(|| self.dummy.to_string());
         let params = self.params.clone();
@@ -173,15 +179,11 @@ impl Passwords {
                     || weaker("p", params.p_cost());
                 Verified { ok, needs_rehash }
             })
-            .await
-            .unwrap_or(Verified {
-                ok: false,
-                needs_rehash: false,
-            });
-        Verified {
+            .await?;
+        Ok(Verified {
             ok: outcome.ok && !unknown,
             needs_rehash: outcome.needs_rehash,
-        }
+        })
     }
 }
 
@@ -212,22 +214,36 @@ mod tests {
         assert_eq!(
             passwords
                 .verify("correct horse".into(), Some(hash.clone()))
-                .await,
+                .await
+                .expect("checked"),
             Verified {
                 ok: true,
                 needs_rehash: false
             }
         );
-        assert!(!passwords.verify("wrong horse".into(), Some(hash)).await.ok);
         assert!(
-            !passwords.verify("anything".into(), None).await.ok,
+            !passwords
+                .verify("wrong horse".into(), Some(hash))
+                .await
+                .expect("checked")
+                .ok
+        );
+        assert!(
+            !passwords
+                .verify("anything".into(), None)
+                .await
+                .expect("checked")
+                .ok,
             "the dummy never matches"
         );
 
         let weak_params = Params::new(8 * 1024, 1, 1, None).expect("params");
         let weak = hash_blocking(&weak_params, "correct horse").expect("hash");
         assert_eq!(
-            passwords.verify("correct horse".into(), Some(weak)).await,
+            passwords
+                .verify("correct horse".into(), Some(weak))
+                .await
+                .expect("checked"),
             Verified {
                 ok: true,
                 needs_rehash: true

@@ -3,7 +3,8 @@
 //! token is spent by `UPDATE … WHERE spent_at IS NULL` (one winner), a verification token
 //! likewise, and a family counts as revoked as soon as any of its rows is.
 
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, QueryResult, Statement, Value};
+use portico_migrations::Db;
+use sea_orm::{DbErr, QueryResult, Value};
 
 /// An account row.
 #[derive(Debug, Clone)]
@@ -29,28 +30,20 @@ pub struct RefreshRow {
 /// Database access.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    db: Db,
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Db) -> Self {
         Self { db }
     }
 
-    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
-        portico_migrations::statement(&self.db, sql, values)
-    }
-
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
-        Ok(self
-            .db
-            .execute(self.statement(sql, values))
-            .await?
-            .rows_affected())
+        Ok(self.db.execute(sql, values).await?.rows_affected())
     }
 
     async fn one(&self, sql: &str, values: Vec<Value>) -> Result<Option<QueryResult>, DbErr> {
-        self.db.query_one(self.statement(sql, values)).await
+        self.db.query_one(sql, values).await
     }
 
     // ---- users
@@ -265,7 +258,8 @@ impl Store {
     // ---- lockouts (without Redis)
 
     /// Reserves one login attempt for `email`+`ip` within the window; returns the attempt's
-    /// number and the lockout end if one is active. Atomic: one statement per step.
+    /// number and the lockout end if one is active. One upsert, so it cannot race a
+    /// concurrent success that deletes the row (the row is created or updated, never missed).
     pub async fn reserve_attempt(
         &self,
         email: &str,
@@ -273,31 +267,38 @@ impl Store {
         now: i64,
         window_ms: i64,
     ) -> Result<(i64, Option<i64>), DbErr> {
-        self.execute(
-            "INSERT INTO lockouts (email, ip, failures, window_started_at) VALUES (?, ?, 0, ?) ON CONFLICT (email, ip) DO NOTHING",
-            vec![email.into(), ip.into(), now.into()],
-        )
-        .await?;
+        let window_start = now - window_ms;
         let row = self
             .one(
-                "UPDATE lockouts SET \
-                 failures = CASE WHEN window_started_at <= ? THEN 1 ELSE failures + 1 END, \
-                 window_started_at = CASE WHEN window_started_at <= ? THEN ? ELSE window_started_at END \
-                 WHERE email = ? AND ip = ? RETURNING failures, locked_until",
+                "INSERT INTO lockouts (email, ip, failures, window_started_at) VALUES (?, ?, 1, ?) \
+                 ON CONFLICT (email, ip) DO UPDATE SET \
+                 failures = CASE WHEN lockouts.window_started_at <= ? THEN 1 ELSE lockouts.failures + 1 END, \
+                 window_started_at = CASE WHEN lockouts.window_started_at <= ? THEN ? ELSE lockouts.window_started_at END \
+                 RETURNING failures, locked_until",
                 vec![
-                    (now - window_ms).into(),
-                    (now - window_ms).into(),
-                    now.into(),
                     email.into(),
                     ip.into(),
+                    now.into(),
+                    window_start.into(),
+                    window_start.into(),
+                    now.into(),
                 ],
             )
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("lockouts".into()))?;
-        Ok((
-            row.try_get("", "failures")?,
-            row.try_get("", "locked_until")?,
-        ))
+        // `failures` is INTEGER: INT4 on PostgreSQL, so it decodes as i32 there.
+        let failures: i32 = row.try_get("", "failures")?;
+        Ok((i64::from(failures), row.try_get("", "locked_until")?))
+    }
+
+    /// Gives back an attempt that was reserved but never checked (the check failed).
+    pub async fn release_attempt(&self, email: &str, ip: &str) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE lockouts SET failures = failures - 1 WHERE email = ? AND ip = ? AND failures > 0",
+            vec![email.into(), ip.into()],
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn locked_until(&self, email: &str, ip: &str) -> Result<Option<i64>, DbErr> {
@@ -312,10 +313,12 @@ impl Store {
             .flatten())
     }
 
-    pub async fn lock(&self, email: &str, ip: &str, until: i64) -> Result<(), DbErr> {
+    pub async fn lock(&self, email: &str, ip: &str, now: i64, until: i64) -> Result<(), DbErr> {
+        // An upsert: a concurrent success may have deleted the row since the attempt.
         self.execute(
-            "UPDATE lockouts SET locked_until = ?, failures = 0 WHERE email = ? AND ip = ?",
-            vec![until.into(), email.into(), ip.into()],
+            "INSERT INTO lockouts (email, ip, failures, window_started_at, locked_until) VALUES (?, ?, 0, ?, ?) \
+             ON CONFLICT (email, ip) DO UPDATE SET locked_until = excluded.locked_until, failures = 0",
+            vec![email.into(), ip.into(), now.into(), until.into()],
         )
         .await
         .map(|_| ())

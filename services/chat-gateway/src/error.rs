@@ -35,7 +35,7 @@ impl From<Error> for Status {
         match error {
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
-                Status::unavailable("the provider store is unavailable; retry shortly")
+                portico_grpc::unavailable("the provider store is unavailable; retry shortly")
             }
             other => Status::internal(other.to_string()),
         }

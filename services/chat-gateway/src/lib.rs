@@ -67,8 +67,10 @@ pub async fn serve_with(
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
         storage.migrate_on_boot.then_some(Owner::Chat),
+        storage.database_acquire_timeout,
     )
     .await?;
+    let db = portico_migrations::Db::new(db);
     let store = store::Store::new(db.clone());
     store.register(&specs).await?;
     let gateway = Arc::new(gateway::Gateway::new(

@@ -2,7 +2,8 @@
 //! the table keeps what operators change at runtime — priority and enabled — so a change made
 //! through the admin route reaches every replica and survives restarts.
 
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, Value};
+use portico_migrations::Db;
+use sea_orm::{DbErr, Value};
 
 use crate::providers::Spec;
 
@@ -17,7 +18,7 @@ pub struct Runtime {
 /// The provider store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    db: Db,
 }
 
 fn now_ms() -> i64 {
@@ -27,7 +28,7 @@ fn now_ms() -> i64 {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Db) -> Self {
         Self { db }
     }
 
@@ -52,9 +53,7 @@ impl Store {
                 now.into(),
                 now.into(),
             ];
-            self.db
-                .execute(portico_migrations::statement(&self.db, sql, values))
-                .await?;
+            self.db.execute(sql, values).await?;
         }
         Ok(())
     }
@@ -63,11 +62,10 @@ impl Store {
     pub async fn runtime(&self) -> Result<Vec<Runtime>, DbErr> {
         let rows = self
             .db
-            .query_all(portico_migrations::statement(
-                &self.db,
+            .query_all(
                 "SELECT name, priority, enabled FROM llm_providers",
                 Vec::new(),
-            ))
+            )
             .await?;
         rows.iter()
             .map(|r| {
@@ -84,8 +82,7 @@ impl Store {
     pub async fn set(&self, runtime: &Runtime) -> Result<bool, DbErr> {
         let result = self
             .db
-            .execute(portico_migrations::statement(
-                &self.db,
+            .execute(
                 "UPDATE llm_providers SET priority = ?, enabled = ?, updated_at = ? WHERE name = ?",
                 vec![
                     runtime.priority.into(),
@@ -93,7 +90,7 @@ impl Store {
                     now_ms().into(),
                     runtime.name.clone().into(),
                 ],
-            ))
+            )
             .await?;
         Ok(result.rows_affected() == 1)
     }

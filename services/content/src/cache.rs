@@ -8,7 +8,9 @@
 //! also covers the classic race of a reader that filled the cache with a row it read just before
 //! the write. The `content:invalidate` channel still tells every replica to drop its L1 at once,
 //! which frees memory and spares the rev comparison a lookup. Without Redis, L1 alone (one replica).
-//! With Redis down, reads go to the database (the cache reports degraded) and writes still work.
+//! With Redis down, reads go to the database (the cache reports degraded) and writes are
+//! refused (UNAVAILABLE, nothing written): a write must bump `content:rev` before it commits,
+//! or a Redis that comes back with its data would make what it replaced look current.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -194,18 +196,38 @@ impl Cache {
         Ok(bytes)
     }
 
-    /// After a write of `slug`: a new rev (every cached value is now stale everywhere),
-    /// delete the Redis keys, tell every replica to drop its L1.
+    /// Before a write: a new `content:rev`, or the write must not happen. A write whose
+    /// invalidation cannot be recorded in Redis would leave every replica's copies (and, once
+    /// a Redis that kept its data is back, the Redis entries) looking current: so while Redis
+    /// is configured but unreachable, writes fail with UNAVAILABLE and nothing is written.
+    pub async fn begin_write(&self) -> Result<(), WriteRefused> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        if !redis.is_up() {
+            return Err(WriteRefused);
+        }
+        match set_new_rev(redis).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                tracing::error!(%error, "content write refused: content:rev could not be bumped");
+                redis.mark_down(&error);
+                Err(WriteRefused)
+            }
+        }
+    }
+
+    /// After a write of `slug`: a new rev again (a reader that filled between
+    /// [`Cache::begin_write`] and the commit tagged the old row with the first one), delete
+    /// the Redis keys, tell every replica to drop its L1. If Redis fails here, the bump is
+    /// retried in the background until it lands.
     pub async fn invalidate(&self, slug: &str) {
         self.revision.bump();
         self.l1.clear();
         let Some(redis) = &self.redis else { return };
-        let client = redis.client();
         let outcome: Result<(), Error> = async {
-            let rev = uuid::Uuid::new_v4().into_bytes().to_vec();
-            client
-                .set::<(), _, _>(redis.key("content:rev"), rev, None, None, false)
-                .await?;
+            set_new_rev(redis).await?;
+            let client = redis.client();
             client
                 .del::<u64, _>(redis.key(&format!("content:{slug}")))
                 .await?;
@@ -217,11 +239,41 @@ impl Cache {
         }
         .await;
         if let Err(error) = outcome {
-            // The database is the truth; other replicas stop trusting their L1 while Redis is
-            // unreachable, so the write still stands.
+            tracing::error!(%error, slug, "content:rev bump after a write failed; retrying until it lands");
             redis.mark_down(&error);
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                let mut up = redis.subscribe();
+                loop {
+                    // Wait for the probe to see Redis back, then bump; the rev check does the
+                    // rest (entries are dropped by their TTL).
+                    if up.wait_for(|up| *up).await.is_err() {
+                        return;
+                    }
+                    match set_new_rev(&redis).await {
+                        Ok(()) => {
+                            tracing::info!("owed content:rev bump done");
+                            return;
+                        }
+                        Err(error) => redis.mark_down(&error),
+                    }
+                }
+            });
         }
     }
+}
+
+/// A content write refused because `content:rev` cannot be bumped (Redis unreachable).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteRefused;
+
+/// Sets `content:rev` to a new random value: every cached value is stale everywhere.
+async fn set_new_rev(redis: &Redis) -> Result<(), Error> {
+    let rev = uuid::Uuid::new_v4().into_bytes().to_vec();
+    redis
+        .client()
+        .set::<(), _, _>(redis.key("content:rev"), rev, None, None, false)
+        .await
 }
 
 /// Follows `content:invalidate` and drops this replica's L1 on every message, reconnecting

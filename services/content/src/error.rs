@@ -26,6 +26,9 @@ pub enum Error {
     /// The content store failed or is unreachable.
     #[error("database: {0}")]
     Database(#[from] sea_orm::DbErr),
+    /// A write refused because its cache invalidation cannot be recorded (Redis down).
+    #[error("the content cache is unreachable")]
+    CacheUnavailable,
     /// Settings unusable at start.
     #[error("{0}")]
     Config(String),
@@ -43,6 +46,12 @@ impl From<portico_tokens::AdminRefusal> for Error {
     }
 }
 
+impl From<crate::cache::WriteRefused> for Error {
+    fn from(_: crate::cache::WriteRefused) -> Self {
+        Error::CacheUnavailable
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
@@ -54,8 +63,11 @@ impl From<Error> for Status {
             Error::Aborted(m) => Status::aborted(m),
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
-                Status::unavailable("the content store is unavailable; retry shortly")
+                portico_grpc::unavailable("the content store is unavailable; retry shortly")
             }
+            Error::CacheUnavailable => portico_grpc::unavailable(
+                "content writes are paused while the content cache is unreachable; retry shortly",
+            ),
             Error::Config(m) => Status::internal(m),
             Error::Serve(error) => Status::internal(error.to_string()),
         }

@@ -255,6 +255,7 @@ impl ContentService for ContentGrpc {
             status,
             ..Default::default()
         };
+        self.cache.begin_write().await.map_err(Error::from)?;
         match self.store.insert(&content, now_ms()).await {
             Ok(()) => {}
             Err(error)
@@ -298,6 +299,7 @@ impl ContentService for ContentGrpc {
             status,
             ..Default::default()
         };
+        self.cache.begin_write().await.map_err(Error::from)?;
         if !self
             .store
             .update(&content, r.expected_version, now_ms())
@@ -322,6 +324,7 @@ impl ContentService for ContentGrpc {
         self.admin(&request).await?;
         let slug = request.into_inner().slug;
         check_slug(&slug)?;
+        self.cache.begin_write().await.map_err(Error::from)?;
         if !self.store.delete(&slug).await.map_err(Error::from)? {
             return Err(Error::NotFound(format!("no content `{slug}`")).into());
         }

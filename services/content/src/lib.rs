@@ -33,8 +33,10 @@ pub async fn serve(
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
         storage.migrate_on_boot.then_some(Owner::Content),
+        storage.database_acquire_timeout,
     )
     .await?;
+    let db = portico_migrations::Db::new(db);
     let redis = portico_redis::Redis::connect_optional(
         storage.redis_url.as_ref(),
         &storage.redis_key_prefix,

@@ -2,8 +2,9 @@
 //! expected version (optimistic concurrency), lists are keyset-paginated (stable while rows are
 //! inserted).
 
+use portico_migrations::Db;
 use portico_proto::content as pb;
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, QueryResult, Value};
+use sea_orm::{DbErr, QueryResult, Value};
 
 /// A page position: the last item's sort key and id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +16,7 @@ pub struct Position {
 /// The content store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    db: Db,
 }
 
 const COLUMNS: &str =
@@ -64,23 +65,16 @@ fn row(r: &QueryResult) -> Result<Row, DbErr> {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Db) -> Self {
         Self { db }
     }
 
     async fn execute(&self, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
-        Ok(self
-            .db
-            .execute(portico_migrations::statement(&self.db, sql, values))
-            .await?
-            .rows_affected())
+        Ok(self.db.execute(sql, values).await?.rows_affected())
     }
 
     async fn all(&self, sql: &str, values: Vec<Value>) -> Result<Vec<Row>, DbErr> {
-        let rows = self
-            .db
-            .query_all(portico_migrations::statement(&self.db, sql, values))
-            .await?;
+        let rows = self.db.query_all(sql, values).await?;
         rows.iter().map(row).collect()
     }
 

@@ -19,6 +19,8 @@ pub const DEFAULT_CHAT_ADDR: &str = "127.0.0.1:50053";
 pub const DEFAULT_RATELIMIT_ADDR: &str = "127.0.0.1:50054";
 /// Default database: a SQLite file under `./data/`, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/portico.db?mode=rwc";
+/// Default `DATABASE_ACQUIRE_TIMEOUT`.
+pub const DEFAULT_DATABASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest request body the edge accepts (DESIGN §4).
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Longest a graceful drain may take before the process exits anyway.
@@ -91,6 +93,9 @@ pub struct Storage {
     pub redis_key_prefix: String,
     /// `MIGRATE_ON_BOOT`.
     pub migrate_on_boot: bool,
+    /// `DATABASE_ACQUIRE_TIMEOUT`: how long a call waits for a pool connection (and a new
+    /// connection for its handshake) before it fails with 503.
+    pub database_acquire_timeout: Duration,
 }
 
 /// Logs and traces.
@@ -342,6 +347,11 @@ fn read_storage(r: &mut Reader<'_>) -> Storage {
         ratelimit_redis_url: ratelimit_redis_url.map(SecretString::from),
         redis_key_prefix: r.string("REDIS_KEY_PREFIX", ""),
         migrate_on_boot: r.bool("MIGRATE_ON_BOOT", true),
+        database_acquire_timeout: r.duration(
+            "DATABASE_ACQUIRE_TIMEOUT",
+            DEFAULT_DATABASE_ACQUIRE_TIMEOUT,
+            Unit::Seconds,
+        ),
     }
 }
 

@@ -30,7 +30,19 @@ pub enum ServeError {
 }
 
 /// How often a service's database is pinged for its health status.
-pub const DATABASE_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+pub const DATABASE_PROBE_INTERVAL: Duration = portico_migrations::PROBE_INTERVAL;
+
+/// UNAVAILABLE for a dependency that is down, with a `retry-after` (seconds) of one probe
+/// interval: the edge turns it into `503` + `Retry-After`, and the call fails fast until the
+/// background probe sees the dependency back.
+pub fn unavailable(message: impl Into<String>) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(message);
+    status.metadata_mut().insert(
+        "retry-after",
+        tonic::metadata::MetadataValue::from(DATABASE_PROBE_INTERVAL.as_secs().max(1)),
+    );
+    status
+}
 
 /// The health name Kubernetes' liveness probe asks: SERVING as long as the process answers.
 pub const LIVENESS: &str = "liveness";
@@ -76,15 +88,16 @@ impl Health {
     }
 
     /// [`Health::watch_dependency`] on the service's database: a ping every
-    /// [`DATABASE_PROBE_INTERVAL`].
+    /// [`DATABASE_PROBE_INTERVAL`], which also tells the service's calls when the database
+    /// is back after they started failing fast.
     pub fn watch_database(
         &self,
-        db: sea_orm::DatabaseConnection,
+        db: portico_migrations::Db,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         self.watch_dependency("database", DATABASE_PROBE_INTERVAL, shutdown, move || {
             let db = db.clone();
-            async move { db.ping().await.is_ok() }
+            async move { db.probe(DATABASE_PROBE_INTERVAL).await }
         })
     }
 
