@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Accounts in DATABASE_URL: admin provisioning out of band.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Database migrations of DATABASE_URL.
     Migrate {
         #[command(subcommand)]
@@ -58,6 +63,20 @@ enum KeysAction {
         /// Where to write it; refuses to overwrite an existing file.
         #[arg(long)]
         out: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersAction {
+    /// Give the account with this email the admin role (its next login or refresh carries it).
+    GrantAdmin {
+        /// The account's email.
+        email: String,
+    },
+    /// Take the admin role away (tokens already issued keep it until they expire).
+    RevokeAdmin {
+        /// The account's email.
+        email: String,
     },
 }
 
@@ -146,6 +165,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::ChatGateway => "chat-gateway",
         Command::Ratelimit => "ratelimit",
         Command::Migrate { .. } => "migrate",
+        Command::Users { .. } => "users",
         Command::Keys { .. } => "keys",
     };
     let telemetry = match portico_telemetry::init(component, &settings.telemetry) {
@@ -196,6 +216,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Migrate { action, service } => {
             migrate(&settings, action, service).await?;
             true
+        }
+        Command::Users { action } => {
+            let (email, admin) = match &action {
+                UsersAction::GrantAdmin { email } => (email, true),
+                UsersAction::RevokeAdmin { email } => (email, false),
+            };
+            let found = portico_auth::set_admin(&settings, email, admin).await?;
+            if found {
+                say(format_args!(
+                    "{email}: role {}",
+                    if admin { "admin" } else { "user" }
+                ));
+            } else {
+                eprintln!("portico users: no account has the email {email}");
+            }
+            found
         }
         Command::Keys { .. } => true,
     };

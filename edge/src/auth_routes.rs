@@ -52,8 +52,9 @@ struct RevokeBody {
     user_id: Option<String>,
 }
 
+/// Tokens: never stored by any cache (RFC 6749 §5.1).
 fn token_pair(pair: pb::TokenPair) -> Response {
-    response::json_response(
+    let mut response = response::json_response(
         StatusCode::OK,
         &json!({
             "accessToken": pair.access_token,
@@ -61,7 +62,17 @@ fn token_pair(pair: pb::TokenPair) -> Response {
             "tokenType": pair.token_type,
             "expiresIn": pair.expires_in,
         }),
-    )
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        http::header::PRAGMA,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
 }
 
 impl Edge {

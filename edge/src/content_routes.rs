@@ -24,6 +24,8 @@ use crate::{
 
 /// How long browsers and CDNs may reuse a public read without asking.
 const PUBLIC_MAX_AGE: &str = "public, max-age=30";
+/// A read made with credentials (an admin sees drafts): nobody else may be served it.
+const PRIVATE: &str = "private, no-store";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +129,16 @@ fn cacheable(
         HeaderValue::from_static(cache_control),
     );
     response
+}
+
+/// `Cache-Control` of a public read: public without credentials, private with them (what an
+/// admin key or token sees may include drafts).
+fn read_cache_control(headers: &HeaderMap) -> &'static str {
+    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-admin-key") {
+        PRIVATE
+    } else {
+        PUBLIC_MAX_AGE
+    }
 }
 
 /// A public item as the edge keeps it: the revision of the content service it was read under,
@@ -245,14 +257,18 @@ impl Edge {
                 }
                 let body = Bytes::from(body.to_string());
                 let etag = etag_of(&body);
-                Ok(cacheable(&headers, body, PUBLIC_MAX_AGE, &etag))
+                Ok(cacheable(
+                    &headers,
+                    body,
+                    read_cache_control(&headers),
+                    &etag,
+                ))
             }
             Handler::ContentGet => {
                 // An anonymous read may be served from the edge's copy when no write happened
                 // since it was read. The revision is read before the fetch, so a fetch that
                 // raced a write is never served.
-                let anonymous = !headers.contains_key(header::AUTHORIZATION)
-                    && !headers.contains_key("x-admin-key");
+                let anonymous = read_cache_control(&headers) == PUBLIC_MAX_AGE;
                 let revision = if anonymous {
                     self.content_revision().await
                 } else {
@@ -284,6 +300,7 @@ impl Edge {
                 )?;
                 let body = Bytes::from(to_json(&item).to_string());
                 let etag = etag_of(&body);
+                // Only an anonymous read has a revision: a credentialed one is never kept.
                 if let Some(revision) = revision {
                     self.inner.content_cache.insert(
                         request_slug,
@@ -294,7 +311,12 @@ impl Edge {
                         }),
                     );
                 }
-                Ok(cacheable(&headers, body, PUBLIC_MAX_AGE, &etag))
+                Ok(cacheable(
+                    &headers,
+                    body,
+                    read_cache_control(&headers),
+                    &etag,
+                ))
             }
             Handler::AdminContentCreate => {
                 let b: CreateBody = parse_json(&read_body(body).await?)?;

@@ -8,12 +8,9 @@ use tonic::Code;
 
 use crate::response::{json_response, Response};
 
-/// Metadata key the services set to refine the HTTP mapping of an error.
-pub const ERROR_REASON_KEY: &str = "x-portico-error";
-/// Reason: every LLM provider failed or its circuit is open → 502.
-pub const REASON_LLM_UNAVAILABLE: &str = "llm-unavailable";
-/// Reason: the LLM call timed out → 504.
-pub const REASON_LLM_TIMEOUT: &str = "llm-timeout";
+pub use portico_proto::{
+    ERROR_REASON_KEY, REASON_LLM_TIMEOUT, REASON_LLM_UNAVAILABLE, REASON_OVERLOADED,
+};
 
 /// The HTTP status of a gRPC code (grpc-gateway's table).
 pub fn http_status(code: Code) -> StatusCode {
@@ -91,6 +88,12 @@ impl ApiError {
             {
                 format!("the {service} service is unavailable")
             }
+            // Any other failure of the call itself (an HTTP/2 error, a header the peer refused)
+            // says something about the edge's plumbing, nothing the caller can act on.
+            _ if std::error::Error::source(status).is_some() => {
+                tracing::warn!(%status, service, "backend call failed");
+                format!("the call to the {service} service failed")
+            }
             _ => status.message().to_owned(),
         };
         let mut error = Self::new(status.code(), message);
@@ -98,6 +101,7 @@ impl ApiError {
         match reason {
             Some(REASON_LLM_UNAVAILABLE) => error.with_status(StatusCode::BAD_GATEWAY),
             Some(REASON_LLM_TIMEOUT) => error.with_status(StatusCode::GATEWAY_TIMEOUT),
+            Some(REASON_OVERLOADED) => error.with_status(StatusCode::SERVICE_UNAVAILABLE),
             _ => error,
         }
     }
@@ -204,6 +208,18 @@ mod tests {
             ApiError::from_status(&status, "chat").status(),
             StatusCode::GATEWAY_TIMEOUT
         );
+
+        // A saturated service (RESOURCE_EXHAUSTED marked `overloaded`) is 503, not 429.
+        let mut status = tonic::Status::resource_exhausted("busy");
+        status
+            .metadata_mut()
+            .insert(ERROR_REASON_KEY, REASON_OVERLOADED.parse().expect("ascii"));
+        status
+            .metadata_mut()
+            .insert("retry-after", "1".parse().expect("ascii"));
+        let error = ApiError::from_status(&status, "auth");
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.retry_after, Some(1));
 
         // Without the marker an UNAVAILABLE service is the usual 503.
         let status = tonic::Status::unavailable("");

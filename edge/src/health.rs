@@ -228,8 +228,29 @@ async fn check_cache(edge: &Edge, timeout: Duration) -> Check {
     }
 }
 
-/// Runs every readiness check at once and aggregates them.
+/// How long one readiness aggregate answers every `/readyz`: a flood of probes costs the
+/// backends one round of checks per second, not one per request.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness aggregate and when it was taken. Callers arriving while it is being
+/// taken wait for it (the lock is held meanwhile) instead of starting their own.
+pub(crate) type ReadinessCache = tokio::sync::Mutex<Option<(Instant, StatusCode, Value)>>;
+
+/// Readiness, from the aggregate of the last second when there is one.
 pub async fn readiness(edge: &Edge, context: &RequestContext) -> (StatusCode, Value) {
+    let mut cached = edge.inner.readiness.lock().await;
+    if let Some((taken, status, body)) = cached.as_ref() {
+        if taken.elapsed() < READINESS_TTL {
+            return (*status, body.clone());
+        }
+    }
+    let (status, body) = check_everything(edge, context).await;
+    *cached = Some((Instant::now(), status, body.clone()));
+    (status, body)
+}
+
+/// Runs every readiness check at once and aggregates them.
+async fn check_everything(edge: &Edge, context: &RequestContext) -> (StatusCode, Value) {
     let timeout = edge.inner.settings.health_check_timeout;
     let backends = edge.inner.backends.all();
     let backend_checks = join_all(backends.iter().map(|b| async move {

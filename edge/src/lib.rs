@@ -41,6 +41,13 @@ const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
 const CONTENT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most public items the edge keeps.
 const CONTENT_CACHE_CAPACITY: usize = 10_000;
+/// The request headers the edge forwards into gRPC metadata, as they are (`Authorization`,
+/// `X-Admin-Key`) or through the trace propagator (`traceparent`, `tracestate`): each is capped
+/// at `EDGE_MAX_FORWARDED_HEADER_BYTES`, so one caller's oversized header is that caller's 401
+/// or 431, never an HTTP/2 error on a connection other callers share.
+const FORWARDED_HEADERS: [&str; 4] = ["authorization", "x-admin-key", "traceparent", "tracestate"];
+/// Headers that carry credentials: responses to requests with them are private.
+const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-admin-key"];
 /// Added to `LLM_TIMEOUT` for the edge's deadline on a chat call, so the gateway's own timeout (a
 /// clear 504) fires first.
 const CHAT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -99,6 +106,8 @@ impl Edge {
     ) -> Result<Self, EdgeError> {
         let database = portico_migrations::Db::new(
             portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
+    /// The last readiness aggregate (see `health::readiness`).
+    readiness: health::ReadinessCache,
         );
         health::watch_database(database.clone(), shutdown.clone());
         let redis = portico_redis::Redis::connect_optional(
@@ -173,6 +182,7 @@ impl Edge {
         };
         let span = tracing::info_span!(
             "http.request",
+                readiness: health::ReadinessCache::default(),
             otel.name = %format!("{method} {route_label}"),
             otel.kind = "server",
             http.request.method = %method,
@@ -212,6 +222,9 @@ impl Edge {
             .apply(&request_headers, response.headers_mut(), preflight);
         if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
+        let credentials = CREDENTIAL_HEADERS
+            .iter()
+            .any(|name| request_headers.contains_key(*name));
         }
         let http_metrics = metrics::http();
         http_metrics
@@ -234,6 +247,25 @@ impl Edge {
 
     async fn route<B>(
         &self,
+        let headers = response.headers_mut();
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if credentials {
+            // What a caller with credentials sees may be theirs alone (an admin's drafts, their
+            // account): no shared cache may keep it, and none may answer it to anyone else.
+            if !headers.contains_key(header::CACHE_CONTROL) {
+                headers.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                );
+            }
+            headers.append(
+                header::VARY,
+                HeaderValue::from_static("Authorization, X-Admin-Key"),
+            );
+        }
         request: http::Request<B>,
         peer: SocketAddr,
         matched: routes::Match,
@@ -275,6 +307,12 @@ impl Edge {
                 .into_response(correlation_id);
             }
         };
+        if let Err(error) = check_forwarded_headers(
+            request.headers(),
+            self.inner.settings.max_forwarded_header_bytes,
+        ) {
+            return error.into_response(correlation_id);
+        }
         if self.inner.settings.maintenance_mode && !route.handler.is_operational() {
             return ApiError::new(Code::Unavailable, "Portico is in maintenance; retry later")
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
@@ -287,7 +325,8 @@ impl Edge {
         );
         let mut granted: Option<portico_limiter::Decision> = None;
         if !route.handler.is_operational() {
-            let ip = client_ip.to_string();
+            // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
+            let ip = portico_limiter::client_network(client_ip);
             let limiter = &self.inner.limiter;
             let extra = route.handler.extra_policy();
             let bearer = request.headers().contains_key(http::header::AUTHORIZATION);
@@ -577,6 +616,29 @@ pub(crate) fn finish<T>(
         method,
         result
             .as_ref()
+/// Refuses a forwarded header larger than `max` bytes: 401 for `Authorization` (no token is
+/// that large), 431 for the others.
+fn check_forwarded_headers(headers: &http::HeaderMap, max: usize) -> Result<(), ApiError> {
+    for name in FORWARDED_HEADERS {
+        let largest = headers.get_all(name).iter().map(HeaderValue::len).max();
+        if largest.is_some_and(|len| len > max) {
+            return Err(if name == "authorization" {
+                ApiError::new(
+                    Code::Unauthenticated,
+                    format!("the Authorization header is larger than {max} bytes"),
+                )
+            } else {
+                ApiError::new(
+                    Code::InvalidArgument,
+                    format!("the {name} header is larger than {max} bytes"),
+                )
+                .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            });
+        }
+    }
+    Ok(())
+}
+
             .map_or_else(tonic::Status::code, |_| Code::Ok),
     );
     result

@@ -44,3 +44,13 @@ pub mod names {
     /// Health name of the ratelimit service's Redis: NOT_SERVING while the fail mode applies.
     pub const RATELIMIT_REDIS: &str = "portico.ratelimit.v1.RateLimitService/redis";
 }
+
+/// Metadata key the services set on an error status to refine its HTTP mapping at the edge.
+pub const ERROR_REASON_KEY: &str = "x-portico-error";
+/// Reason: every LLM provider failed or its circuit is open (502).
+pub const REASON_LLM_UNAVAILABLE: &str = "llm-unavailable";
+/// Reason: the LLM call timed out (504).
+pub const REASON_LLM_TIMEOUT: &str = "llm-timeout";
+/// Reason: the service is saturated (RESOURCE_EXHAUSTED that is not the caller's quota): 503
+/// with `Retry-After`.
+pub const REASON_OVERLOADED: &str = "overloaded";

@@ -288,7 +288,7 @@ async fn bad_input_is_400_with_a_message() {
 async fn lockout_after_max_failures_then_admin_unlock() {
     let suite = TestSuite::builder()
         .env("AUTH_LOGIN_MAX_ATTEMPTS", "3")
-        .env("ADMIN_API_KEY", "admin-secret")
+        .env("ADMIN_API_KEY", "admin-secret-for-tests-0123456789abcdef")
         // This test logs in more often than the edge's `auth` policy allows by default.
         .env("RATE_LIMIT_AUTH_MAX", "100")
         .spawn()
@@ -341,7 +341,7 @@ async fn lockout_after_max_failures_then_admin_unlock() {
     let unlock = suite
         .http
         .post(suite.url("/api/v1/admin/auth/unlock"))
-        .header("x-admin-key", "admin-secret")
+        .header("x-admin-key", "admin-secret-for-tests-0123456789abcdef")
         .json(&json!({"email": "Carol@Example.com"}))
         .send()
         .await
@@ -669,7 +669,7 @@ mod hostile_tokens {
     #[tokio::test]
     async fn forged_expired_tampered_and_revoked_tokens_are_refused() {
         let suite = TestSuite::builder()
-            .env("ADMIN_API_KEY", "admin-secret")
+            .env("ADMIN_API_KEY", "admin-secret-for-tests-0123456789abcdef")
             .spawn()
             .await;
         let mut auth = grpc(suite.service_addr(Component::Auth)).await;
@@ -744,7 +744,7 @@ mod hostile_tokens {
         let revoke = suite
             .http
             .post(suite.url("/api/v1/admin/auth/revoke"))
-            .header("x-admin-key", "admin-secret")
+            .header("x-admin-key", "admin-secret-for-tests-0123456789abcdef")
             .json(&json!({"jti": jti}))
             .send()
             .await
@@ -839,11 +839,11 @@ mod hostile_tokens {
 #[tokio::test]
 async fn admin_jwt_is_accepted_by_other_services_and_a_user_jwt_is_not() {
     let suite = TestSuite::builder()
-        .env("AUTH_ADMIN_EMAILS", "root@example.com")
         .env("RATE_LIMIT_AUTH_MAX", "100")
         .spawn()
         .await;
-    let admin = register_and_login(&suite, "root@example.com").await;
+    let admin = suite.login_admin("root@example.com").await;
+    let admin = json!({ "accessToken": admin });
     let user = register_and_login(&suite, "kim@example.com").await;
     let reset = |token: &str| {
         suite

@@ -15,7 +15,7 @@ use crate::{
     harness::{self, TestSuite},
 };
 
-const ADMIN_KEY: &str = "chat-admin-key-for-tests";
+const ADMIN_KEY: &str = "chat-admin-key-for-tests-0123456789abcdef";
 
 fn unique(name: &str) -> String {
     format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -201,8 +201,12 @@ async fn a_503_is_retried_then_succeeds_and_a_400_is_neither_retried_nor_failed_
     assert!(
         error["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("fake says 400")),
+            .is_some_and(|m| m.contains("refused the request (HTTP 400)")),
         "{error}"
+    );
+    assert!(
+        !error.to_string().contains("fake says"),
+        "the provider's own text stays in the logs: {error}"
     );
     assert_eq!(primary.requests(), 3, "a caller's 400 is not retried");
     assert_eq!(backup.requests(), 0, "nor failed over");

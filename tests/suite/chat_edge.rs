@@ -64,7 +64,7 @@ async fn conversations_are_validated() {
         );
     }
     // OpenAI SDKs send fields Portico ignores; those are fine on the OpenAI route.
-    let openai = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 1, "user": "u1"});
+    let openai = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "n": 1, "user": "u1"});
     assert_eq!(
         chat(&suite, "/v1/chat/completions", &openai, None)
             .await

@@ -10,14 +10,13 @@ use tonic::transport::Channel;
 
 use crate::harness::{self, PrivateRedis, TestSuite};
 
-const KEY: &str = "admin-secret";
+const KEY: &str = "admin-secret-for-tests-0123456789abcdef";
 
 async fn admin_suite() -> TestSuite {
     TestSuite::builder()
         .env("ADMIN_API_KEY", KEY)
         .env("RATE_LIMIT_GLOBAL_MAX", "10000")
         .env("RATE_LIMIT_AUTH_MAX", "100")
-        .env("AUTH_ADMIN_EMAILS", "root@example.com")
         .spawn()
         .await
 }
@@ -358,7 +357,7 @@ async fn a_stale_version_is_a_409() {
 #[tokio::test]
 async fn admin_by_key_or_jwt_and_everyone_else_refused() {
     let suite = admin_suite().await;
-    let root = suite.login("root@example.com").await;
+    let root = suite.login_admin("root@example.com").await;
     let user = suite.login("user@example.com").await;
     let by_jwt = suite
         .http

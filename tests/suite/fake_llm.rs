@@ -35,6 +35,8 @@ pub enum Reply {
     Answer(&'static str),
     /// An error status with an optional `Retry-After` (seconds).
     Status(u16, Option<u32>),
+    /// An error status with this exact body.
+    StatusBody(u16, &'static str),
     /// Never answers.
     Stall,
     /// For streaming requests: these words, then `End`.
@@ -169,6 +171,13 @@ async fn answer(
             if let Some(seconds) = retry_after {
                 response.headers_mut().insert("retry-after", seconds.into());
             }
+            return response;
+        }
+        Reply::StatusBody(status, body) => {
+            let mut response = full(status, Value::Null);
+            *response.body_mut() = Full::new(Bytes::from_static(body.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed();
             return response;
         }
         Reply::Stall => std::future::pending().await,

@@ -169,6 +169,14 @@ impl TestSuite {
             .to_owned()
     }
 
+    /// Registers `email` (password "correct horse battery"), makes it an admin the way
+    /// operators do (`portico users grant-admin`), and returns a fresh access token.
+    pub async fn login_admin(&self, email: &str) -> String {
+        self.login(email).await;
+        grant_admin(&self.database_url, email).await;
+        self.login(email).await
+    }
+
     /// Stops one service, as a crash or a rollout would.
     pub async fn stop(&mut self, component: Component) {
         assert!(
@@ -183,6 +191,21 @@ impl TestSuite {
         let suite = self.suite.take().expect("suite is running");
         suite.shutdown().await
     }
+}
+
+/// `portico users grant-admin EMAIL` against `database_url`, through the same library call.
+pub async fn grant_admin(database_url: &str, email: &str) {
+    let settings = Settings::from_source(&HashMap::from([(
+        "DATABASE_URL".to_owned(),
+        database_url.to_owned(),
+    )]))
+    .expect("settings");
+    assert!(
+        portico_auth::set_admin(&settings, email, true)
+            .await
+            .expect("grant-admin"),
+        "{email} has an account"
+    );
 }
 
 /// A fresh Ed25519 signing key file for one suite.

@@ -16,4 +16,5 @@ mod health;
 mod metrics_guard;
 mod migrations;
 mod ratelimit;
+mod security;
 mod shutdown;

@@ -393,7 +393,7 @@ async fn reset_by_key_and_by_prefix_needs_the_admin_key() {
         &[
             ("RATE_LIMIT_GLOBAL_MAX", "1"),
             ("RATE_LIMIT_AUTH_MAX", "1"),
-            ("ADMIN_API_KEY", "admin-secret"),
+            ("ADMIN_API_KEY", "admin-secret-for-tests-0123456789abcdef"),
         ],
         ManualClock::new(START_MICROS),
     )
@@ -447,7 +447,7 @@ async fn reset_by_key_and_by_prefix_needs_the_admin_key() {
     let removed = rl
         .reset(reset(
             Target::Key("global:10.0.0.1".into()),
-            Some("admin-secret"),
+            Some("admin-secret-for-tests-0123456789abcdef"),
         ))
         .await
         .expect("reset")
@@ -472,7 +472,7 @@ async fn reset_by_key_and_by_prefix_needs_the_admin_key() {
     let removed = rl
         .reset(reset(
             Target::Prefix("global:10.0.0.".into()),
-            Some("admin-secret"),
+            Some("admin-secret-for-tests-0123456789abcdef"),
         ))
         .await
         .expect("reset")
@@ -848,7 +848,7 @@ mod edge {
     async fn admin_reset_route_clears_a_bucket() {
         let suite = TestSuite::builder()
             .env("RATE_LIMIT_GLOBAL_MAX", "2")
-            .env("ADMIN_API_KEY", "admin-secret")
+            .env("ADMIN_API_KEY", "admin-secret-for-tests-0123456789abcdef")
             .spawn()
             .await;
         // The reset call itself is a request under the global policy too: spend the rest here.
@@ -891,19 +891,24 @@ mod edge {
         });
         request
             .metadata_mut()
-            .insert("x-admin-key", "admin-secret".parse().expect("ascii"));
+            .insert(
+                "x-admin-key",
+                "admin-secret-for-tests-0123456789abcdef"
+                    .parse()
+                    .expect("ascii"),
+            );
         rl.reset(request).await.expect("reset everything");
 
         let bad = reset(
             serde_json::json!({"key": "a", "prefix": "b"}),
-            Some("admin-secret"),
+            Some("admin-secret-for-tests-0123456789abcdef"),
         )
         .await
         .expect("edge");
         assert_eq!(bad.status(), 400);
         let ok = reset(
             serde_json::json!({"key": "global:127.0.0.1"}),
-            Some("admin-secret"),
+            Some("admin-secret-for-tests-0123456789abcdef"),
         )
         .await
         .expect("edge");
@@ -920,13 +925,13 @@ mod edge {
     #[tokio::test]
     async fn unknown_fields_in_the_reset_body_are_refused() {
         let suite = TestSuite::builder()
-            .env("ADMIN_API_KEY", "admin-secret")
+            .env("ADMIN_API_KEY", "admin-secret-for-tests-0123456789abcdef")
             .spawn()
             .await;
         let response = suite
             .http
             .post(suite.url("/api/v1/admin/ratelimit/reset"))
-            .header("x-admin-key", "admin-secret")
+            .header("x-admin-key", "admin-secret-for-tests-0123456789abcdef")
             .json(&serde_json::json!({"key": "global:1.2.3.4", "force": true}))
             .send()
             .await

@@ -10,12 +10,14 @@ use portico_limiter::Clock;
 use prometheus_client::metrics::counter::Counter;
 use rand_core::RngCore as _;
 use sha2::{Digest as _, Sha256};
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 use crate::{
     keys::KeySet,
-    lockout::{Attempt, Guards},
+    lockout::{Attempt, Ceiling, Guards},
     mailer::EmailSender,
-    passwords::Passwords,
+    passwords::{HashError, Passwords},
     store::{Store, UserRow},
     tokens::{self, Claims},
     Error,
@@ -52,6 +54,15 @@ pub struct Caller {
     pub admin_key: Option<String>,
 }
 
+impl Caller {
+    /// The network lockouts key on: the IP, or its /64 for IPv6 (`portico_limiter`'s rule).
+    pub fn network(&self) -> String {
+        self.ip
+            .parse()
+            .map_or_else(|_| self.ip.clone(), portico_limiter::client_network)
+    }
+}
+
 /// Issued tokens.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -81,10 +92,29 @@ impl std::fmt::Debug for Accounts {
     }
 }
 
-/// Trimmed, lower-cased, and plausibly an address (the mailer is the real test).
+/// Characters that render as nothing (zero-width spaces and joiners, bidi controls, soft
+/// hyphens, variation selectors, Hangul fillers, …) or are control characters: refused in
+/// emails and new passwords, where they make two different strings look identical.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || c.general_category() == GeneralCategory::Format
+        || matches!(c,
+            '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+            | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// NFKC: compatibility forms (full-width letters, ligatures, …) become their plain form, so
+/// look-alike spellings of one address or password are one.
+fn nfkc(text: &str) -> String {
+    text.nfkc().collect()
+}
+
+/// NFKC-normalised, trimmed, lower-cased, without invisible characters, and plausibly an
+/// address (the mailer is the real test).
 pub fn normalize_email(raw: &str) -> Result<String, Error> {
-    let email = raw.trim().to_lowercase();
+    let email = nfkc(raw.trim()).to_lowercase();
     let valid = email.len() <= 254
+        && !email.chars().any(is_invisible)
         && !email.chars().any(char::is_whitespace)
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
@@ -102,14 +132,36 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
     }
 }
 
-fn check_password(password: &str) -> Result<(), Error> {
+/// A new password, NFKC-normalised (as every password is before hashing): 8 to 128 characters,
+/// not only whitespace, no invisible characters.
+fn check_password(password: &str) -> Result<String, Error> {
+    let password = nfkc(password);
     let length = password.chars().count();
-    if (8..=128).contains(&length) {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(
+    if !(8..=128).contains(&length) {
+        return Err(Error::InvalidArgument(
             "password must be 8 to 128 characters".into(),
-        ))
+        ));
+    }
+    if password.chars().all(char::is_whitespace) {
+        return Err(Error::InvalidArgument(
+            "password must not be only whitespace".into(),
+        ));
+    }
+    if password.chars().any(is_invisible) {
+        return Err(Error::InvalidArgument(
+            "password must not contain invisible or control characters".into(),
+        ));
+    }
+    Ok(password)
+}
+
+/// The pool's refusal as the service's error.
+impl From<HashError> for Error {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => Error::Overloaded,
+            HashError::Failed(message) => Error::Internal(message),
+        }
     }
 }
 
@@ -129,6 +181,42 @@ fn digest(token: &str) -> String {
 impl Accounts {
     fn now_ms(&self) -> i64 {
         (self.clock.now_micros() / 1000) as i64
+    }
+
+    /// Whether `email` (normalised) is listed in `AUTH_ADMIN_EMAILS`.
+    fn is_admin_email(&self, email: &str) -> bool {
+        self.settings
+            .admin_emails
+            .iter()
+            .any(|listed| normalize_email(listed).is_ok_and(|listed| listed == email))
+    }
+
+    /// Grants `admin` to a verified account listed in `AUTH_ADMIN_EMAILS` (never to an
+    /// unverified one: anyone can register any address).
+    async fn promote_if_listed(&self, user: &mut UserRow, caller: &Caller) -> Result<(), Error> {
+        if user.email_verified && user.role != "admin" && self.is_admin_email(&user.email) {
+            self.store
+                .set_role(&user.id, "admin", self.now_ms())
+                .await?;
+            user.role = "admin".into();
+            self.audit(
+                "ROLE_GRANTED",
+                Some(&user.id),
+                Some(&user.email),
+                caller,
+                Some("admin (AUTH_ADMIN_EMAILS, verified)"),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// The account ceiling's settings.
+    fn ceiling(&self) -> Ceiling {
+        Ceiling {
+            threshold: i64::from(self.settings.account_max_failures),
+            cap_ms: self.settings.account_backoff_max.as_millis() as i64,
+        }
     }
 
     async fn audit(
@@ -177,23 +265,15 @@ impl Accounts {
         caller: &Caller,
     ) -> Result<(String, bool), Error> {
         let email = normalize_email(email)?;
-        check_password(&password)?;
-        let hash = self
-            .passwords
-            .hash(password)
-            .await
-            .map_err(Error::Internal)?;
+        let password = check_password(&password)?;
+        let hash = self.passwords.hash(password).await?;
         let now = self.now_ms();
-        let role = if self.settings.admin_emails.contains(&email) {
-            "admin"
-        } else {
-            "user"
-        };
+        // Never `admin` here, even for a listed address: it is only a claim until verified.
         let user = UserRow {
             id: uuid::Uuid::now_v7().to_string(),
             email: email.clone(),
             password_hash: hash,
-            role: role.into(),
+            role: "user".into(),
             email_verified: false,
             created_at: now,
         };
@@ -249,12 +329,15 @@ impl Accounts {
                 "password must be 1 to 128 characters".into(),
             ));
         }
+        let raw = password;
+        let password = nfkc(&raw);
         let now = self.now_ms();
         let window = self.settings.login_attempt_window.as_millis() as i64;
         let max = i64::from(self.settings.login_max_attempts);
+        let network = caller.network();
         let attempt = self
             .guards
-            .reserve(&email, &caller.ip, max, now, window)
+            .reserve(&email, &network, max, now, window, &self.ceiling())
             .await
             .map_err(Error::LockoutStore)?;
         let number = match attempt {
@@ -276,14 +359,16 @@ impl Accounts {
         };
         let checked = async {
             let user = self.store.user_by_email(&email).await?;
-            let verified = self
+            let stored = user.as_ref().map(|u| u.password_hash.clone());
+            let mut verified = self
                 .passwords
-                .verify(
-                    password.clone(),
-                    user.as_ref().map(|u| u.password_hash.clone()),
-                )
-                .await
-                .map_err(Error::Internal)?;
+                .verify(password.clone(), stored.clone())
+                .await?;
+            if !verified.ok && raw != password && stored.is_some() {
+                // Set before passwords were normalised: accept it once more, then rehash.
+                verified = self.passwords.verify(raw, stored).await?;
+                verified.needs_rehash |= verified.ok;
+            }
             Ok::<_, Error>((user, verified))
         }
         .await;
@@ -292,20 +377,20 @@ impl Accounts {
             Err(error) => {
                 // Not checked (the account store or the hash pool failed): the attempt must
                 // not count against the owner, or an outage would lock out the right password.
-                if let Err(release) = self.guards.release(&email, &caller.ip).await {
+                if let Err(release) = self.guards.release(&email, &network).await {
                     tracing::warn!(error = %release, "login attempt not released");
                 }
                 return Err(error);
             }
         };
-        let Some(user) = user.filter(|_| verified.ok) else {
+        let Some(mut user) = user.filter(|_| verified.ok) else {
             login_failures().inc();
             self.audit("LOGIN_FAILURE", None, Some(&email), caller, None)
                 .await;
             if number >= max {
                 let until = now + self.settings.login_lockout.as_millis() as i64;
                 self.guards
-                    .lock(&email, &caller.ip, now, until)
+                    .lock(&email, &network, now, until)
                     .await
                     .map_err(Error::LockoutStore)?;
                 self.audit("ACCOUNT_LOCKED", None, Some(&email), caller, None)
@@ -314,7 +399,7 @@ impl Accounts {
             return Err(Error::Unauthenticated(BAD_CREDENTIALS.into()));
         };
         self.guards
-            .succeeded(&email, &caller.ip)
+            .succeeded(&email, &network, now)
             .await
             .map_err(Error::LockoutStore)?;
         if self.settings.email_verification_required && !user.email_verified {
@@ -322,7 +407,10 @@ impl Accounts {
                 "verify your email address before logging in".into(),
             ));
         }
+        // AUTH_ADMIN_EMAILS may list an address after it was verified.
+        self.promote_if_listed(&mut user, caller).await?;
         if verified.needs_rehash {
+            // Stored from before passwords were normalised, or at weaker parameters.
             match self.passwords.hash(password).await {
                 Ok(hash) => self.store.set_password_hash(&user.id, &hash, now).await?,
                 Err(error) => tracing::warn!(%error, "rehash failed; keeping the old hash"),
@@ -451,6 +539,9 @@ impl Accounts {
         self.store.set_verified(&user_id, now).await?;
         self.audit("EMAIL_VERIFIED", Some(&user_id), None, caller, None)
             .await;
+        if let Some(mut user) = self.store.user_by_id(&user_id).await? {
+            self.promote_if_listed(&mut user, caller).await?;
+        }
         Ok(user_id)
     }
 
@@ -572,13 +663,15 @@ impl Accounts {
     ) -> Result<u32, Error> {
         self.require_admin(caller).await?;
         let email = normalize_email(email)?;
-        if let Some(ip) = ip {
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| Error::InvalidArgument(format!("ip `{ip}` is not an IP address")))?;
-        }
+        let network = match ip {
+            Some(ip) => Some(portico_limiter::client_network(ip.parse().map_err(
+                |_| Error::InvalidArgument(format!("ip `{ip}` is not an IP address")),
+            )?)),
+            None => None,
+        };
         let cleared = self
             .guards
-            .unlock(&email, ip)
+            .unlock(&email, network.as_deref())
             .await
             .map_err(Error::LockoutStore)?;
         tracing::info!(email, ip, cleared, "account unlocked");
@@ -607,6 +700,40 @@ mod tests {
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn emails_are_nfkc_normalised_and_invisible_characters_refused() {
+        // Full-width letters are the plain address.
+        assert_eq!(
+            normalize_email("\u{FF41}lice@example.com").ok().as_deref(),
+            Some("alice@example.com")
+        );
+        for invisible in [
+            '\u{200B}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{00AD}', '\u{202E}',
+        ] {
+            let email = format!("ali{invisible}ce@example.com");
+            assert!(normalize_email(&email).is_err(), "{email:?}");
+        }
+    }
+
+    #[test]
+    fn whitespace_only_and_invisible_passwords_are_refused() {
+        assert!(check_password("        ").is_err(), "eight spaces");
+        assert!(
+            check_password("\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}\u{3000}")
+                .is_err()
+        );
+        assert!(check_password("correct\u{200B}horse").is_err());
+        assert!(
+            check_password("correct horse").is_ok(),
+            "inner spaces are fine"
+        );
+        assert_eq!(
+            check_password("\u{FF43}orrect horse").ok().as_deref(),
+            Some("correct horse"),
+            "normalised before hashing"
+        );
     }
 
     #[test]

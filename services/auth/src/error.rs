@@ -29,6 +29,9 @@ pub enum Error {
     /// The lockout store (Redis, or the database without Redis) failed or is unreachable.
     #[error("lockout store: {0}")]
     LockoutStore(String),
+    /// Too many passwords are waiting to be hashed: retry after a moment.
+    #[error("the service is busy")]
+    Overloaded,
     /// Hashing or signing failed.
     #[error("{0}")]
     Internal(String),
@@ -64,6 +67,20 @@ impl From<Error> for Status {
             Error::LockoutStore(message) => {
                 tracing::error!(%message, "lockout store error");
                 portico_grpc::unavailable("the account store is unavailable; retry shortly")
+            }
+            Error::Overloaded => {
+                // RESOURCE_EXHAUSTED for gRPC callers; the reason makes it 503 at the edge (the
+                // service is saturated, not the caller over a quota).
+                let mut status =
+                    Status::resource_exhausted("too many logins are being checked; retry shortly");
+                status
+                    .metadata_mut()
+                    .insert("retry-after", MetadataValue::from_static("1"));
+                status.metadata_mut().insert(
+                    portico_proto::ERROR_REASON_KEY,
+                    MetadataValue::from_static(portico_proto::REASON_OVERLOADED),
+                );
+                status
             }
             Error::Internal(message) => {
                 tracing::error!(%message, "internal error");

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use portico_config::{ExposeSecret as _, Settings};
+use portico_config::{AppEnv, ExposeSecret as _, Settings};
 use portico_grpc::ServerHandle;
 use portico_limiter::{Clock, SystemClock};
 use portico_migrations::Owner;
@@ -66,6 +66,17 @@ pub async fn serve_with(
     options: Options,
 ) -> Result<ServerHandle, Error> {
     let auth = &settings.auth;
+    if settings.app_env == AppEnv::Production
+        && auth.email_verification_required
+        && !options.sender.delivers()
+    {
+        return Err(Error::Config(
+            "AUTH_EMAIL_VERIFICATION_REQUIRED: refused when APP_ENV=production with the built-in \
+             sender, which writes verification tokens to the log; plug in a real mailer \
+             (portico_auth::EmailSender) or provision admins with `portico users grant-admin`"
+                .into(),
+        ));
+    }
     let keys = keys::KeySet::load(auth.signing_key_file.as_deref(), &auth.verify_key_files)
         .map_err(Error::Config)?;
     let storage = &settings.storage;
@@ -91,7 +102,7 @@ pub async fn serve_with(
     let accounts = accounts::Accounts {
         store,
         guards,
-        passwords: passwords::Passwords::new().map_err(Error::Config)?,
+        passwords: passwords::Passwords::new(auth.hash_queue_max).map_err(Error::Config)?,
         keys: Arc::new(keys),
         settings: auth.clone(),
         clock: options.clock,
@@ -103,4 +114,42 @@ pub async fn serve_with(
         portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
     handle.health.watch_database(db, shutdown);
     Ok(handle)
+}
+
+/// Out-of-band admin provisioning (`portico users grant-admin|revoke-admin EMAIL`): sets the
+/// role of the account with `email` in `DATABASE_URL`, and records it in the audit trail.
+/// Returns false when no account has that email. Tokens already issued keep their role until
+/// they expire; the next login or refresh carries the new one.
+pub async fn set_admin(settings: &Settings, email: &str, admin: bool) -> Result<bool, Error> {
+    let email = normalize_email(email)?;
+    let db = portico_migrations::connect(
+        settings.storage.database_url.expose_secret(),
+        None,
+        settings.storage.database_acquire_timeout,
+    )
+    .await?;
+    let store = store::Store::new(portico_migrations::Db::new(db));
+    let now = SystemClock.now_micros() as i64 / 1000;
+    let role = if admin { "admin" } else { "user" };
+    let found = store.set_role_by_email(&email, role, now).await?;
+    if found {
+        let event = if admin {
+            "ROLE_GRANTED"
+        } else {
+            "ROLE_REVOKED"
+        };
+        tracing::info!(target: "audit", eventType = event, email, "audit");
+        store
+            .audit(
+                event,
+                None,
+                Some(&email),
+                None,
+                None,
+                Some("portico users (CLI)"),
+                now,
+            )
+            .await?;
+    }
+    Ok(found)
 }

@@ -1,8 +1,22 @@
-//! Login lockout per email + IP, and the access-token denylist: in Redis under the operators'
-//! keys (`login_attempt:{email}:{ip}`, `lockout:{email}:{ip}`, `token:blacklist:{jti}`), or in the
-//! database without Redis. An attempt's slot is reserved *before* its password is checked, so N
-//! parallel wrong passwords never get more than the allowed number of checks. A lockout's end
-//! is stored in its value (its TTL only cleans up), so time is the service's clock.
+//! Login lockout, and the access-token denylist. Two guards decide whether a password is
+//! checked at all:
+//!
+//! - per email + client network (an IPv4 address, or an IPv6 /64): `AUTH_LOGIN_MAX_ATTEMPTS`
+//!   failures lock that network out of that account for `AUTH_LOGIN_LOCKOUT_MINUTES`;
+//! - per account, from every network at once: past `AUTH_ACCOUNT_MAX_FAILURES` failures, the
+//!   account's checked attempts are spaced by an exponential back-off (1 s, 2 s, 4 s, … at most
+//!   `AUTH_ACCOUNT_BACKOFF_MAX`), so guesses spread over many addresses are slowed to a trickle.
+//!   A refused attempt never lengthens the gap, so an attacker cannot push it beyond the cap,
+//!   and networks the owner has logged in from (30 days) skip this ceiling: a flood from
+//!   elsewhere cannot lock the owner out.
+//!
+//! In Redis under the operators' keys (`login_attempt:{email}:{network}`,
+//! `lockout:{email}:{network}`, the account's `login_attempt:{email}:*` and `lockout:{email}:*`,
+//! `login_known:{email}:{network}`, `token:blacklist:{jti}`), or in the database without Redis
+//! (the `lockouts` table: network rows, the `*` row, `+{network}` rows for known networks). An
+//! attempt's slot is reserved *before* its password is checked, so N parallel wrong passwords
+//! never get more than the allowed number of checks. A lockout's end is stored in its value (its
+//! TTL only cleans up), so time is the service's clock.
 
 use portico_redis::{
     fred::{prelude::*, types::scripts::Script},
@@ -11,24 +25,83 @@ use portico_redis::{
 
 use crate::store::Store;
 
-/// Reserves an attempt unless a lockout is active. Returns {attempt number, 0} or {-1, locked_until}.
+/// The account-wide row or key suffix (never a network).
+const ACCOUNT: &str = "*";
+/// How long a network the owner logged in from stays exempt from the account ceiling.
+const KNOWN_NETWORK_MS: i64 = 30 * 24 * 3600 * 1000;
+/// The back-off's first gap.
+const BACKOFF_BASE_MS: i64 = 1000;
+
+/// Reserves an attempt unless a lockout is active. KEYS: network attempts, network lockout,
+/// account attempts, account's next allowed time, known-network marker. ARGV: now, window,
+/// max per network, account threshold, back-off base, back-off cap. Returns {attempt number, 0}
+/// or {-1, locked_until}.
 const RESERVE: &str = r#"
+local now = tonumber(ARGV[1])
 local locked = redis.call('GET', KEYS[2])
-if locked and tonumber(locked) > tonumber(ARGV[1]) then
+if locked and tonumber(locked) > now then
   return {-1, tonumber(locked)}
 end
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[3]) or redis.call('EXISTS', KEYS[5]) == 1 then
+  return {n, 0}
+end
+local a = redis.call('INCR', KEYS[3])
+-- Sliding: the account's count ends one quiet window after its last attempt.
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local threshold = tonumber(ARGV[4])
+if a > threshold then
+  local next = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if next > now then
+    -- Not checked, so it costs neither budget.
+    redis.call('DECR', KEYS[3])
+    redis.call('DECR', KEYS[1])
+    return {-1, next}
+  end
+  local delay = math.min(tonumber(ARGV[5]) * 2 ^ math.min(a - threshold - 1, 40), tonumber(ARGV[6]))
+  redis.call('SET', KEYS[4], string.format('%d', now + delay), 'PX',
+    string.format('%d', delay + tonumber(ARGV[2])))
+end
 return {n, 0}
 "#;
 
 /// Gives back an attempt whose password was never checked; never below zero, never a key
-/// without its TTL.
+/// without its TTL. KEYS: network attempts, account attempts.
 const RELEASE: &str = r#"
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n > 0 then return redis.call('DECR', KEYS[1]) end
+for _, key in ipairs(KEYS) do
+  local n = tonumber(redis.call('GET', key) or '0')
+  if n > 0 then redis.call('DECR', key) end
+end
 return 0
 "#;
+
+/// A successful login: forgets the network's and the account's attempts and remembers the
+/// network. KEYS: network attempts, account attempts, account next, known marker. ARGV: ttl.
+const SUCCEEDED: &str = r#"
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
+return 0
+"#;
+
+/// The account-wide ceiling's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    /// Failures of one account (any network) within the window before back-off.
+    pub threshold: i64,
+    /// The longest gap between two checked attempts.
+    pub cap_ms: i64,
+}
+
+impl Ceiling {
+    /// The gap after attempt `attempt` of the window (past the threshold).
+    fn delay_ms(&self, attempt: i64) -> i64 {
+        let doublings = (attempt - self.threshold - 1).clamp(0, 40) as u32;
+        BACKOFF_BASE_MS
+            .saturating_mul(1_i64 << doublings)
+            .min(self.cap_ms)
+    }
+}
 
 /// The outcome of reserving an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +120,7 @@ pub enum Guards {
         redis: Redis,
         reserve: Script,
         release: Script,
+        succeeded: Script,
     },
     /// The auth database.
     Database(Store),
@@ -58,6 +132,7 @@ impl Guards {
             redis,
             reserve: Script::from_lua(RESERVE),
             release: Script::from_lua(RELEASE),
+            succeeded: Script::from_lua(SUCCEEDED),
         }
     }
 
@@ -71,55 +146,59 @@ impl Guards {
         }
     }
 
-    /// Reserves one attempt; `max` attempts per `window_ms`.
+    /// Reserves one attempt of `network` at `email`: `max` per network and `window_ms`, under
+    /// the account's `ceiling`.
     pub async fn reserve(
         &self,
         email: &str,
-        ip: &str,
+        network: &str,
         max: i64,
         now: i64,
         window_ms: i64,
+        ceiling: &Ceiling,
     ) -> Result<Attempt, String> {
         self.reachable()?;
-        let (n, locked_until) = match self {
+        let n = match self {
             Guards::Redis { redis, reserve, .. } => {
                 let keys = vec![
-                    redis.key(&attempt_key(email, ip)),
-                    redis.key(&lockout_key(email, ip)),
+                    redis.key(&attempt_key(email, network)),
+                    redis.key(&lockout_key(email, network)),
+                    redis.key(&attempt_key(email, ACCOUNT)),
+                    redis.key(&lockout_key(email, ACCOUNT)),
+                    redis.key(&known_key(email, network)),
+                ];
+                let args = [
+                    now,
+                    window_ms,
+                    max,
+                    ceiling.threshold,
+                    BACKOFF_BASE_MS,
+                    ceiling.cap_ms,
                 ];
                 let reply: Vec<i64> = reserve
                     .evalsha_with_reload(
                         redis.client(),
                         keys,
-                        vec![now.to_string(), window_ms.to_string()],
+                        args.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     )
                     .await
                     .map_err(|e| failed(redis, &e))?;
                 match reply[..] {
                     [-1, until] => return Ok(Attempt::Refused { until_ms: until }),
-                    [n, _] => (n, None),
+                    [n, _] => n,
                     _ => return Err(format!("unexpected reply {reply:?}")),
                 }
             }
             Guards::Database(store) => {
-                if let Some(until) = store
-                    .locked_until(email, ip)
+                match Self::reserve_in_database(store, email, network, max, now, window_ms, ceiling)
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    if until > now {
-                        return Ok(Attempt::Refused { until_ms: until });
-                    }
+                    Ok(n) => n,
+                    Err(refused) => return Ok(refused),
                 }
-                store
-                    .reserve_attempt(email, ip, now, window_ms)
-                    .await
-                    .map_err(|e| e.to_string())?
             }
         };
-        if let Some(until) = locked_until.filter(|until| *until > now) {
-            return Ok(Attempt::Refused { until_ms: until });
-        }
         if n > max {
             // Over budget before the lockout was written (parallel attempts): refuse unchecked.
             return Ok(Attempt::Refused {
@@ -129,24 +208,83 @@ impl Guards {
         Ok(Attempt::Allowed(n))
     }
 
+    /// The database's reservation: the network's slot (one upsert), then, unless the network
+    /// is known, the account's (one upsert, and one conditional update that exactly one
+    /// concurrent attempt wins per back-off gap).
+    async fn reserve_in_database(
+        store: &Store,
+        email: &str,
+        network: &str,
+        max: i64,
+        now: i64,
+        window_ms: i64,
+        ceiling: &Ceiling,
+    ) -> Result<Result<i64, Attempt>, sea_orm::DbErr> {
+        if let Some(until) = store.locked_until(email, network).await? {
+            if until > now {
+                return Ok(Err(Attempt::Refused { until_ms: until }));
+            }
+        }
+        let (n, locked_until) = store
+            .reserve_attempt(email, network, now, window_ms)
+            .await?;
+        if let Some(until) = locked_until.filter(|until| *until > now) {
+            return Ok(Err(Attempt::Refused { until_ms: until }));
+        }
+        if n > max
+            || store
+                .is_known(email, &known_row(network), now - KNOWN_NETWORK_MS)
+                .await?
+        {
+            return Ok(Ok(n));
+        }
+        let (attempts, next) = store
+            .reserve_account(email, ACCOUNT, now, window_ms)
+            .await?;
+        if attempts <= ceiling.threshold {
+            return Ok(Ok(n));
+        }
+        let refused = match next.filter(|next| *next > now) {
+            Some(next) => Some(next),
+            None => {
+                let until = now + ceiling.delay_ms(attempts);
+                (!store.take_account_slot(email, ACCOUNT, now, until).await?).then_some(until)
+            }
+        };
+        match refused {
+            None => Ok(Ok(n)),
+            Some(until) => {
+                // Not checked, so it costs neither budget.
+                store.release_attempt(email, ACCOUNT).await?;
+                store.release_attempt(email, network).await?;
+                Ok(Err(Attempt::Refused { until_ms: until }))
+            }
+        }
+    }
+
     /// Gives back a reserved attempt that could not be checked (the account store or the
     /// hash pool failed): only a verified wrong password may count against the owner.
-    pub async fn release(&self, email: &str, ip: &str) -> Result<(), String> {
+    pub async fn release(&self, email: &str, network: &str) -> Result<(), String> {
         self.reachable()?;
         match self {
             Guards::Redis { redis, release, .. } => release
                 .evalsha_with_reload::<i64, _, _>(
                     redis.client(),
-                    vec![redis.key(&attempt_key(email, ip))],
+                    vec![
+                        redis.key(&attempt_key(email, network)),
+                        redis.key(&attempt_key(email, ACCOUNT)),
+                    ],
                     Vec::<String>::new(),
                 )
                 .await
                 .map(|_| ())
                 .map_err(|e| failed(redis, &e)),
-            Guards::Database(store) => store
-                .release_attempt(email, ip)
-                .await
-                .map_err(|e| e.to_string()),
+            Guards::Database(store) => async {
+                store.release_attempt(email, network).await?;
+                store.release_attempt(email, ACCOUNT).await
+            }
+            .await
+            .map_err(|e: sea_orm::DbErr| e.to_string()),
         }
     }
 
@@ -180,33 +318,50 @@ impl Guards {
         }
     }
 
-    /// Forgets the attempts (a successful login).
-    pub async fn succeeded(&self, email: &str, ip: &str) -> Result<(), String> {
+    /// A successful login: forgets the network's and the account's attempts, and remembers
+    /// the network as the owner's.
+    pub async fn succeeded(&self, email: &str, network: &str, now: i64) -> Result<(), String> {
         self.reachable()?;
         match self {
-            Guards::Redis { redis, .. } => redis
-                .client()
-                .del::<(), _>(redis.key(&attempt_key(email, ip)))
-                .await
-                .map_err(|e| failed(redis, &e)),
-            Guards::Database(store) => store
-                .clear_attempts(email, Some(ip))
+            Guards::Redis {
+                redis, succeeded, ..
+            } => succeeded
+                .evalsha_with_reload::<i64, _, _>(
+                    redis.client(),
+                    vec![
+                        redis.key(&attempt_key(email, network)),
+                        redis.key(&attempt_key(email, ACCOUNT)),
+                        redis.key(&lockout_key(email, ACCOUNT)),
+                        redis.key(&known_key(email, network)),
+                    ],
+                    vec![KNOWN_NETWORK_MS.to_string()],
+                )
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| failed(redis, &e)),
+            Guards::Database(store) => async {
+                store.clear_attempts(email, Some(network)).await?;
+                store.clear_attempts(email, Some(ACCOUNT)).await?;
+                store.mark_known(email, &known_row(network), now).await
+            }
+            .await
+            .map_err(|e: sea_orm::DbErr| e.to_string()),
         }
     }
 
-    /// Removes lockouts and attempts of `email` (one IP, or all); returns entries removed.
-    pub async fn unlock(&self, email: &str, ip: Option<&str>) -> Result<u32, String> {
+    /// Removes lockouts and attempts of `email` (one network and the account's back-off, or
+    /// all); returns entries removed. Known networks stay known.
+    pub async fn unlock(&self, email: &str, network: Option<&str>) -> Result<u32, String> {
         self.reachable()?;
         let removed = match self {
-            Guards::Redis { redis, .. } => match ip {
-                Some(ip) => redis
+            Guards::Redis { redis, .. } => match network {
+                Some(network) => redis
                     .client()
                     .del::<u64, _>(vec![
-                        redis.key(&lockout_key(email, ip)),
-                        redis.key(&attempt_key(email, ip)),
+                        redis.key(&lockout_key(email, network)),
+                        redis.key(&attempt_key(email, network)),
+                        redis.key(&lockout_key(email, ACCOUNT)),
+                        redis.key(&attempt_key(email, ACCOUNT)),
                     ])
                     .await
                     .map_err(|e| failed(redis, &e))?,
@@ -224,10 +379,20 @@ impl Guards {
                     removed
                 }
             },
-            Guards::Database(store) => store
-                .clear_attempts(email, ip)
+            Guards::Database(store) => match network {
+                Some(network) => async {
+                    Ok::<_, sea_orm::DbErr>(
+                        store.clear_attempts(email, Some(network)).await?
+                            + store.clear_attempts(email, Some(ACCOUNT)).await?,
+                    )
+                }
                 .await
                 .map_err(|e| e.to_string())?,
+                None => store
+                    .clear_attempts(email, None)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            },
         };
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
@@ -284,6 +449,168 @@ fn lockout_key(email: &str, ip: &str) -> String {
     format!("lockout:{email}:{ip}")
 }
 
+fn known_key(email: &str, network: &str) -> String {
+    format!("login_known:{email}:{network}")
+}
+
+/// The `lockouts` row marking a known network (`+` never starts an address).
+fn known_row(network: &str) -> String {
+    format!("+{network}")
+}
+
 fn denylist_key(jti: &str) -> String {
     format!("token:blacklist:{jti}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The database store on a fresh SQLite file, and the Redis store when `TEST_REDIS_URL`
+    /// is set (CI sets it): every scenario runs on each.
+    async fn stores() -> Vec<(&'static str, Guards)> {
+        let path = std::env::temp_dir().join(format!(
+            "portico-lockout-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let db = portico_migrations::connect(
+            &format!("sqlite://{}?mode=rwc", path.display()),
+            Some(portico_migrations::Owner::Auth),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("database");
+        let mut stores = vec![(
+            "database",
+            Guards::Database(Store::new(portico_migrations::Db::new(db))),
+        )];
+        if let Some(url) = std::env::var("TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            let redis = Redis::connect(
+                &url,
+                &format!("test:{}:", uuid::Uuid::new_v4().simple()),
+                Duration::from_secs(1),
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .expect("redis");
+            stores.push(("redis", Guards::redis(redis)));
+        }
+        stores
+    }
+
+    const MAX: i64 = 5;
+    const WINDOW: i64 = 15 * 60 * 1000;
+    const CEILING: Ceiling = Ceiling {
+        threshold: 3,
+        cap_ms: 60_000,
+    };
+
+    #[tokio::test]
+    async fn guesses_spread_over_networks_meet_the_account_ceiling_on_both_stores() {
+        for (name, guards) in stores().await {
+            let email = "victim@example.com";
+            let mut now = 1_800_000_000_000;
+            guards
+                .succeeded(email, "192.0.2.10", now)
+                .await
+                .expect("the owner's network");
+            let mut allowed = 0;
+            let mut refused = Vec::new();
+            for n in 0..30 {
+                let network = format!("198.51.100.{}", n % 6 + 1);
+                match guards
+                    .reserve(email, &network, MAX, now, WINDOW, &CEILING)
+                    .await
+                    .expect("reserve")
+                {
+                    Attempt::Allowed(_) => allowed += 1,
+                    Attempt::Refused { until_ms } => refused.push(until_ms),
+                }
+            }
+            assert_eq!(allowed, 4, "{name}: the threshold, then one per gap");
+            assert!(refused.iter().all(|until| *until == now + 1000), "{name}");
+            assert!(
+                matches!(
+                    guards
+                        .reserve(email, "192.0.2.10", MAX, now, WINDOW, &CEILING)
+                        .await,
+                    Ok(Attempt::Allowed(_))
+                ),
+                "{name}: the owner's network is exempt"
+            );
+            guards
+                .succeeded(email, "192.0.2.10", now)
+                .await
+                .expect("owner in");
+            for n in 0..12 {
+                now += 60_000;
+                let network = format!("198.51.100.{}", 100 + n);
+                assert!(
+                    matches!(
+                        guards
+                            .reserve(email, &network, MAX, now, WINDOW, &CEILING)
+                            .await,
+                        Ok(Attempt::Allowed(_))
+                    ),
+                    "{name}: guess {n} after its gap"
+                );
+            }
+            assert_eq!(
+                guards
+                    .reserve(email, "198.51.100.250", MAX, now, WINDOW, &CEILING)
+                    .await
+                    .expect("reserve"),
+                Attempt::Refused {
+                    until_ms: now + 60_000
+                },
+                "{name}: the gap is capped"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_attempts_take_each_back_off_slot_once_on_both_stores() {
+        for (name, guards) in stores().await {
+            let email = "racer@example.com";
+            let now = 1_800_000_000_000;
+            for n in 0..3 {
+                let network = format!("198.51.100.{n}");
+                guards
+                    .reserve(email, &network, MAX, now, WINDOW, &CEILING)
+                    .await
+                    .expect("under the threshold");
+            }
+            let racers = (0..16).map(|n| {
+                let guards = guards.clone();
+                async move {
+                    let network = format!("203.0.113.{n}");
+                    guards
+                        .reserve(email, &network, MAX, now, WINDOW, &CEILING)
+                        .await
+                        .expect("reserve")
+                }
+            });
+            let outcomes = futures_util::future::join_all(racers).await;
+            let allowed = outcomes
+                .iter()
+                .filter(|o| matches!(o, Attempt::Allowed(_)))
+                .count();
+            assert_eq!(allowed, 1, "{name}: one slot, one winner: {outcomes:?}");
+        }
+    }
+
+    #[test]
+    fn the_back_off_doubles_from_one_second_up_to_its_cap() {
+        let ceiling = Ceiling {
+            threshold: 3,
+            cap_ms: 10_000,
+        };
+        let gaps: Vec<i64> = (4..=9).map(|n| ceiling.delay_ms(n)).collect();
+        assert_eq!(gaps, [1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert_eq!(ceiling.delay_ms(1_000_000), 10_000, "no overflow");
+    }
 }

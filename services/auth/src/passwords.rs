@@ -1,5 +1,7 @@
 //! Argon2id password hashing at OWASP's minimum cost or more, on a dedicated pool of one thread
-//! per core fed by a queue: a login flood queues instead of stalling the async runtime. Each pool
+//! per core fed by a bounded queue: a login flood queues instead of stalling the async runtime,
+//! a full queue refuses at once ([`HashError::Busy`]) instead of making every later login wait,
+//! and a job whose caller is gone (deadline passed, client disconnected) is skipped. Each pool
 //! thread verifies in its own 19 MiB block buffer, reused from hash to hash: allocating and
 //! page-faulting a fresh buffer per hash cost a sixth of the CPU in profiles. Memory stays bounded
 //! (cores × the buffer). A dummy hash makes unknown accounts cost the same as wrong passwords;
@@ -21,16 +23,27 @@ thread_local! {
     static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One thread per core, each taking the next job from a shared queue. The threads end when the
-/// last [`Passwords`] clone is dropped (the queue disconnects).
+/// Why a password could not be hashed or checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    /// The queue is full: retry shortly.
+    #[error("the password hashing queue is full")]
+    Busy,
+    /// The pool is gone or a hashing thread failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One thread per core, each taking the next job from a shared, bounded queue. The threads end
+/// when the last [`Passwords`] clone is dropped (the queue disconnects).
 #[derive(Clone)]
 struct HashPool {
     jobs: crossbeam_channel::Sender<Job>,
 }
 
 impl HashPool {
-    fn new(threads: usize) -> Result<Self, String> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+    fn new(threads: usize, queue_max: usize) -> Result<Self, String> {
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(queue_max.max(1));
         for n in 0..threads {
             let queue = queue.clone();
             std::thread::Builder::new()
@@ -48,16 +61,25 @@ impl HashPool {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = done.send(work());
-            }))
-            .map_err(|_| "the hashing pool is gone".to_owned())?;
+        let job: Job = Box::new(move || {
+            // The caller gave up while this waited (its deadline passed, its client left):
+            // nobody reads the answer, so the hash would only delay the callers still waiting.
+            if done.is_closed() {
+                return;
+            }
+            let _ = done.send(work());
+        });
+        self.jobs.try_send(job).map_err(|error| match error {
+            crossbeam_channel::TrySendError::Full(_) => HashError::Busy,
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                HashError::Failed("the hashing pool is gone".into())
+            }
+        })?;
         result
             .await
-            .map_err(|_| "a hashing thread failed".to_owned())
+            .map_err(|_| HashError::Failed("a hashing thread failed".into()))
     }
 }
 
@@ -125,25 +147,27 @@ pub struct Verified {
 }
 
 impl Passwords {
-    /// A hasher with OWASP's parameters and one concurrent hash per core.
-    pub fn new() -> Result<Self, String> {
+    /// A hasher with OWASP's parameters, one concurrent hash per core and at most `queue_max`
+    /// hashes waiting.
+    pub fn new(queue_max: usize) -> Result<Self, String> {
         let params =
             Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| e.to_string())?;
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let dummy = hash_blocking(&params, "portico-dummy-password-for-unknown-accounts")?;
         Ok(Self {
             params,
-            pool: HashPool::new(cores)?,
+            pool: HashPool::new(cores, queue_max)?,
             dummy: dummy.into(),
         })
     }
 
     /// Hashes `password` (PHC string).
-    pub async fn hash(&self, password: String) -> Result<String, String> {
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let params = self.params.clone();
         self.pool
             .run(move || hash_blocking(&params, &password))
             .await?
+            .map_err(HashError::Failed)
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when `stored` is `None`
@@ -154,7 +178,7 @@ impl Passwords {
         &self,
         password: String,
         stored: Option<String>,
-    ) -> Result<Verified, String> {
+    ) -> Result<Verified, HashError> {
         let unknown = stored.is_none();
         let stored = stored.unwrap_or_else(|| self.dummy.to_string());
         let params = self.params.clone();
@@ -203,9 +227,72 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// A pool of one thread whose only thread is held until the returned sender is dropped.
+    async fn held_pool(queue_max: usize) -> (HashPool, std::sync::mpsc::Sender<()>) {
+        let pool = HashPool::new(1, queue_max).expect("pool");
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = oneshot::channel();
+        let holder = pool.clone();
+        tokio::spawn(async move {
+            holder
+                .run(move || {
+                    let _ = started_tx.send(());
+                    let _ = held.recv();
+                })
+                .await
+        });
+        started.await.expect("the thread took the holding job");
+        (pool, release)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let (pool, release) = held_pool(2).await;
+        let queued: Vec<_> = (0..2)
+            .map(|n| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run(move || n).await })
+            })
+            .collect();
+        // Wait until both are in the queue (they are sent before their first await point).
+        while pool.jobs.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.run(|| 9).await, Err(HashError::Busy));
+        drop(release);
+        for (n, job) in queued.into_iter().enumerate() {
+            assert_eq!(job.await.expect("task"), Ok(n));
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_whose_caller_is_gone_are_skipped() {
+        let (pool, release) = held_pool(16).await;
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..8 {
+            let ran = Arc::clone(&ran);
+            let abandoned = pool.run(move || {
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            // Polled once (the job is queued), then dropped: a caller whose deadline passed.
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
+        }
+        assert_eq!(pool.jobs.len(), 8);
+        drop(release);
+        let ran_after = Arc::clone(&ran);
+        pool.run(move || ran_after.load(std::sync::atomic::Ordering::SeqCst))
+            .await
+            .expect("a live caller is served");
+        assert_eq!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no abandoned job was hashed"
+        );
+    }
+
     #[tokio::test]
     async fn hashes_verify_and_weak_hashes_want_a_rehash() {
-        let passwords = Passwords::new().expect("hasher");
+        let passwords = Passwords::new(64).expect("hasher");
         let hash = passwords.hash("correct horse".into()).await.expect("hash");
         assert!(
             hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),

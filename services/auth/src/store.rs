@@ -105,6 +105,31 @@ impl Store {
         .map(|_| ())
     }
 
+    pub async fn set_role(&self, id: &str, role: &str, now: i64) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE users SET role = ?, updated_at = ? WHERE id = ?",
+            vec![role.into(), now.into(), id.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets the role of the account with `email`; false when there is none.
+    pub async fn set_role_by_email(
+        &self,
+        email: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        Ok(self
+            .execute(
+                "UPDATE users SET role = ?, updated_at = ? WHERE email = ?",
+                vec![role.into(), now.into(), email.into()],
+            )
+            .await?
+            == 1)
+    }
+
     pub async fn set_verified(&self, id: &str, now: i64) -> Result<(), DbErr> {
         self.execute(
             "UPDATE users SET email_verified = ?, updated_at = ? WHERE id = ?",
@@ -291,6 +316,79 @@ impl Store {
         Ok((i64::from(failures), row.try_get("", "locked_until")?))
     }
 
+    /// Reserves one attempt on the account-wide row `account` of `email`: like
+    /// [`Store::reserve_attempt`], but the window slides (it restarts only after a quiet
+    /// window), so a slow, steady attack keeps its count. Returns the count and the next time
+    /// an attempt may be checked.
+    pub async fn reserve_account(
+        &self,
+        email: &str,
+        account: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<(i64, Option<i64>), DbErr> {
+        let row = self
+            .one(
+                "INSERT INTO lockouts (email, ip, failures, window_started_at) VALUES (?, ?, 1, ?) \
+                 ON CONFLICT (email, ip) DO UPDATE SET \
+                 failures = CASE WHEN lockouts.window_started_at <= ? THEN 1 ELSE lockouts.failures + 1 END, \
+                 window_started_at = ? \
+                 RETURNING failures, locked_until",
+                vec![
+                    email.into(),
+                    account.into(),
+                    now.into(),
+                    (now - window_ms).into(),
+                    now.into(),
+                ],
+            )
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("lockouts".into()))?;
+        let failures: i32 = row.try_get("", "failures")?;
+        Ok((i64::from(failures), row.try_get("", "locked_until")?))
+    }
+
+    /// Claims the account's next back-off slot: sets its next allowed time to `until` unless
+    /// another attempt already did (true for the one caller that did).
+    pub async fn take_account_slot(
+        &self,
+        email: &str,
+        account: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, DbErr> {
+        let taken = self
+            .execute(
+                "UPDATE lockouts SET locked_until = ? WHERE email = ? AND ip = ? \
+                 AND (locked_until IS NULL OR locked_until <= ?)",
+                vec![until.into(), email.into(), account.into(), now.into()],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Whether `email` logged in successfully from the network of row `known` since `since`.
+    pub async fn is_known(&self, email: &str, known: &str, since: i64) -> Result<bool, DbErr> {
+        Ok(self
+            .one(
+                "SELECT 1 AS hit FROM lockouts WHERE email = ? AND ip = ? AND window_started_at > ?",
+                vec![email.into(), known.into(), since.into()],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Remembers that `email` logged in from the network of row `known` at `now`.
+    pub async fn mark_known(&self, email: &str, known: &str, now: i64) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO lockouts (email, ip, failures, window_started_at) VALUES (?, ?, 0, ?) \
+             ON CONFLICT (email, ip) DO UPDATE SET window_started_at = excluded.window_started_at",
+            vec![email.into(), known.into(), now.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Gives back an attempt that was reserved but never checked (the check failed).
     pub async fn release_attempt(&self, email: &str, ip: &str) -> Result<(), DbErr> {
         self.execute(
@@ -324,7 +422,7 @@ impl Store {
         .map(|_| ())
     }
 
-    /// Forgets the attempts of `email`+`ip` (or of every IP).
+    /// Forgets the attempts of `email`+`ip` (or of every network; known networks stay known).
     pub async fn clear_attempts(&self, email: &str, ip: Option<&str>) -> Result<u64, DbErr> {
         match ip {
             Some(ip) => {
@@ -335,8 +433,11 @@ impl Store {
                 .await
             }
             None => {
-                self.execute("DELETE FROM lockouts WHERE email = ?", vec![email.into()])
-                    .await
+                self.execute(
+                    "DELETE FROM lockouts WHERE email = ? AND ip NOT LIKE '+%'",
+                    vec![email.into()],
+                )
+                .await
             }
         }
     }

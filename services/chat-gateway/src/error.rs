@@ -42,16 +42,25 @@ impl From<Error> for Status {
     }
 }
 
+/// What a caller is told when no provider could answer (the reasons are in the log).
+pub const LLM_UNAVAILABLE_MESSAGE: &str = "no LLM provider could answer; retry later";
+/// What a caller is told when the LLM call ran out of time.
+pub const LLM_TIMEOUT_MESSAGE: &str = "the LLM call timed out";
+
 fn with_reason(mut status: Status, reason: &'static str) -> Status {
-    status
-        .metadata_mut()
-        .insert("x-portico-error", MetadataValue::from_static(reason));
+    status.metadata_mut().insert(
+        portico_proto::ERROR_REASON_KEY,
+        MetadataValue::from_static(reason),
+    );
     status
 }
 
 /// Every provider failed or is open: UNAVAILABLE, which the edge answers with 502.
 pub fn llm_unavailable(message: String, retry_after: Option<Duration>) -> Status {
-    let mut status = with_reason(Status::unavailable(message), "llm-unavailable");
+    let mut status = with_reason(
+        Status::unavailable(message),
+        portico_proto::REASON_LLM_UNAVAILABLE,
+    );
     if let Some(wait) = retry_after {
         // Whole seconds, rounded up: never ask to come back before the circuit half-opens.
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -64,5 +73,8 @@ pub fn llm_unavailable(message: String, retry_after: Option<Duration>) -> Status
 
 /// The LLM call ran out of time: DEADLINE_EXCEEDED, which the edge answers with 504.
 pub fn llm_timeout(message: String) -> Status {
-    with_reason(Status::deadline_exceeded(message), "llm-timeout")
+    with_reason(
+        Status::deadline_exceeded(message),
+        portico_proto::REASON_LLM_TIMEOUT,
+    )
 }

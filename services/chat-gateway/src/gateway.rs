@@ -211,7 +211,8 @@ impl Failures {
     }
 
     /// UNAVAILABLE (→ 502, with `Retry-After` when a circuit is open) or, when time ran out or
-    /// every failure was a timeout, DEADLINE_EXCEEDED (→ 504).
+    /// every failure was a timeout, DEADLINE_EXCEEDED (→ 504). The reasons (provider URLs,
+    /// connection errors, provider messages) go to the log and the span, never to the caller.
     fn into_status(self, out_of_time: bool) -> Status {
         let reasons = if self.reasons.is_empty() {
             "no LLM provider is enabled".to_owned()
@@ -219,12 +220,11 @@ impl Failures {
             self.reasons.join("; ")
         };
         if out_of_time || (self.attempts > 0 && self.only_timeouts) {
-            error::llm_timeout(format!("the LLM call timed out ({reasons})"))
+            tracing::warn!(%reasons, "LLM call timed out");
+            error::llm_timeout(error::LLM_TIMEOUT_MESSAGE.into())
         } else {
-            error::llm_unavailable(
-                format!("no LLM provider could answer ({reasons})"),
-                self.open_for,
-            )
+            tracing::warn!(%reasons, "no LLM provider could answer");
+            error::llm_unavailable(error::LLM_UNAVAILABLE_MESSAGE.into(), self.open_for)
         }
     }
 }
@@ -283,6 +283,30 @@ impl Gateway {
         all
     }
 
+    /// The enabled providers that offer `model`, by priority; INVALID_ARGUMENT when no
+    /// provider (enabled or not) lists it.
+    fn offering(&self, model: &str) -> Result<Vec<Arc<Provider>>, Status> {
+        let all = self.providers();
+        if !all.iter().any(|p| p.spec.offers(model)) {
+            let mut offered: Vec<&str> = all
+                .iter()
+                .flat_map(|p| std::iter::once(&p.spec.model).chain(&p.spec.models))
+                .map(String::as_str)
+                .filter(|m| !m.is_empty())
+                .collect();
+            offered.sort_unstable();
+            offered.dedup();
+            return Err(Status::invalid_argument(format!(
+                "model `{model}` is not offered here; offered: {}",
+                offered.join(", ")
+            )));
+        }
+        Ok(all
+            .into_iter()
+            .filter(|p| p.enabled() && p.spec.offers(model))
+            .collect())
+    }
+
     /// The provider called `name`.
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
         self.providers
@@ -333,11 +357,14 @@ impl Gateway {
             let failure = match outcome {
                 Ok(answer) => return Attempts::Answered(answer, permit, started),
                 Err(Failure::Refused { status, message }) => {
-                    // The provider is healthy; the request is not.
+                    // The provider is healthy; the request is not. Its message may quote
+                    // anything (its configuration included): logged, not relayed.
                     permit.record(Verdict::Healthy);
                     count(name, "refused");
+                    tracing::warn!(provider = name, status, %message, "LLM provider refused the request");
                     return Attempts::Refused(Status::invalid_argument(format!(
-                        "provider `{name}` refused the request (HTTP {status}): {message}"
+                        "the LLM provider refused the request (HTTP {status}); \
+                         check the model, the messages and the parameters"
                     )));
                 }
                 Err(failure) => failure,
@@ -370,7 +397,7 @@ impl Gateway {
     ) -> Result<pb::CompleteResponse, Status> {
         let deadline = Instant::now() + self.timing.total;
         let mut failures = Failures::default();
-        for provider in self.providers().into_iter().filter(|p| p.enabled()) {
+        for provider in self.offering(&request.model)? {
             let spec = &provider.spec;
             let outcome = self
                 .attempts(&provider, deadline, spec.timeout, &mut failures, || {
@@ -411,7 +438,7 @@ impl Gateway {
     ) -> Result<mpsc::Receiver<Result<pb::CompletionChunk, Status>>, Status> {
         let deadline = Instant::now() + self.timing.total;
         let mut failures = Failures::default();
-        for provider in self.providers().into_iter().filter(|p| p.enabled()) {
+        for provider in self.offering(&request.model)? {
             let spec = &provider.spec;
             let per_attempt = spec.timeout.min(self.timing.first_token);
             let request = &request;
@@ -554,12 +581,9 @@ impl Relay {
                 );
                 tracing::warn!(provider = %name, %failure, "LLM stream failed after it started");
                 let status = if matches!(failure, Failure::Timeout) {
-                    error::llm_timeout(format!("provider `{name}` timed out mid-stream"))
+                    error::llm_timeout(error::LLM_TIMEOUT_MESSAGE.into())
                 } else {
-                    error::llm_unavailable(
-                        format!("provider `{name}` failed mid-stream: {failure}"),
-                        None,
-                    )
+                    error::llm_unavailable("the LLM provider failed mid-answer".into(), None)
                 };
                 // If the caller is gone there is nobody to tell.
                 let _ = self.tx.send(Err(status)).await;

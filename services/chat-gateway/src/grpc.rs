@@ -26,12 +26,15 @@ pub struct ChatGrpc {
     pub(crate) store: Store,
     pub(crate) admin_key: Option<SecretString>,
     pub(crate) verifier: portico_tokens::Verifier,
+    /// `LLM_MAX_TOKENS`.
+    pub(crate) max_tokens: u32,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::CompletionChunk, Status>> + Send>>;
 
-/// The request's problems, as one INVALID_ARGUMENT.
-fn validate(request: &pb::CompleteRequest) -> Result<(), Status> {
+/// The request's problems, as one INVALID_ARGUMENT; then the `max_tokens` every provider call
+/// carries (the caller's, or the ceiling when it asked for none).
+fn validate(request: &mut pb::CompleteRequest, max_tokens: u32) -> Result<(), Status> {
     let invalid = |message: String| Err(Status::invalid_argument(message));
     if request.messages.is_empty() || request.messages.len() > MAX_MESSAGES {
         return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
@@ -63,12 +66,16 @@ fn validate(request: &pb::CompleteRequest) -> Result<(), Status> {
         return invalid(format!("at most {MAX_STOP} stop sequences, none empty"));
     }
     if request.model.len() > 256 {
+    if request.max_tokens.is_some_and(|n| n > max_tokens) {
+        return invalid(format!("max_tokens must be at most {max_tokens}"));
+    }
         return invalid("model is longer than 256 characters".into());
     }
     Ok(())
 }
 
 fn provider(p: &Provider) -> pb::Provider {
+    request.max_tokens.get_or_insert(max_tokens);
     pb::Provider {
         name: p.spec.name.clone(),
         base_url: p.spec.base_url.clone(),
@@ -87,8 +94,8 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let request = request.into_inner();
-        validate(&request)?;
+        let mut request = request.into_inner();
+        validate(&mut request, self.max_tokens)?;
         self.gateway.complete(&request).await.map(Response::new)
     }
 
@@ -96,8 +103,8 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let request = request.into_inner();
-        validate(&request)?;
+        let mut request = request.into_inner();
+        validate(&mut request, self.max_tokens)?;
         let chunks = self.gateway.stream(request).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(chunks))))
     }
@@ -184,7 +191,13 @@ mod tests {
             messages: vec![message("user")],
             ..Default::default()
         };
-        assert!(validate(&good).is_ok());
+        let mut bounded = good.clone();
+        assert!(validate(&mut bounded, 4096).is_ok());
+        assert_eq!(
+            bounded.max_tokens,
+            Some(4096),
+            "the ceiling when none was asked"
+        );
         for (request, fragment) in [
             (pb::CompleteRequest::default(), "1 to 256"),
             (
@@ -216,9 +229,17 @@ mod tests {
                 "max_tokens",
             ),
         ] {
-            let status = validate(&request).expect_err(fragment);
+            let mut request = request;
+            let status = validate(&mut request, 4096).expect_err(fragment);
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(fragment), "{}", status.message());
         }
     }
 }
+            (
+                pb::CompleteRequest {
+                    max_tokens: Some(4_000_000_000),
+                    ..good.clone()
+                },
+                "at most 4096",
+            ),

@@ -111,6 +111,7 @@ pub async fn serve_with(
         store: store.clone(),
         admin_key: settings.admin_api_key.clone(),
         verifier,
+        max_tokens: chat.max_tokens,
     };
     let routes = Routes::new(ChatServiceServer::new(service));
     let handle = portico_grpc::serve(

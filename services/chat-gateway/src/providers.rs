@@ -21,6 +21,10 @@ pub struct Spec {
     pub base_url: String,
     /// Default model.
     pub model: String,
+    /// Other models callers may ask for (`models:` in the file, `LLM_MODELS`): the allowlist,
+    /// with `model`. A caller's model that no provider lists is refused (400), so nobody picks
+    /// the most expensive model on Portico's bill.
+    pub models: Vec<String>,
     /// The variable that holds the API key, when the provider needs one.
     pub api_key_env: Option<String>,
     /// The key itself, read from `api_key_env` at startup.
@@ -37,6 +41,11 @@ impl Spec {
     /// Whether this is the built-in echo provider.
     pub fn is_echo(&self) -> bool {
         self.base_url == ECHO_URL
+    }
+
+    /// Whether a caller may ask this provider for `model` (empty: the default model).
+    pub fn offers(&self, model: &str) -> bool {
+        model.is_empty() || model == self.model || self.models.iter().any(|m| m == model)
     }
 }
 
@@ -58,6 +67,9 @@ struct Entry {
     base_url: String,
     #[serde(default)]
     model: String,
+    /// Further models callers may ask for.
+    #[serde(default)]
+    models: Vec<String>,
     api_key_env: Option<String>,
     priority: Option<i32>,
     #[serde(default = "enabled_default")]
@@ -85,6 +97,7 @@ pub fn load(
             name: "default".into(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             model: settings.model.clone().unwrap_or_default(),
+            models: settings.models.clone(),
             api_key_env: settings.api_key.as_ref().map(|_| "LLM_API_KEY".to_owned()),
             api_key: settings
                 .api_key
@@ -106,6 +119,7 @@ pub fn echo(timeout: Duration) -> Spec {
         name: ECHO.into(),
         base_url: ECHO_URL.into(),
         model: ECHO.into(),
+        models: Vec::new(),
         api_key_env: None,
         api_key: None,
         priority: 0,
@@ -167,6 +181,7 @@ fn from_file(
             name,
             base_url,
             model: entry.model,
+            models: entry.models,
             api_key_env: entry.api_key_env,
             api_key,
             priority: entry.priority.unwrap_or(index as i32),
@@ -212,7 +227,7 @@ mod tests {
     fn a_file_lists_providers_in_order_with_keys_by_variable_name() {
         let specs = parse(
             "providers:\n\
-             - {name: openai, base_url: 'https://api.openai.com/v1/', model: gpt-4o-mini, api_key_env: OPENAI_KEY, timeout: 20s}\n\
+             - {name: openai, base_url: 'https://api.openai.com/v1/', model: gpt-4o-mini, models: [gpt-4o], api_key_env: OPENAI_KEY, timeout: 20s}\n\
              - {name: local, base_url: 'http://127.0.0.1:11434/v1', model: llama3, priority: 5, enabled: false, timeout: 1500ms}\n",
         )
         .expect("valid");
@@ -230,6 +245,9 @@ mod tests {
         assert_eq!(specs[1].priority, 5);
         assert!(!specs[1].enabled);
         assert_eq!(specs[1].timeout, Duration::from_millis(1500));
+        assert!(specs[0].offers("gpt-4o") && specs[0].offers("gpt-4o-mini") && specs[0].offers(""));
+        assert!(!specs[0].offers("gpt-4-32k"), "only the listed models");
+        assert!(!specs[1].offers("gpt-4o"));
     }
 
     #[test]

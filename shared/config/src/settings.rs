@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ipnet::IpNet;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::{ConfigError, Reader, Source, Unit};
 
@@ -25,6 +25,21 @@ pub const DEFAULT_DATABASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Longest a graceful drain may take before the process exits anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest `ADMIN_API_KEY` accepted: 32 characters (e.g. `openssl rand -hex 16`).
+pub const MIN_ADMIN_API_KEY_CHARS: usize = 32;
+/// Default `EDGE_MAX_FORWARDED_HEADER_BYTES`: the largest header the edge forwards into gRPC
+/// metadata (`Authorization`, `X-Admin-Key`, `traceparent`, …).
+pub const DEFAULT_MAX_FORWARDED_HEADER_BYTES: usize = 8 * 1024;
+/// Default `AUTH_HASH_QUEUE_MAX`: password hashes waiting for a hashing thread before new
+/// ones are refused (RESOURCE_EXHAUSTED, 503 at the edge).
+pub const DEFAULT_HASH_QUEUE_MAX: usize = 64;
+/// Default `AUTH_ACCOUNT_MAX_FAILURES`: failed logins of one account, from any address, before
+/// its attempts are spaced out by exponential back-off.
+pub const DEFAULT_ACCOUNT_MAX_FAILURES: u32 = 10;
+/// Default `AUTH_ACCOUNT_BACKOFF_MAX`: the longest gap the back-off imposes.
+pub const DEFAULT_ACCOUNT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// Default `LLM_MAX_TOKENS`: the most completion tokens one chat call may ask for.
+pub const DEFAULT_LLM_MAX_TOKENS: u32 = 4096;
 
 /// Deployment environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +198,9 @@ pub struct EdgeSettings {
     pub health_check_timeout: Duration,
 }
 
+    /// `EDGE_MAX_FORWARDED_HEADER_BYTES`: the largest header value forwarded to a service
+    /// (larger: 431, or 401 for `Authorization`).
+    pub max_forwarded_header_bytes: usize,
 /// The auth service.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -206,10 +224,18 @@ pub struct AuthSettings {
     pub login_lockout: Duration,
     /// `AUTH_EMAIL_VERIFICATION_REQUIRED`.
     pub email_verification_required: bool,
-    /// `AUTH_ADMIN_EMAILS`: accounts registered with these emails get the `admin` role.
+    /// `AUTH_ADMIN_EMAILS`: accounts with these emails get the `admin` role once the address
+    /// is verified (never from registration alone).
     pub admin_emails: Vec<String>,
 }
 
+    /// `AUTH_HASH_QUEUE_MAX`: password hashes that may wait for a hashing thread.
+    pub hash_queue_max: usize,
+    /// `AUTH_ACCOUNT_MAX_FAILURES`: failures of one account (any address) before back-off.
+    pub account_max_failures: u32,
+    /// `AUTH_ACCOUNT_BACKOFF_MAX`: the longest gap between two checked attempts of an account
+    /// in back-off.
+    pub account_backoff_max: Duration,
 /// The ratelimit service.
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {
@@ -254,10 +280,16 @@ pub struct ChatSettings {
     pub cb_reset_timeout: Duration,
     /// `LLM_CB_SUCCESS_THRESHOLD`.
     pub cb_success_threshold: u32,
-    /// `CHAT_ALLOW_ANONYMOUS`.
+    /// `CHAT_ALLOW_ANONYMOUS` (default: true, false when `APP_ENV=production`).
     pub allow_anonymous: bool,
 }
 
+    /// `LLM_MODELS`: models callers may ask the `LLM_BASE_URL` provider for (besides
+    /// `LLM_MODEL`).
+    pub models: Vec<String>,
+    /// `LLM_MAX_TOKENS`: the most completion tokens a call may ask for (more: 400); also sent
+    /// when the caller asks for none.
+    pub max_tokens: u32,
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -289,9 +321,9 @@ impl Settings {
         let storage = read_storage(&mut r);
         let telemetry = read_telemetry(&mut r);
         let edge = read_edge(&mut r, app_env);
-        let auth = read_auth(&mut r);
+        let auth = read_auth(&mut r, app_env);
         let ratelimit = read_ratelimit(&mut r);
-        let chat = read_chat(&mut r);
+        let chat = read_chat(&mut r, app_env);
         let admin_api_key = r.secret("ADMIN_API_KEY");
         let shutdown_timeout =
             r.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, Unit::Seconds);
@@ -304,6 +336,17 @@ impl Settings {
             addrs,
             storage,
             telemetry,
+        if admin_api_key
+            .as_ref()
+            .is_some_and(|key| key.expose_secret().chars().count() < MIN_ADMIN_API_KEY_CHARS)
+        {
+            r.problem(
+                "ADMIN_API_KEY",
+                format!(
+                    "too short: at least {MIN_ADMIN_API_KEY_CHARS} characters (e.g. `openssl rand -hex 16`)"
+                ),
+            );
+        }
             edge,
             auth,
             ratelimit,
@@ -453,12 +496,22 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
         ratelimit_url: r.url("RATELIMIT_GRPC_URL", "http://127.0.0.1:50054"),
         cors_origins,
         cors_allow_credentials,
-        metrics_enabled: r.bool("METRICS_ENABLED", true),
+        metrics_enabled,
         metrics_guard,
         trusted_proxies: r.cidrs("TRUSTED_PROXIES"),
         maintenance_mode: r.bool("MAINTENANCE_MODE", false),
         header_read_timeout: r.duration(
             "EDGE_HEADER_READ_TIMEOUT",
+    let metrics_enabled = r.bool("METRICS_ENABLED", true);
+    if app_env == AppEnv::Production
+        && metrics_enabled
+        && matches!(metrics_guard, MetricsGuard::None)
+    {
+        r.problem(
+            "METRICS_GUARD",
+            "`none` is refused when APP_ENV=production: use secret or cidr (or METRICS_ENABLED=false)",
+        );
+    }
             Duration::from_secs(10),
             Unit::Seconds,
         ),
@@ -475,7 +528,20 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
     }
 }
 
-fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
+fn read_auth(r: &mut Reader<'_>, app_env: AppEnv) -> AuthSettings {
+    let email_verification_required = r.bool("AUTH_EMAIL_VERIFICATION_REQUIRED", false);
+    let admin_emails: Vec<String> = r
+        .list("AUTH_ADMIN_EMAILS")
+        .into_iter()
+        .map(|email| email.to_lowercase())
+        .collect();
+    if app_env == AppEnv::Production && !admin_emails.is_empty() && !email_verification_required {
+        r.problem(
+            "AUTH_ADMIN_EMAILS",
+            "refused when APP_ENV=production without AUTH_EMAIL_VERIFICATION_REQUIRED=true: \
+             provision admins with `portico users grant-admin EMAIL` instead",
+        );
+    }
     AuthSettings {
         signing_key_file: r.raw("JWT_SIGNING_KEY_FILE"),
         verify_key_files: r.list("JWT_VERIFY_KEY_FILES"),
@@ -485,6 +551,12 @@ fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
             "JWT_ACCESS_TTL",
             Duration::from_secs(15 * 60),
             Unit::Seconds,
+        max_forwarded_header_bytes: r.number(
+            "EDGE_MAX_FORWARDED_HEADER_BYTES",
+            DEFAULT_MAX_FORWARDED_HEADER_BYTES,
+            256,
+            64 * 1024,
+        ),
         ),
         refresh_ttl: r.duration(
             "JWT_REFRESH_TTL",
@@ -502,12 +574,20 @@ fn read_auth(r: &mut Reader<'_>) -> AuthSettings {
             Duration::from_secs(15 * 60),
             Unit::Minutes,
         ),
-        email_verification_required: r.bool("AUTH_EMAIL_VERIFICATION_REQUIRED", false),
-        admin_emails: r
-            .list("AUTH_ADMIN_EMAILS")
-            .into_iter()
-            .map(|email| email.to_ascii_lowercase())
-            .collect(),
+        email_verification_required,
+        admin_emails,
+        hash_queue_max: r.number("AUTH_HASH_QUEUE_MAX", DEFAULT_HASH_QUEUE_MAX, 1, 1_000_000),
+        account_max_failures: r.number(
+            "AUTH_ACCOUNT_MAX_FAILURES",
+            DEFAULT_ACCOUNT_MAX_FAILURES,
+            1,
+            1_000_000,
+        ),
+        account_backoff_max: r.duration(
+            "AUTH_ACCOUNT_BACKOFF_MAX",
+            DEFAULT_ACCOUNT_BACKOFF_MAX,
+            Unit::Seconds,
+        ),
     }
 }
 
@@ -533,7 +613,7 @@ fn read_ratelimit(r: &mut Reader<'_>) -> RateLimitSettings {
     }
 }
 
-fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
+fn read_chat(r: &mut Reader<'_>, app_env: AppEnv) -> ChatSettings {
     let base_url = r.raw("LLM_BASE_URL");
     if let Some(url) = &base_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -561,7 +641,9 @@ fn read_chat(r: &mut Reader<'_>) -> ChatSettings {
             Unit::Seconds,
         ),
         cb_success_threshold: r.number("LLM_CB_SUCCESS_THRESHOLD", 1u32, 1, 1000),
-        allow_anonymous: r.bool("CHAT_ALLOW_ANONYMOUS", true),
+        allow_anonymous: r.bool("CHAT_ALLOW_ANONYMOUS", app_env != AppEnv::Production),
+        models: r.list("LLM_MODELS"),
+        max_tokens: r.number("LLM_MAX_TOKENS", DEFAULT_LLM_MAX_TOKENS, 1, 10_000_000),
     }
 }
 
@@ -597,7 +679,53 @@ mod tests {
         assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
         assert!(settings(&[
             ("APP_ENV", "production"),
-            ("CORS_ORIGINS", "https://app.example.com")
+            ("CORS_ORIGINS", "https://app.example.com"),
+            ("METRICS_GUARD", "cidr"),
+            ("METRICS_GUARD_ALLOWLIST", "10.1.2.0/24"),
+        ])
+        .is_ok());
+    }
+
+    /// The production baseline every guard test below starts from.
+    const PRODUCTION: [(&str, &str); 4] = [
+        ("APP_ENV", "production"),
+        ("CORS_ORIGINS", "https://app.example.com"),
+        ("METRICS_GUARD", "secret"),
+        ("METRICS_GUARD_SECRET", "scrape-secret"),
+    ];
+
+    fn production(extra: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut pairs = PRODUCTION.to_vec();
+        pairs.extend_from_slice(extra);
+        settings(&pairs)
+    }
+
+    fn variables(error: &ConfigError) -> Vec<&str> {
+        error.problems.iter().map(|p| p.variable.as_str()).collect()
+    }
+
+    #[test]
+    fn production_refuses_an_unguarded_metrics_endpoint() {
+        let error = settings(&[
+            ("APP_ENV", "production"),
+            ("CORS_ORIGINS", "https://app.example.com"),
+        ])
+        .expect_err("METRICS_GUARD=none");
+        assert_eq!(variables(&error), ["METRICS_GUARD"]);
+        let error = production(&[("METRICS_GUARD", "none")]).expect_err("explicit none");
+        assert_eq!(variables(&error), ["METRICS_GUARD"]);
+        assert!(production(&[("METRICS_GUARD", "none"), ("METRICS_ENABLED", "false")]).is_ok());
+        assert!(settings(&[]).is_ok(), "development keeps the open default");
+    }
+
+    #[test]
+    fn production_refuses_admin_emails_without_verification() {
+        let error =
+            production(&[("AUTH_ADMIN_EMAILS", "boss@example.com")]).expect_err("unverified");
+        assert_eq!(variables(&error), ["AUTH_ADMIN_EMAILS"]);
+        assert!(production(&[
+            ("AUTH_ADMIN_EMAILS", "boss@example.com"),
+            ("AUTH_EMAIL_VERIFICATION_REQUIRED", "true"),
         ])
         .is_ok());
     }
@@ -613,6 +741,27 @@ mod tests {
     fn guard_modes_need_their_values() {
         let error = settings(&[("METRICS_GUARD", "secret")]).expect_err("no secret");
         assert_eq!(error.problems[0].variable, "METRICS_GUARD_SECRET");
+        assert!(settings(&[("AUTH_ADMIN_EMAILS", "boss@example.com")]).is_ok());
+    }
+
+    #[test]
+    fn admin_api_keys_shorter_than_32_characters_are_refused() {
+        let error = settings(&[("ADMIN_API_KEY", "admin-secret")]).expect_err("short");
+        assert_eq!(variables(&error), ["ADMIN_API_KEY"]);
+        assert!(!error.to_string().contains("admin-secret"), "{error}");
+        assert!(settings(&[("ADMIN_API_KEY", &"k".repeat(32))]).is_ok());
+    }
+
+    #[test]
+    fn anonymous_chat_defaults_off_in_production_only() {
+        assert!(settings(&[]).expect("defaults").chat.allow_anonymous);
+        assert!(!production(&[]).expect("production").chat.allow_anonymous);
+        assert!(
+            production(&[("CHAT_ALLOW_ANONYMOUS", "true")])
+                .expect("explicit")
+                .chat
+                .allow_anonymous
+        );
         let error = settings(&[("METRICS_GUARD", "cidr")]).expect_err("no allowlist");
         assert_eq!(error.problems[0].variable, "METRICS_GUARD_ALLOWLIST");
     }

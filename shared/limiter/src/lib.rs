@@ -51,6 +51,22 @@ impl Policies {
     }
 }
 
+/// The network a client is limited and locked out by: an IPv4 address itself, an IPv6 address
+/// by its /64 (`2001:db8:1:2::/64`), since one IPv6 subscriber is routinely given a whole /64
+/// and could otherwise rotate through 2^64 addresses. IPv4-mapped IPv6 counts as IPv4.
+pub fn client_network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{}/64", std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// The storage key of bucket `key` under `policy` (before `REDIS_KEY_PREFIX`):
 /// `ratelimit:{policy}:{key}`, so `redis-cli del ratelimit:global:<ip>` resets one caller.
 pub fn bucket_key(policy: &str, key: &str) -> String {
@@ -203,6 +219,19 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_their_64() {
+        let network = |ip: &str| client_network(ip.parse().expect("ip"));
+        assert_eq!(network("203.0.113.7"), "203.0.113.7");
+        assert_eq!(network("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            network("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            "2001:db8:1:2::/64"
+        );
+        assert_ne!(network("2001:db8:1:3::1"), network("2001:db8:1:2::1"));
+        assert_eq!(network("::ffff:198.51.100.7"), "198.51.100.7");
+    }
 
     const NOW: f64 = 1_000_000_000_000.0;
 
