@@ -106,10 +106,25 @@ impl Suite {
     /// at the addresses they actually bound.
     pub async fn start(mut settings: Settings) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
+        let tls = settings
+            .transport
+            .grpc_tls
+            .as_ref()
+            .is_some_and(|tls| tls.identity.is_some());
+        if !tls && settings.transport.peer_key.is_none() {
+            // Plaintext loopback hops: the edge proves itself with a key that never leaves
+            // this process, so another local program cannot pose as the edge.
+            settings.transport.peer_key = Some(portico_config::SecretString::from(format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )));
+        }
+        let scheme = if tls { "https" } else { "http" };
         let mut listeners = Vec::new();
         for component in Component::ALL {
             let listener = bind(component.addr_variable(), component.addr(&settings)).await?;
-            let url = format!("http://{}", dialable(listener.local_addr()?));
+            let url = format!("{scheme}://{}", dialable(listener.local_addr()?));
             match component {
                 Component::Auth => settings.edge.auth_url = url,
                 Component::Content => settings.edge.content_url = url,

@@ -67,6 +67,15 @@ pub enum EdgeError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// A `*_GRPC_URL` cannot be dialled as configured.
+    #[error("backend: {0}")]
+    Channel(#[from] portico_grpc::client::ChannelError),
+    /// TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] portico_tls::TlsError),
+    /// The configuration is refused (the message names the variable).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The edge's shared state; cheap to clone.
@@ -81,6 +90,8 @@ struct Inner {
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
     database: portico_migrations::Db,
+    /// Signs forwarded client IPs on plaintext hops (see `portico_tls::PeerKey`).
+    signer: Option<portico_tls::PeerKey>,
     redis: Option<portico_redis::Redis>,
     verifier: portico_tokens::Verifier,
     allow_anonymous_chat: bool,
@@ -95,6 +106,8 @@ struct Inner {
     content_cache: portico_ttlmap::TtlMap<Arc<content_routes::CachedItem>>,
     started_at: Instant,
     started: AtomicBool,
+    /// The last readiness aggregate (see `health::readiness`).
+    readiness: health::ReadinessCache,
 }
 
 impl Edge {
@@ -106,25 +119,38 @@ impl Edge {
     ) -> Result<Self, EdgeError> {
         let database = portico_migrations::Db::new(
             portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
-    /// The last readiness aggregate (see `health::readiness`).
-    readiness: health::ReadinessCache,
         );
         health::watch_database(database.clone(), shutdown.clone());
         let redis = portico_redis::Redis::connect_optional(
             settings.storage.redis_url.as_ref(),
             &settings.storage.redis_key_prefix,
             REDIS_COMMAND_TIMEOUT,
-            shutdown,
+            shutdown.clone(),
         )?;
-        let backends = backends::Backends::new(&settings.edge)?;
+        let tls = portico_grpc::client::client_tls(settings, &shutdown)?;
+        // With a certificate the edge is known by its name; on plaintext hops it signs.
+        let signer = match (&settings.transport.grpc_tls, &settings.transport.peer_key) {
+            (
+                Some(portico_config::GrpcTls {
+                    identity: Some(_), ..
+                }),
+                _,
+            ) => None,
+            (_, Some(key)) => Some(portico_tls::PeerKey::new(key.expose_secret().as_bytes())),
+            (_, None) => None,
+        };
+        let backends = backends::Backends::new(&settings.edge, &tls)?;
         let verifier = portico_tokens::Verifier::new(
             backends.auth.channel.clone(),
             &settings.auth.issuer,
             &settings.auth.audience,
             redis.clone(),
         );
-        let limiter =
-            limits::EdgeLimiter::new(backends.ratelimit.channel.clone(), &settings.ratelimit);
+        let limiter = limits::EdgeLimiter::new(
+            backends.ratelimit.channel.clone(),
+            &settings.ratelimit,
+            signer.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
@@ -153,8 +179,10 @@ impl Edge {
                     CONTENT_CACHE_CAPACITY,
                 ),
                 redis,
+                signer,
                 started_at: Instant::now(),
                 started: AtomicBool::new(false),
+                readiness: health::ReadinessCache::default(),
             }),
         })
     }
@@ -182,7 +210,6 @@ impl Edge {
         };
         let span = tracing::info_span!(
             "http.request",
-                readiness: health::ReadinessCache::default(),
             otel.name = %format!("{method} {route_label}"),
             otel.kind = "server",
             http.request.method = %method,
@@ -195,6 +222,9 @@ impl Edge {
         let context = RequestContext::attach(span.clone(), request.headers());
         let request_headers = request.headers().clone();
         let preflight = cors::Cors::is_preflight(&method, &request_headers);
+        let credentials = CREDENTIAL_HEADERS
+            .iter()
+            .any(|name| request_headers.contains_key(*name));
 
         let mut response = async {
             let response = if preflight {
@@ -217,14 +247,30 @@ impl Edge {
         .await;
 
         span.record("http.response.status_code", response.status().as_u16());
+        let headers = response.headers_mut();
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if credentials {
+            // What a caller with credentials sees may be theirs alone (an admin's drafts, their
+            // account): no shared cache may keep it, and none may answer it to anyone else.
+            if !headers.contains_key(header::CACHE_CONTROL) {
+                headers.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                );
+            }
+            headers.append(
+                header::VARY,
+                HeaderValue::from_static("Authorization, X-Admin-Key"),
+            );
+        }
         self.inner
             .cors
             .apply(&request_headers, response.headers_mut(), preflight);
         if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
-        let credentials = CREDENTIAL_HEADERS
-            .iter()
-            .any(|name| request_headers.contains_key(*name));
         }
         let http_metrics = metrics::http();
         http_metrics
@@ -247,25 +293,6 @@ impl Edge {
 
     async fn route<B>(
         &self,
-        let headers = response.headers_mut();
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        if credentials {
-            // What a caller with credentials sees may be theirs alone (an admin's drafts, their
-            // account): no shared cache may keep it, and none may answer it to anyone else.
-            if !headers.contains_key(header::CACHE_CONTROL) {
-                headers.insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("private, no-store"),
-                );
-            }
-            headers.append(
-                header::VARY,
-                HeaderValue::from_static("Authorization, X-Admin-Key"),
-            );
-        }
         request: http::Request<B>,
         peer: SocketAddr,
         matched: routes::Match,
@@ -278,6 +305,12 @@ impl Edge {
         let correlation_id = context.correlation_id.as_str();
         // An oversized body is refused before anything else looks at the request.
         if let Err(error) = check_declared_length(request.headers()) {
+            return error.into_response(correlation_id);
+        }
+        if let Err(error) = check_forwarded_headers(
+            request.headers(),
+            self.inner.settings.max_forwarded_header_bytes,
+        ) {
             return error.into_response(correlation_id);
         }
         let (route, params) = match matched {
@@ -307,12 +340,6 @@ impl Edge {
                 .into_response(correlation_id);
             }
         };
-        if let Err(error) = check_forwarded_headers(
-            request.headers(),
-            self.inner.settings.max_forwarded_header_bytes,
-        ) {
-            return error.into_response(correlation_id);
-        }
         if self.inner.settings.maintenance_mode && !route.handler.is_operational() {
             return ApiError::new(Code::Unavailable, "Portico is in maintenance; retry later")
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
@@ -384,7 +411,11 @@ impl Edge {
                 }
             }
         }
-        let forwarded = backends::Forwarded::from_headers(client_ip, request.headers());
+        let forwarded = backends::Forwarded::from_headers(
+            client_ip,
+            request.headers(),
+            self.inner.signer.clone(),
+        );
         let mut response = match route.handler {
             routes::Handler::Live => {
                 response::json_response(StatusCode::OK, &health::liveness(self))
@@ -585,6 +616,29 @@ impl Edge {
     }
 }
 
+/// Refuses a forwarded header larger than `max` bytes: 401 for `Authorization` (no token is
+/// that large), 431 for the others.
+fn check_forwarded_headers(headers: &http::HeaderMap, max: usize) -> Result<(), ApiError> {
+    for name in FORWARDED_HEADERS {
+        let largest = headers.get_all(name).iter().map(HeaderValue::len).max();
+        if largest.is_some_and(|len| len > max) {
+            return Err(if name == "authorization" {
+                ApiError::new(
+                    Code::Unauthenticated,
+                    format!("the Authorization header is larger than {max} bytes"),
+                )
+            } else {
+                ApiError::new(
+                    Code::InvalidArgument,
+                    format!("the {name} header is larger than {max} bytes"),
+                )
+                .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a declared body larger than the limit before reading a byte of it.
 fn check_declared_length(headers: &http::HeaderMap) -> Result<(), ApiError> {
     let declared = headers
@@ -616,29 +670,6 @@ pub(crate) fn finish<T>(
         method,
         result
             .as_ref()
-/// Refuses a forwarded header larger than `max` bytes: 401 for `Authorization` (no token is
-/// that large), 431 for the others.
-fn check_forwarded_headers(headers: &http::HeaderMap, max: usize) -> Result<(), ApiError> {
-    for name in FORWARDED_HEADERS {
-        let largest = headers.get_all(name).iter().map(HeaderValue::len).max();
-        if largest.is_some_and(|len| len > max) {
-            return Err(if name == "authorization" {
-                ApiError::new(
-                    Code::Unauthenticated,
-                    format!("the Authorization header is larger than {max} bytes"),
-                )
-            } else {
-                ApiError::new(
-                    Code::InvalidArgument,
-                    format!("the {name} header is larger than {max} bytes"),
-                )
-                .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            });
-        }
-    }
-    Ok(())
-}
-
             .map_or_else(tonic::Status::code, |_| Code::Ok),
     );
     result
@@ -665,6 +696,11 @@ where
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(body_too_large()),
+        Err(error) if error.is::<server::BodyTimeout>() => Err(ApiError::new(
+            Code::DeadlineExceeded,
+            "the request body did not arrive in time (EDGE_BODY_READ_TIMEOUT)",
+        )
+        .with_status(http::StatusCode::REQUEST_TIMEOUT)),
         Err(error) => Err(ApiError::new(
             Code::InvalidArgument,
             format!("cannot read the request body: {error}"),

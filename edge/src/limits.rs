@@ -39,6 +39,8 @@ const FALLBACK_MAX_KEYS: u64 = 100_000;
 #[derive(Clone)]
 pub struct EdgeLimiter {
     channel: Channel,
+    /// Proves the edge to the ratelimit service on plaintext hops.
+    signer: Option<portico_tls::PeerKey>,
     policies: Policies,
     whitelist: Arc<[IpNet]>,
     fallback: MemoryStore,
@@ -59,9 +61,14 @@ pub struct Refusal {
 
 impl EdgeLimiter {
     /// Enforcement through the ratelimit service on `channel`.
-    pub fn new(channel: Channel, settings: &RateLimitSettings) -> Self {
+    pub fn new(
+        channel: Channel,
+        settings: &RateLimitSettings,
+        signer: Option<portico_tls::PeerKey>,
+    ) -> Self {
         Self {
             channel,
+            signer,
             policies: Policies::from_settings(settings),
             whitelist: settings.whitelist.clone().into(),
             fallback: MemoryStore::new(FALLBACK_MAX_KEYS, Arc::new(SystemClock)),
@@ -96,7 +103,7 @@ impl EdgeLimiter {
             self.channel.clone(),
             message,
             context,
-            client_ip,
+            backends::Forwarded::client(client_ip, self.signer.clone()),
             self.timeout,
         )
         .await;
@@ -205,6 +212,7 @@ impl EdgeLimiter {
         // until then in one decision (`cost`): one call per bucket per FLUSH_DELAY under load.
         if view.unsent.fetch_add(1, Ordering::SeqCst) == 0 {
             let channel = self.channel.clone();
+            let forwarded = backends::Forwarded::client(client_ip, self.signer.clone());
             let timeout = self.timeout;
             let views = self.views.clone();
             let bucket = bucket.to_owned();
@@ -215,7 +223,7 @@ impl EdgeLimiter {
                 tokio::time::sleep(FLUSH_DELAY).await;
                 let cost = background.unsent.swap(0, Ordering::SeqCst);
                 let message = CheckRequest { cost, ..message };
-                match ask(channel, message, &context, client_ip, timeout).await {
+                match ask(channel, message, &context, forwarded, timeout).await {
                     Ok(r) if r.allowed => {
                         // A reply can overtake a later decision's: never raise the estimate
                         // (refill within a view's 2 s is the only thing this forgoes).
@@ -248,15 +256,10 @@ async fn ask(
     channel: Channel,
     message: CheckRequest,
     context: &RequestContext,
-    client_ip: IpAddr,
+    forwarded: backends::Forwarded,
     timeout: Duration,
 ) -> Result<CheckResponse, Code> {
-    let request = backends::request(
-        message,
-        context,
-        &backends::Forwarded::client(client_ip),
-        timeout,
-    );
+    let request = backends::request(message, context, &forwarded, timeout);
     let mut client = RateLimitServiceClient::new(channel);
     let outcome = match tokio::time::timeout(timeout, client.check(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
@@ -374,7 +377,7 @@ mod tests {
         )]))
         .expect("settings")
         .ratelimit;
-        let limiter = Arc::new(EdgeLimiter::new(channel, &settings));
+        let limiter = Arc::new(EdgeLimiter::new(channel, &settings, None));
         let ip: IpAddr = "203.0.113.9".parse().expect("ip");
         let context = RequestContext::attach(tracing::Span::none(), &http::HeaderMap::new());
         let check = |limiter: Arc<EdgeLimiter>, context: RequestContext| {

@@ -54,9 +54,7 @@ async fn grpc(addr: std::net::SocketAddr) -> AuthServiceClient<Channel> {
 
 fn from_ip<T>(message: T, ip: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-forwarded-for", ip.parse().expect("ascii"));
+    harness::as_edge(&mut request, ip);
     request
 }
 

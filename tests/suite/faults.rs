@@ -19,7 +19,7 @@ use tonic_health::pb::{
 
 use crate::harness::{self, PrivateRedis, TestSuite};
 
-const KEY: &str = "admin-secret";
+const KEY: &str = "fault-tests-admin-key-0123456789abcdef";
 const PASSWORD: &str = "correct horse battery";
 /// What "fails fast" means here: far below the 250 ms Redis command timeout and the 3 s
 /// database acquire timeout that a call used to wait out, with room for a loaded CI machine.

@@ -65,6 +65,8 @@ impl Builder {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         vars.insert("DATABASE_URL".into(), database_url.clone());
+        // A known key instead of `portico serve`'s random one, so a test can play the edge.
+        vars.insert("GRPC_PEER_KEY".into(), TEST_PEER_KEY.into());
         vars.insert("REDIS_KEY_PREFIX".into(), key_prefix.clone());
         vars.insert("JWT_SIGNING_KEY_FILE".into(), new_signing_key());
         if let Some(url) = &redis_url {
@@ -464,11 +466,32 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A standalone service's variables.
+/// The `GRPC_PEER_KEY` of standalone services: a test that plays the edge signs with it
+/// ([`as_edge`]); any other caller is untrusted, as in production.
+pub const TEST_PEER_KEY: &str = "test-peer-key-0123456789abcdef0123456789";
+
+/// Marks `request` as the edge's, forwarding `client_ip` (what the edge does on plaintext hops).
+pub fn as_edge<T>(request: &mut tonic::Request<T>, client_ip: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let credential = portico_tls::PeerKey::new(TEST_PEER_KEY.as_bytes()).sign(now, client_ip);
+    let metadata = request.metadata_mut();
+    metadata.insert("x-forwarded-for", client_ip.parse().expect("ascii"));
+    metadata.insert(portico_tls::PEER_HEADER, credential.parse().expect("ascii"));
+}
+
+/// A standalone service's variables (with [`TEST_PEER_KEY`] unless the test sets its own).
 fn source(vars: &[(&str, &str)]) -> HashMap<String, String> {
-    vars.iter()
+    let mut source: HashMap<String, String> = vars
+        .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+        .collect();
+    source
+        .entry("GRPC_PEER_KEY".into())
+        .or_insert_with(|| TEST_PEER_KEY.to_owned());
+    source
 }
 
 /// A standalone service's listener (127.0.0.1, port 0) and its shutdown token.
@@ -488,6 +511,11 @@ pub async fn spawn_ratelimit(
     source
         .entry("REDIS_KEY_PREFIX".into())
         .or_insert_with(|| format!("test:{}:", uuid::Uuid::new_v4().simple()));
+    // These tests call Check and Envoy's RLS directly, standing in for the edge and Envoy;
+    // tests/suite/tls.rs shows untrusted callers refused.
+    source
+        .entry("RATELIMIT_ALLOW_UNTRUSTED".into())
+        .or_insert_with(|| "true".to_owned());
     let settings = Settings::from_source(&source).expect("ratelimit settings");
     let (listener, shutdown) = listen().await;
     let handle = portico_ratelimit::serve_with_clock(&settings, listener, shutdown.clone(), clock)
@@ -556,6 +584,11 @@ pub async fn spawn_chat(
     if !source.contains_key("DATABASE_URL") {
         source.insert("DATABASE_URL".into(), test_database().await);
     }
+    // These tests call Complete directly, standing in for the edge; tests/suite/tls.rs shows
+    // untrusted callers refused.
+    source
+        .entry("CHAT_ALLOW_UNTRUSTED".into())
+        .or_insert_with(|| "true".to_owned());
     let settings = Settings::from_source(&source).expect("chat settings");
     let (listener, shutdown) = listen().await;
     let handle = portico_chat_gateway::serve_with(

@@ -238,6 +238,7 @@ async fn liveness_stays_serving_when_a_dependency_takes_the_server_out_of_rotati
         listener,
         tonic::service::Routes::default(),
         &[portico_proto::names::CONTENT],
+        portico_grpc::Transport::plaintext(),
         shutdown.clone(),
     )
     .await

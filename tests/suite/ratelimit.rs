@@ -889,14 +889,12 @@ mod edge {
                 String::new(),
             )),
         });
-        request
-            .metadata_mut()
-            .insert(
-                "x-admin-key",
-                "admin-secret-for-tests-0123456789abcdef"
-                    .parse()
-                    .expect("ascii"),
-            );
+        request.metadata_mut().insert(
+            "x-admin-key",
+            "admin-secret-for-tests-0123456789abcdef"
+                .parse()
+                .expect("ascii"),
+        );
         rl.reset(request).await.expect("reset everything");
 
         let bad = reset(
@@ -1017,15 +1015,13 @@ async fn the_edge_admitting_ahead_still_spends_every_token_in_the_service() {
     );
     // And the service agrees that the bucket is empty.
     let mut ratelimit = client(suite.service_addr(portico::Component::RateLimit)).await;
-    let check = ratelimit
-        .check(CheckRequest {
-            key: "127.0.0.1".into(),
-            policy: "global".into(),
-            cost: 1,
-            client_ip: String::new(),
-        })
-        .await
-        .expect("check")
-        .into_inner();
+    let mut request = tonic::Request::new(CheckRequest {
+        key: "127.0.0.1".into(),
+        policy: "global".into(),
+        cost: 1,
+        client_ip: String::new(),
+    });
+    crate::harness::as_edge(&mut request, "127.0.0.1");
+    let check = ratelimit.check(request).await.expect("check").into_inner();
     assert!(!check.allowed, "{check:?}");
 }

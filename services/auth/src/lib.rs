@@ -110,8 +110,19 @@ pub async fn serve_with(
         admin_key: settings.admin_api_key.clone(),
     };
     let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { accounts }));
-    let handle =
-        portico_grpc::serve("auth", listener, routes, &[names::AUTH], shutdown.clone()).await?;
+    let handle = portico_grpc::serve(
+        "auth",
+        listener,
+        routes,
+        &[names::AUTH],
+        portico_grpc::Transport::from_settings(
+            settings,
+            ("AUTH_HEALTH_ADDR", settings.transport.health_addrs.auth),
+            &shutdown,
+        )?,
+        shutdown.clone(),
+    )
+    .await?;
     handle.health.watch_database(db, shutdown);
     Ok(handle)
 }

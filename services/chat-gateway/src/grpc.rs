@@ -26,6 +26,8 @@ pub struct ChatGrpc {
     pub(crate) store: Store,
     pub(crate) admin_key: Option<SecretString>,
     pub(crate) verifier: portico_tokens::Verifier,
+    /// `CHAT_ALLOW_UNTRUSTED`: callers other than a trusted peer need no credentials.
+    pub(crate) allow_untrusted: bool,
     /// `LLM_MAX_TOKENS`.
     pub(crate) max_tokens: u32,
 }
@@ -62,20 +64,20 @@ fn validate(request: &mut pb::CompleteRequest, max_tokens: u32) -> Result<(), St
     if request.max_tokens == Some(0) {
         return invalid("max_tokens must be at least 1".into());
     }
+    if request.max_tokens.is_some_and(|n| n > max_tokens) {
+        return invalid(format!("max_tokens must be at most {max_tokens}"));
+    }
     if request.stop.len() > MAX_STOP || request.stop.iter().any(String::is_empty) {
         return invalid(format!("at most {MAX_STOP} stop sequences, none empty"));
     }
     if request.model.len() > 256 {
-    if request.max_tokens.is_some_and(|n| n > max_tokens) {
-        return invalid(format!("max_tokens must be at most {max_tokens}"));
-    }
         return invalid("model is longer than 256 characters".into());
     }
+    request.max_tokens.get_or_insert(max_tokens);
     Ok(())
 }
 
 fn provider(p: &Provider) -> pb::Provider {
-    request.max_tokens.get_or_insert(max_tokens);
     pb::Provider {
         name: p.spec.name.clone(),
         base_url: p.spec.base_url.clone(),
@@ -83,6 +85,22 @@ fn provider(p: &Provider) -> pb::Provider {
         priority: p.priority(),
         enabled: p.enabled(),
         circuit_state: p.circuit().name().into(),
+    }
+}
+
+impl ChatGrpc {
+    /// Completions spend the provider's money: the edge (a trusted peer) has applied the
+    /// public rules (anonymous chat or not); anyone else brings a bearer token or the admin
+    /// key, unless `CHAT_ALLOW_UNTRUSTED`.
+    async fn require_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        portico_tokens::authorize_caller(
+            request.metadata(),
+            self.allow_untrusted || portico_grpc::Peer::of(request).trusted,
+            self.admin_key.as_ref(),
+            &self.verifier,
+        )
+        .await
+        .map_err(Status::from)
     }
 }
 
@@ -94,6 +112,7 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        self.require_caller(&request).await?;
         let mut request = request.into_inner();
         validate(&mut request, self.max_tokens)?;
         self.gateway.complete(&request).await.map(Response::new)
@@ -103,6 +122,7 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        self.require_caller(&request).await?;
         let mut request = request.into_inner();
         validate(&mut request, self.max_tokens)?;
         let chunks = self.gateway.stream(request).await?;
@@ -228,6 +248,13 @@ mod tests {
                 },
                 "max_tokens",
             ),
+            (
+                pb::CompleteRequest {
+                    max_tokens: Some(4_000_000_000),
+                    ..good.clone()
+                },
+                "at most 4096",
+            ),
         ] {
             let mut request = request;
             let status = validate(&mut request, 4096).expect_err(fragment);
@@ -236,10 +263,3 @@ mod tests {
         }
     }
 }
-            (
-                pb::CompleteRequest {
-                    max_tokens: Some(4_000_000_000),
-                    ..good.clone()
-                },
-                "at most 4096",
-            ),

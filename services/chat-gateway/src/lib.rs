@@ -105,12 +105,16 @@ pub async fn serve_with(
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
-    let verifier = portico_tokens::Verifier::for_service(settings, redis).map_err(Error::Config)?;
+    let tls = portico_grpc::client::client_tls(settings, &shutdown)
+        .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?;
+    let verifier =
+        portico_tokens::Verifier::for_service(settings, redis, &tls).map_err(Error::Config)?;
     let service = grpc::ChatGrpc {
         gateway: Arc::clone(&gateway),
         store: store.clone(),
         admin_key: settings.admin_api_key.clone(),
         verifier,
+        allow_untrusted: settings.transport.chat_allow_untrusted,
         max_tokens: chat.max_tokens,
     };
     let routes = Routes::new(ChatServiceServer::new(service));
@@ -119,6 +123,11 @@ pub async fn serve_with(
         listener,
         routes,
         &[names::CHAT],
+        portico_grpc::Transport::from_settings(
+            settings,
+            ("CHAT_HEALTH_ADDR", settings.transport.health_addrs.chat),
+            &shutdown,
+        )?,
         shutdown.clone(),
     )
     .await?;

@@ -55,7 +55,10 @@ pub async fn serve(
         )
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
     }
-    let verifier = portico_tokens::Verifier::for_service(settings, redis).map_err(Error::Config)?;
+    let tls = portico_grpc::client::client_tls(settings, &shutdown)
+        .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?;
+    let verifier =
+        portico_tokens::Verifier::for_service(settings, redis, &tls).map_err(Error::Config)?;
     let service = grpc::ContentGrpc {
         store: store::Store::new(db.clone()),
         cache,
@@ -68,6 +71,14 @@ pub async fn serve(
         listener,
         routes,
         &[names::CONTENT],
+        portico_grpc::Transport::from_settings(
+            settings,
+            (
+                "CONTENT_HEALTH_ADDR",
+                settings.transport.health_addrs.content,
+            ),
+            &shutdown,
+        )?,
         shutdown.clone(),
     )
     .await?;

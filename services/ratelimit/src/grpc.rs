@@ -21,10 +21,22 @@ pub struct RateLimitGrpc {
     pub(crate) limiter: RateLimiter,
     pub(crate) descriptors: Arc<Descriptors>,
     pub(crate) admin_key: Option<SecretString>,
+    /// `RATELIMIT_ALLOW_UNTRUSTED`: callers other than a trusted peer may spend buckets.
+    pub(crate) allow_untrusted: bool,
     pub(crate) verifier: portico_tokens::Verifier,
 }
 
 impl RateLimitGrpc {
+    /// Spending a bucket is the edge's (or Envoy's) job: a caller that is not a trusted peer
+    /// could otherwise drain another client's bucket. Others need admin credentials, unless
+    /// `RATELIMIT_ALLOW_UNTRUSTED`.
+    pub(crate) async fn require_trusted<T>(&self, request: &Request<T>) -> Result<(), Error> {
+        if self.allow_untrusted || portico_grpc::Peer::of(request).trusted {
+            return Ok(());
+        }
+        self.require_admin(request).await
+    }
+
     /// `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token with the admin role.
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
         portico_tokens::authorize_admin(request.metadata(), self.admin_key.as_ref(), &self.verifier)
@@ -43,6 +55,7 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        self.require_trusted(&request).await?;
         let request = request.into_inner();
         if request.key.is_empty() || request.key.len() > MAX_KEY_LEN {
             return Err(Status::invalid_argument(format!(
@@ -100,6 +113,8 @@ impl EnvoyRateLimitService for RateLimitGrpc {
         &self,
         request: Request<envoy_rls::RateLimitRequest>,
     ) -> Result<Response<envoy_rls::RateLimitResponse>, Status> {
+        // Envoy is trusted by its certificate's name (`GRPC_TRUSTED_PEERS`).
+        self.require_trusted(&request).await?;
         let response =
             crate::envoy::should_rate_limit(&self.descriptors, &self.limiter, request.get_ref())
                 .await?;

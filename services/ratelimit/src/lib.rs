@@ -69,7 +69,14 @@ pub async fn serve_with_clock(
         limiter,
         descriptors: Arc::new(descriptors),
         admin_key: settings.admin_api_key.clone(),
-        verifier: portico_tokens::Verifier::for_service(settings, None).map_err(Error::Config)?,
+        verifier: portico_tokens::Verifier::for_service(
+            settings,
+            None,
+            &portico_grpc::client::client_tls(settings, &shutdown)
+                .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?,
+        )
+        .map_err(Error::Config)?,
+        allow_untrusted: settings.transport.ratelimit_allow_untrusted,
     };
     let routes = Routes::new(RateLimitServiceServer::new(service.clone()))
         .add_service(EnvoyRateLimitServiceServer::new(service));
@@ -78,6 +85,14 @@ pub async fn serve_with_clock(
         listener,
         routes,
         &[names::RATELIMIT, names::ENVOY_RLS],
+        portico_grpc::Transport::from_settings(
+            settings,
+            (
+                "RATELIMIT_HEALTH_ADDR",
+                settings.transport.health_addrs.ratelimit,
+            ),
+            &shutdown,
+        )?,
         shutdown.clone(),
     )
     .await?;

@@ -10,7 +10,9 @@ pub use ipnet::IpNet;
 pub use secrecy::{ExposeSecret, SecretString};
 
 mod settings;
+mod transport;
 pub use settings::*;
+pub use transport::*;
 
 /// Whether `given` equals `secret`, in time independent of where they differ (admin keys,
 /// the metrics secret).

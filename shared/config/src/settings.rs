@@ -71,6 +71,8 @@ pub struct Settings {
     pub ratelimit: RateLimitSettings,
     /// The chat gateway.
     pub chat: ChatSettings,
+    /// TLS and peer trust.
+    pub transport: crate::Transport,
     /// `ADMIN_API_KEY`: admin routes accept `X-Admin-Key` with this value.
     pub admin_api_key: Option<SecretString>,
     /// `SHUTDOWN_TIMEOUT`: longest graceful drain.
@@ -196,11 +198,11 @@ pub struct EdgeSettings {
     pub request_timeout: Duration,
     /// `HEALTH_CHECK_TIMEOUT`: deadline of each backend health check.
     pub health_check_timeout: Duration,
-}
-
     /// `EDGE_MAX_FORWARDED_HEADER_BYTES`: the largest header value forwarded to a service
     /// (larger: 431, or 401 for `Authorization`).
     pub max_forwarded_header_bytes: usize,
+}
+
 /// The auth service.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -227,8 +229,6 @@ pub struct AuthSettings {
     /// `AUTH_ADMIN_EMAILS`: accounts with these emails get the `admin` role once the address
     /// is verified (never from registration alone).
     pub admin_emails: Vec<String>,
-}
-
     /// `AUTH_HASH_QUEUE_MAX`: password hashes that may wait for a hashing thread.
     pub hash_queue_max: usize,
     /// `AUTH_ACCOUNT_MAX_FAILURES`: failures of one account (any address) before back-off.
@@ -236,6 +236,8 @@ pub struct AuthSettings {
     /// `AUTH_ACCOUNT_BACKOFF_MAX`: the longest gap between two checked attempts of an account
     /// in back-off.
     pub account_backoff_max: Duration,
+}
+
 /// The ratelimit service.
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {
@@ -282,14 +284,14 @@ pub struct ChatSettings {
     pub cb_success_threshold: u32,
     /// `CHAT_ALLOW_ANONYMOUS` (default: true, false when `APP_ENV=production`).
     pub allow_anonymous: bool,
-}
-
     /// `LLM_MODELS`: models callers may ask the `LLM_BASE_URL` provider for (besides
     /// `LLM_MODEL`).
     pub models: Vec<String>,
     /// `LLM_MAX_TOKENS`: the most completion tokens a call may ask for (more: 400); also sent
     /// when the caller asks for none.
     pub max_tokens: u32,
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -324,18 +326,16 @@ impl Settings {
         let auth = read_auth(&mut r, app_env);
         let ratelimit = read_ratelimit(&mut r);
         let chat = read_chat(&mut r, app_env);
+        let transport = crate::transport::read_transport(&mut r);
+        for (key, url) in [
+            ("AUTH_GRPC_URL", &edge.auth_url),
+            ("CONTENT_GRPC_URL", &edge.content_url),
+            ("CHAT_GRPC_URL", &edge.chat_url),
+            ("RATELIMIT_GRPC_URL", &edge.ratelimit_url),
+        ] {
+            crate::transport::check_grpc_url(&mut r, key, url, transport.grpc_tls.as_ref());
+        }
         let admin_api_key = r.secret("ADMIN_API_KEY");
-        let shutdown_timeout =
-            r.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, Unit::Seconds);
-        let metrics_addr = r
-            .raw("METRICS_ADDR")
-            .map(|_| r.addr("METRICS_ADDR", "127.0.0.1:0"));
-        r.finish()?;
-        Ok(Self {
-            app_env,
-            addrs,
-            storage,
-            telemetry,
         if admin_api_key
             .as_ref()
             .is_some_and(|key| key.expose_secret().chars().count() < MIN_ADMIN_API_KEY_CHARS)
@@ -347,10 +347,22 @@ impl Settings {
                 ),
             );
         }
+        let shutdown_timeout =
+            r.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT, Unit::Seconds);
+        let metrics_addr = r
+            .raw("METRICS_ADDR")
+            .map(|_| r.addr("METRICS_ADDR", "127.0.0.1:0"));
+        r.finish()?;
+        Ok(Self {
+            app_env,
+            addrs,
+            storage,
+            telemetry,
             edge,
             auth,
             ratelimit,
             chat,
+            transport,
             admin_api_key,
             shutdown_timeout,
             metrics_addr,
@@ -369,6 +381,7 @@ fn read_storage(r: &mut Reader<'_>) -> Storage {
             "unsupported scheme: expected sqlite://path?mode=rwc, sqlite::memory: or postgres://user@host/db",
         );
     }
+    crate::transport::check_database_tls(r, &database_url);
     let redis_url = r.raw("REDIS_URL");
     let ratelimit_redis_url = r.raw("RATE_LIMIT_REDIS_URL").or_else(|| redis_url.clone());
     for (key, url) in [
@@ -489,6 +502,16 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
         }
         _ => MetricsGuard::None,
     };
+    let metrics_enabled = r.bool("METRICS_ENABLED", true);
+    if app_env == AppEnv::Production
+        && metrics_enabled
+        && matches!(metrics_guard, MetricsGuard::None)
+    {
+        r.problem(
+            "METRICS_GUARD",
+            "`none` is refused when APP_ENV=production: use secret or cidr (or METRICS_ENABLED=false)",
+        );
+    }
     EdgeSettings {
         auth_url: r.url("AUTH_GRPC_URL", "http://127.0.0.1:50051"),
         content_url: r.url("CONTENT_GRPC_URL", "http://127.0.0.1:50052"),
@@ -502,16 +525,6 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
         maintenance_mode: r.bool("MAINTENANCE_MODE", false),
         header_read_timeout: r.duration(
             "EDGE_HEADER_READ_TIMEOUT",
-    let metrics_enabled = r.bool("METRICS_ENABLED", true);
-    if app_env == AppEnv::Production
-        && metrics_enabled
-        && matches!(metrics_guard, MetricsGuard::None)
-    {
-        r.problem(
-            "METRICS_GUARD",
-            "`none` is refused when APP_ENV=production: use secret or cidr (or METRICS_ENABLED=false)",
-        );
-    }
             Duration::from_secs(10),
             Unit::Seconds,
         ),
@@ -524,6 +537,12 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
             "HEALTH_CHECK_TIMEOUT",
             Duration::from_millis(500),
             Unit::Millis,
+        ),
+        max_forwarded_header_bytes: r.number(
+            "EDGE_MAX_FORWARDED_HEADER_BYTES",
+            DEFAULT_MAX_FORWARDED_HEADER_BYTES,
+            256,
+            64 * 1024,
         ),
     }
 }
@@ -551,12 +570,6 @@ fn read_auth(r: &mut Reader<'_>, app_env: AppEnv) -> AuthSettings {
             "JWT_ACCESS_TTL",
             Duration::from_secs(15 * 60),
             Unit::Seconds,
-        max_forwarded_header_bytes: r.number(
-            "EDGE_MAX_FORWARDED_HEADER_BYTES",
-            DEFAULT_MAX_FORWARDED_HEADER_BYTES,
-            256,
-            64 * 1024,
-        ),
         ),
         refresh_ttl: r.duration(
             "JWT_REFRESH_TTL",
@@ -728,19 +741,6 @@ mod tests {
             ("AUTH_EMAIL_VERIFICATION_REQUIRED", "true"),
         ])
         .is_ok());
-    }
-
-    #[test]
-    fn wildcard_cors_refuses_credentials() {
-        let error = settings(&[("CORS_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")])
-            .expect_err("wildcard with credentials");
-        assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
-    }
-
-    #[test]
-    fn guard_modes_need_their_values() {
-        let error = settings(&[("METRICS_GUARD", "secret")]).expect_err("no secret");
-        assert_eq!(error.problems[0].variable, "METRICS_GUARD_SECRET");
         assert!(settings(&[("AUTH_ADMIN_EMAILS", "boss@example.com")]).is_ok());
     }
 
@@ -762,6 +762,19 @@ mod tests {
                 .chat
                 .allow_anonymous
         );
+    }
+
+    #[test]
+    fn wildcard_cors_refuses_credentials() {
+        let error = settings(&[("CORS_ORIGINS", "*"), ("CORS_ALLOW_CREDENTIALS", "true")])
+            .expect_err("wildcard with credentials");
+        assert_eq!(error.problems[0].variable, "CORS_ORIGINS");
+    }
+
+    #[test]
+    fn guard_modes_need_their_values() {
+        let error = settings(&[("METRICS_GUARD", "secret")]).expect_err("no secret");
+        assert_eq!(error.problems[0].variable, "METRICS_GUARD_SECRET");
         let error = settings(&[("METRICS_GUARD", "cidr")]).expect_err("no allowlist");
         assert_eq!(error.problems[0].variable, "METRICS_GUARD_ALLOWLIST");
     }

@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
+pub mod client;
 mod layer;
 mod metrics;
+mod peer;
 
 pub use layer::{RequestContextLayer, RequestContextService};
 pub use metrics::serve_metrics;
+pub use peer::{Peer, PeerLayer, PeerPolicy, PeerService};
 pub use portico_telemetry::RequestContext;
 
 /// Errors of the gRPC server plumbing.
@@ -27,6 +30,94 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS files are unusable.
+    #[error("GRPC_TLS_*: {0}")]
+    Tls(#[from] portico_tls::TlsError),
+    /// The plaintext health port could not be bound.
+    #[error("{key}={addr}: {error}")]
+    HealthAddr {
+        /// The variable.
+        key: &'static str,
+        /// Its value.
+        addr: SocketAddr,
+        /// Why it failed.
+        error: std::io::Error,
+    },
+}
+
+/// Most concurrent HTTP/2 streams per client connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Most requests handled at once per connection (beyond it, requests wait).
+pub const CONCURRENCY_PER_CONNECTION: usize = 256;
+/// Longest an RPC may take before the server answers DEADLINE_EXCEEDED (streams: until their
+/// first message; the chat gateway bounds streams itself).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a server is reached and whom it trusts.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    tls: Option<portico_tls::Reloading<portico_tls::rustls::ServerConfig>>,
+    peers: PeerPolicy,
+    health_addr: Option<(&'static str, SocketAddr)>,
+}
+
+impl Transport {
+    /// From `GRPC_TLS_*`, `GRPC_TRUSTED_PEERS` and `GRPC_PEER_KEY`; `health` names this
+    /// service's plaintext health port variable and value. Certificate files are re-read every
+    /// `TLS_RELOAD_INTERVAL` until `shutdown`.
+    pub fn from_settings(
+        settings: &portico_config::Settings,
+        health: (&'static str, Option<SocketAddr>),
+        shutdown: &CancellationToken,
+    ) -> Result<Self, ServeError> {
+        use secrecy::ExposeSecret as _;
+        let transport = &settings.transport;
+        let tls = match &transport.grpc_tls {
+            Some(portico_config::GrpcTls {
+                ca,
+                identity: Some(files),
+            }) => {
+                let identity = portico_tls::Identity {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                };
+                let config = portico_tls::server(&identity, Some(ca), &[b"h2"])?;
+                config.spawn_watch(
+                    "GRPC_TLS_CERT_FILE",
+                    transport.reload_interval,
+                    shutdown.clone(),
+                );
+                Some(config)
+            }
+            _ => None,
+        };
+        let peers = match (&tls, &transport.peer_key) {
+            (Some(_), _) => {
+                PeerPolicy::Certificates(std::sync::Arc::new(transport.trusted_peers.clone()))
+            }
+            (None, Some(key)) => {
+                PeerPolicy::SignedBy(portico_tls::PeerKey::new(key.expose_secret().as_bytes()))
+            }
+            (None, None) => PeerPolicy::Nobody,
+        };
+        let (key, addr) = health;
+        Ok(Self {
+            tls,
+            peers,
+            health_addr: addr.map(|addr| (key, addr)),
+        })
+    }
+
+    /// Plaintext, trusting nobody, no health port (tests of the plumbing).
+    pub fn plaintext() -> Self {
+        Self {
+            tls: None,
+            peers: PeerPolicy::Nobody,
+            health_addr: None,
+        }
+    }
 }
 
 /// How often a service's database is pinged for its health status.
@@ -145,6 +236,50 @@ impl Health {
     }
 }
 
+/// Accepted connections after their TLS handshake (each with the certificate current at
+/// that moment; handshakes run concurrently, bounded by [`HANDSHAKE_TIMEOUT`]). A client that
+/// fails the handshake — no certificate, one the CA did not sign, plaintext — never reaches
+/// the server.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: portico_tls::Reloading<portico_tls::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<portico_tls::tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (accepted, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = portico_tls::tokio_rustls::TlsAcceptor::from(tls.current());
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = accepted.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
 /// A running gRPC server.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -194,6 +329,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&'static str],
+    transport: Transport,
     shutdown: CancellationToken,
 ) -> Result<ServerHandle, ServeError> {
     let local_addr = listener.local_addr()?;
@@ -225,18 +361,33 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let health_port = match transport.health_addr {
+        Some((key, addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| ServeError::HealthAddr { key, addr, error })?,
+        ),
+        None => None,
+    };
+    if let Some(listener) = health_port {
+        // Kubelet's `grpc:` probes speak plaintext: health alone, on its own port.
+        let addr = listener.local_addr()?;
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
+        );
+        tracing::info!(component, %addr, "gRPC health (plaintext) listening");
+    }
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
-    // Small RPCs must not wait for Nagle's algorithm.
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        if let Ok(stream) = &stream {
-            let _ = stream.set_nodelay(true);
-        }
-        stream
-    });
     let signal = {
         let health = health.clone();
         let shutdown = shutdown.clone();
@@ -249,12 +400,29 @@ pub async fn serve(
             );
         }
     };
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(RequestContextLayer::new(component))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, signal),
-    );
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(PeerLayer::new(transport.peers.clone()))
+        .layer(RequestContextLayer::new(component))
+        .add_routes(routes);
+    let task = match transport.tls {
+        None => {
+            // Small RPCs must not wait for Nagle's algorithm.
+            let incoming = TcpListenerStream::new(listener).map(|stream| {
+                if let Ok(stream) = &stream {
+                    let _ = stream.set_nodelay(true);
+                }
+                stream
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, shutdown.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
     tracing::info!(component, %local_addr, "gRPC server listening");
     Ok(ServerHandle {
         local_addr,
@@ -286,6 +454,7 @@ mod tests {
             listener,
             Routes::default(),
             &["test.v1.Service"],
+            Transport::plaintext(),
             shutdown.clone(),
         )
         .await

@@ -185,11 +185,10 @@ impl Verifier {
     pub fn for_service(
         settings: &portico_config::Settings,
         redis: Option<portico_redis::Redis>,
+        tls: &portico_grpc::client::ClientTls,
     ) -> Result<Self, String> {
-        let channel = tonic::transport::Endpoint::from_shared(settings.edge.auth_url.clone())
-            .map_err(|e| format!("AUTH_GRPC_URL: {e}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .connect_lazy();
+        let channel = portico_grpc::client::channel(&settings.edge.auth_url, tls)
+            .map_err(|e| format!("AUTH_GRPC_URL: {e}"))?;
         Ok(Self::new(
             channel,
             &settings.auth.issuer,
@@ -291,6 +290,42 @@ impl From<AdminRefusal> for tonic::Status {
             AdminRefusal::PermissionDenied(message) => tonic::Status::permission_denied(message),
         }
     }
+}
+
+/// A caller that is not a trusted peer (see `portico_grpc::Peer`) must bring its own
+/// credentials: a bearer token that verifies, or the admin key. A trusted peer (the edge) has
+/// already applied the public rules (anonymous chat, and so on) and passes.
+pub async fn authorize_caller(
+    metadata: &tonic::metadata::MetadataMap,
+    trusted_peer: bool,
+    admin_key: Option<&portico_config::SecretString>,
+    verifier: &Verifier,
+) -> Result<(), AdminRefusal> {
+    if trusted_peer {
+        return Ok(());
+    }
+    if metadata.contains_key("x-admin-key") {
+        return authorize_admin(metadata, admin_key, verifier)
+            .await
+            .map(|_| ());
+    }
+    let bearer = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            AdminRefusal::Unauthenticated(
+                "credentials required: a bearer token (callers other than the edge cannot call anonymously)".into(),
+            )
+        })?;
+    verifier
+        .verify(bearer)
+        .await
+        .map(|_| ())
+        .map_err(|refused| {
+            tracing::info!(reason = %refused.0, "bearer token refused");
+            AdminRefusal::Unauthenticated("the bearer token is invalid, expired or revoked".into())
+        })
 }
 
 /// Admin access for a service: `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token whose
