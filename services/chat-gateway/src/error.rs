@@ -44,6 +44,9 @@ impl From<Error> for Status {
 
 /// What a caller is told when no provider could answer (the reasons are in the log).
 pub const LLM_UNAVAILABLE_MESSAGE: &str = "no LLM provider could answer; retry later";
+/// What a caller is told when every provider's circuit refused the call.
+pub const LLM_CIRCUIT_OPEN_MESSAGE: &str =
+    "no LLM provider could answer (circuit open); retry later";
 /// What a caller is told when the LLM call ran out of time.
 pub const LLM_TIMEOUT_MESSAGE: &str = "the LLM call timed out";
 

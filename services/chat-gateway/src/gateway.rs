@@ -224,7 +224,13 @@ impl Failures {
             error::llm_timeout(error::LLM_TIMEOUT_MESSAGE.into())
         } else {
             tracing::warn!(%reasons, "no LLM provider could answer");
-            error::llm_unavailable(error::LLM_UNAVAILABLE_MESSAGE.into(), self.open_for)
+            // Stable texts only: whether circuits refused is Portico's state, not a provider's.
+            let message = if self.attempts == 0 && self.open_for.is_some() {
+                error::LLM_CIRCUIT_OPEN_MESSAGE
+            } else {
+                error::LLM_UNAVAILABLE_MESSAGE
+            };
+            error::llm_unavailable(message.into(), self.open_for)
         }
     }
 }
