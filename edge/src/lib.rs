@@ -125,6 +125,7 @@ impl Edge {
             settings.storage.redis_url.as_ref(),
             &settings.storage.redis_key_prefix,
             REDIS_COMMAND_TIMEOUT,
+            settings.transport.redis_tls_ca.as_deref(),
             shutdown.clone(),
         )?;
         let tls = portico_grpc::client::client_tls(settings, &shutdown)?;

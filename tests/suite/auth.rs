@@ -965,6 +965,7 @@ async fn the_runbooks_redis_keys_unlock_and_revoke() {
                 &redis.url,
                 &prefix,
                 Duration::from_millis(500),
+                None,
                 tokio_util::sync::CancellationToken::new(),
             )
             .expect("redis"),

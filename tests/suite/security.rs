@@ -40,9 +40,7 @@ fn login_from(email: &str, password: &str, ip: &str) -> tonic::Request<pb::Login
         email: email.into(),
         password: password.into(),
     });
-    request
-        .metadata_mut()
-        .insert("x-forwarded-for", ip.parse().expect("ascii"));
+    harness::as_edge(&mut request, ip);
     request
 }
 

@@ -92,6 +92,7 @@ pub async fn serve_with(
         storage.redis_url.as_ref(),
         &storage.redis_key_prefix,
         REDIS_COMMAND_TIMEOUT,
+        settings.transport.redis_tls_ca.as_deref(),
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;

@@ -494,6 +494,7 @@ mod tests {
                 &url,
                 &format!("test:{}:", uuid::Uuid::new_v4().simple()),
                 Duration::from_secs(1),
+                None,
                 tokio_util::sync::CancellationToken::new(),
             )
             .expect("redis");

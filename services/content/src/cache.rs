@@ -280,11 +280,12 @@ async fn set_new_rev(redis: &Redis) -> Result<(), Error> {
 /// after outages. Stops with `shutdown`.
 pub fn subscribe(
     url: &str,
+    tls_ca: Option<&std::path::Path>,
     prefix: &str,
     cache: Cache,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), Error> {
-    let subscriber = Builder::from_config(Config::from_url(url)?)
+    let subscriber = Builder::from_config(portico_redis::config(url, tls_ca)?)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build_subscriber_client()?;
     let channel = format!("{prefix}content:invalidate");

@@ -41,6 +41,7 @@ pub async fn serve(
         storage.redis_url.as_ref(),
         &storage.redis_key_prefix,
         REDIS_COMMAND_TIMEOUT,
+        settings.transport.redis_tls_ca.as_deref(),
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
@@ -49,6 +50,7 @@ pub async fn serve(
     if let Some(url) = &storage.redis_url {
         cache::subscribe(
             url.expose_secret(),
+            settings.transport.redis_tls_ca.as_deref(),
             &storage.redis_key_prefix,
             cache.clone(),
             shutdown.clone(),

@@ -55,6 +55,7 @@ pub async fn serve_with_clock(
         settings.storage.ratelimit_redis_url.as_ref(),
         &settings.storage.redis_key_prefix,
         REDIS_COMMAND_TIMEOUT,
+        settings.transport.redis_tls_ca.as_deref(),
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("RATE_LIMIT_REDIS_URL/REDIS_URL: {e}")))?;

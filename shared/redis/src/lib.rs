@@ -3,7 +3,7 @@
 //! per-command timeout instead of waiting for a reconnect), and knows whether Redis is up — so a
 //! caller skips Redis at once while it is down, and a background probe notices when it returns.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 pub use fred;
 use fred::prelude::*;
@@ -38,11 +38,20 @@ impl Redis {
         url: Option<&secrecy::SecretString>,
         prefix: &str,
         command_timeout: Duration,
+        tls_ca: Option<&Path>,
         shutdown: CancellationToken,
     ) -> Result<Option<Self>, Error> {
         use secrecy::ExposeSecret as _;
-        url.map(|url| Self::connect(url.expose_secret(), prefix, command_timeout, shutdown))
-            .transpose()
+        url.map(|url| {
+            Self::connect(
+                url.expose_secret(),
+                prefix,
+                command_timeout,
+                tls_ca,
+                shutdown,
+            )
+        })
+        .transpose()
     }
 
     /// A handle to `url`, connecting in the background. Commands give up after
@@ -51,9 +60,10 @@ impl Redis {
         url: &str,
         prefix: &str,
         command_timeout: Duration,
+        tls_ca: Option<&Path>,
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
-        let config = Config::from_url(url)?;
+        let config = config(url, tls_ca)?;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = command_timeout.max(Duration::from_millis(250));
@@ -169,6 +179,23 @@ impl Redis {
             }
         });
     }
+}
+
+/// The client configuration of `url`. `rediss://` is TLS (rustls, SNI from the host name, the
+/// system's roots or `tls_ca`); a handshake that fails — a plaintext port, a certificate the
+/// CA did not sign — fails the connection, never falls back to plaintext.
+pub fn config(url: &str, tls_ca: Option<&Path>) -> Result<Config, Error> {
+    let mut config = Config::from_url(url)?;
+    if url.starts_with("rediss://") {
+        let client = portico_tls::store_client(tls_ca).map_err(|e| {
+            Error::new(
+                fred::error::ErrorKind::Tls,
+                format!("REDIS_TLS_CA_FILE: {e}"),
+            )
+        })?;
+        config.tls = Some(fred::types::config::TlsConnector::from(client).into());
+    }
+    Ok(config)
 }
 
 /// Escapes Redis glob characters so a prefix matches only itself.
