@@ -18,3 +18,4 @@ mod migrations;
 mod ratelimit;
 mod security;
 mod shutdown;
+mod tls;

@@ -38,6 +38,16 @@ pub const DEFAULT_HASH_QUEUE_MAX: usize = 64;
 pub const DEFAULT_ACCOUNT_MAX_FAILURES: u32 = 10;
 /// Default `AUTH_ACCOUNT_BACKOFF_MAX`: the longest gap the back-off imposes.
 pub const DEFAULT_ACCOUNT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// Default `AUTH_PASSWORD_RESET_TTL`: how long a password reset token may be used.
+pub const DEFAULT_PASSWORD_RESET_TTL: Duration = Duration::from_secs(30 * 60);
+/// Default `AUTH_PASSWORD_RESET_ACCOUNT_MAX`: reset requests for one email address (known or
+/// not) within `AUTH_PASSWORD_RESET_ACCOUNT_WINDOW` before further ones are refused (429).
+pub const DEFAULT_PASSWORD_RESET_ACCOUNT_MAX: u32 = 5;
+/// Default `AUTH_PASSWORD_RESET_ACCOUNT_WINDOW`.
+pub const DEFAULT_PASSWORD_RESET_ACCOUNT_WINDOW: Duration = Duration::from_secs(3600);
+/// Default `AUTH_REFRESH_GRACE`: how long a spent refresh token presented again returns the same
+/// successor pair instead of revoking its family (0 = strict rotation).
+pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(10);
 /// Default `LLM_MAX_TOKENS`: the most completion tokens one chat call may ask for.
 pub const DEFAULT_LLM_MAX_TOKENS: u32 = 4096;
 
@@ -236,6 +246,15 @@ pub struct AuthSettings {
     /// `AUTH_ACCOUNT_BACKOFF_MAX`: the longest gap between two checked attempts of an account
     /// in back-off.
     pub account_backoff_max: Duration,
+    /// `AUTH_PASSWORD_RESET_TTL`: lifetime of a password reset token.
+    pub password_reset_ttl: Duration,
+    /// `AUTH_PASSWORD_RESET_ACCOUNT_MAX`: reset requests per email address per window.
+    pub password_reset_account_max: u32,
+    /// `AUTH_PASSWORD_RESET_ACCOUNT_WINDOW`: the window of that limit.
+    pub password_reset_account_window: Duration,
+    /// `AUTH_REFRESH_GRACE`: a spent refresh token presented again within this returns the same
+    /// successor pair; zero = strict rotation (any reuse revokes the family).
+    pub refresh_grace: Duration,
 }
 
 /// The ratelimit service.
@@ -327,11 +346,12 @@ impl Settings {
         let ratelimit = read_ratelimit(&mut r);
         let chat = read_chat(&mut r, app_env);
         let transport = crate::transport::read_transport(&mut r);
+        let mut edge = edge;
         for (key, url) in [
-            ("AUTH_GRPC_URL", &edge.auth_url),
-            ("CONTENT_GRPC_URL", &edge.content_url),
-            ("CHAT_GRPC_URL", &edge.chat_url),
-            ("RATELIMIT_GRPC_URL", &edge.ratelimit_url),
+            ("AUTH_GRPC_URL", &mut edge.auth_url),
+            ("CONTENT_GRPC_URL", &mut edge.content_url),
+            ("CHAT_GRPC_URL", &mut edge.chat_url),
+            ("RATELIMIT_GRPC_URL", &mut edge.ratelimit_url),
         ] {
             crate::transport::check_grpc_url(&mut r, key, url, transport.grpc_tls.as_ref());
         }
@@ -601,6 +621,27 @@ fn read_auth(r: &mut Reader<'_>, app_env: AppEnv) -> AuthSettings {
             DEFAULT_ACCOUNT_BACKOFF_MAX,
             Unit::Seconds,
         ),
+        password_reset_ttl: r.duration(
+            "AUTH_PASSWORD_RESET_TTL",
+            DEFAULT_PASSWORD_RESET_TTL,
+            Unit::Seconds,
+        ),
+        password_reset_account_max: r.number(
+            "AUTH_PASSWORD_RESET_ACCOUNT_MAX",
+            DEFAULT_PASSWORD_RESET_ACCOUNT_MAX,
+            1,
+            1_000_000,
+        ),
+        password_reset_account_window: r.duration(
+            "AUTH_PASSWORD_RESET_ACCOUNT_WINDOW",
+            DEFAULT_PASSWORD_RESET_ACCOUNT_WINDOW,
+            Unit::Seconds,
+        ),
+        refresh_grace: r.duration_or_zero(
+            "AUTH_REFRESH_GRACE",
+            DEFAULT_REFRESH_GRACE,
+            Unit::Seconds,
+        ),
     }
 }
 
@@ -684,6 +725,20 @@ mod tests {
         assert!(s.ratelimit.fail_open);
         assert!(s.chat.allow_anonymous);
         assert!(matches!(s.edge.metrics_guard, MetricsGuard::None));
+        assert_eq!(s.auth.password_reset_ttl, DEFAULT_PASSWORD_RESET_TTL);
+        assert_eq!(s.auth.refresh_grace, DEFAULT_REFRESH_GRACE);
+    }
+
+    #[test]
+    fn a_zero_refresh_grace_is_strict_rotation_and_a_bad_one_is_refused() {
+        let strict = settings(&[("AUTH_REFRESH_GRACE", "0")]).expect("0 is allowed");
+        assert_eq!(strict.auth.refresh_grace, Duration::ZERO);
+        let short = settings(&[("AUTH_REFRESH_GRACE", "250ms")]).expect("units");
+        assert_eq!(short.auth.refresh_grace, Duration::from_millis(250));
+        let error = settings(&[("AUTH_REFRESH_GRACE", "soon")]).expect_err("not a duration");
+        assert_eq!(variables(&error), ["AUTH_REFRESH_GRACE"]);
+        let error = settings(&[("AUTH_PASSWORD_RESET_TTL", "0")]).expect_err("never valid");
+        assert_eq!(variables(&error), ["AUTH_PASSWORD_RESET_TTL"]);
     }
 
     #[test]

@@ -227,19 +227,27 @@ pub(crate) fn read_transport(r: &mut Reader<'_>) -> Transport {
 }
 
 /// A `*_GRPC_URL` must agree with the TLS settings: `https://` needs the CA, and `http://`
-/// while this process has a gRPC certificate would be a silent downgrade.
-pub(crate) fn check_grpc_url(r: &mut Reader<'_>, key: &str, url: &str, tls: Option<&GrpcTls>) {
+/// while this process has a gRPC certificate would be a silent downgrade. An unset URL follows
+/// the TLS settings (its default becomes `https://`).
+pub(crate) fn check_grpc_url(
+    r: &mut Reader<'_>,
+    key: &str,
+    url: &mut String,
+    tls: Option<&GrpcTls>,
+) {
+    let with_identity = tls.is_some_and(|tls| tls.identity.is_some());
+    if r.raw(key).is_none() && with_identity {
+        if let Some(rest) = url.strip_prefix("http://") {
+            *url = format!("https://{rest}");
+        }
+        return;
+    }
     match (url.starts_with("https://"), tls) {
         (true, None) => r.problem(
             key,
             "https:// needs GRPC_TLS_CA_FILE (and GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE for mTLS)",
         ),
-        (
-            false,
-            Some(GrpcTls {
-                identity: Some(_), ..
-            }),
-        ) => r.problem(
+        (false, _) if with_identity => r.problem(
             key,
             "http:// while GRPC_TLS_CERT_FILE is set: use https:// (the services refuse plaintext)",
         ),
