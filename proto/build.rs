@@ -22,6 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("portico_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Envoy's RLS: the Rust types come from envoy-types, which ships no descriptor set; these
+    // vendored files give reflection (grpcurl describe) the same messages. No code is generated.
+    println!("cargo:rerun-if-changed=envoy");
+    let envoy = protox::compile(["envoy/envoy/service/ratelimit/v3/rls.proto"], ["envoy"])?;
+    std::fs::write(
+        out_dir.join("envoy_rls_descriptor.bin"),
+        envoy.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -34,6 +34,11 @@ pub mod envoy_rls {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portico_descriptor.bin"));
 
+/// The encoded descriptors of Envoy's `envoy.service.ratelimit.v3.RateLimitService` and what it
+/// imports (vendored under `proto/envoy`), for server reflection.
+pub const ENVOY_RLS_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_rls_descriptor.bin"));
+
 /// Full gRPC service names, as used by health checks and reflection.
 pub mod names {
     pub const AUTH: &str = "portico.auth.v1.AuthService";

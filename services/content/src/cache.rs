@@ -12,19 +12,12 @@
 //! refused (UNAVAILABLE, nothing written): a write must bump `content:rev` before it commits,
 //! or a Redis that comes back with its data would make what it replaced look current.
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use portico_redis::{fred::prelude::*, Redis};
 use portico_revision::Revision;
 use portico_ttlmap::TtlMap;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-};
 
 /// How long an L1 entry may live (it is also checked against `content:rev` on every use).
 const L1_TTL: Duration = Duration::from_secs(5);
@@ -33,26 +26,10 @@ const L1_CAPACITY: usize = 10_000;
 /// Lifetime of a Redis entry (stale entries are recognised by their rev before this).
 const REDIS_TTL_SECONDS: i64 = 60;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-fn requests() -> &'static Family<ResultLabels, Counter> {
-    static METRIC: OnceLock<Family<ResultLabels, Counter>> = OnceLock::new();
-    METRIC.get_or_init(|| {
-        let family = Family::default();
-        portico_telemetry::metrics::register(
-            "cache_requests",
-            "Content cache lookups by result (hit, miss)",
-            family.clone(),
-        );
-        family
-    })
-}
-
-fn count(result: &'static str) {
-    requests().get_or_create(&ResultLabels { result }).inc();
+/// Counts one lookup in `cache_requests_total{layer,result}`: each layer asked counts its
+/// own hit or miss (an L1 miss answered by Redis is an `l1` miss and a `redis` hit).
+fn count(layer: &'static str, hit: bool) {
+    portico_telemetry::metrics::cache_lookup(layer, hit);
 }
 
 /// The revision cached values are checked against; all zeros when `content:rev` is unset.
@@ -118,13 +95,13 @@ impl Cache {
         let Some(redis) = self.redis.as_ref().filter(|r| r.is_up()) else {
             if self.redis.is_some() {
                 // Redis is down: no shared rev to trust, so no cache at all (degraded).
-                count("miss");
+                count("redis", false);
                 return load().await;
             }
             // Read before loading: a write that lands meanwhile makes this fill stale-tagged.
             let rev = self.local_rev();
             if let Some(entry) = self.l1.get(key).filter(|e| e.rev == rev) {
-                count("hit");
+                count("l1", true);
                 return Ok(entry.bytes);
             }
             let bytes = load().await?;
@@ -135,7 +112,7 @@ impl Cache {
                     bytes: bytes.clone(),
                 },
             );
-            count("miss");
+            count("l1", false);
             return Ok(bytes);
         };
         let rev: Rev = match redis
@@ -146,14 +123,15 @@ impl Cache {
             Ok(rev) => rev.and_then(|raw| raw.try_into().ok()).unwrap_or_default(),
             Err(error) => {
                 redis.mark_down(&error);
-                count("miss");
+                count("redis", false);
                 return load().await;
             }
         };
         if let Some(entry) = self.l1.get(key).filter(|e| e.rev == rev) {
-            count("hit");
+            count("l1", true);
             return Ok(entry.bytes);
         }
+        count("l1", false);
         let full_key = redis.key(key);
         if let Ok(Some(raw)) = redis.client().get::<Option<Vec<u8>>, _>(&full_key).await {
             if raw.len() >= rev.len() && raw[..rev.len()] == rev {
@@ -165,7 +143,7 @@ impl Cache {
                         bytes: bytes.clone(),
                     },
                 );
-                count("hit");
+                count("redis", true);
                 return Ok(bytes);
             }
         }
@@ -192,7 +170,7 @@ impl Cache {
                 bytes: bytes.clone(),
             },
         );
-        count("miss");
+        count("redis", false);
         Ok(bytes)
     }
 

@@ -45,6 +45,9 @@ pub async fn serve(
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    if let Some(redis) = &redis {
+        redis.report_up("content");
+    }
     let cache = cache::Cache::new(redis.clone());
     let revision = cache.revision();
     if let Some(url) = &storage.redis_url {

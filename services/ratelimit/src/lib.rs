@@ -59,6 +59,9 @@ pub async fn serve_with_clock(
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("RATE_LIMIT_REDIS_URL/REDIS_URL: {e}")))?;
+    if let Some(redis) = &redis {
+        redis.report_up("ratelimit");
+    }
     let limiter = RateLimiter::new(
         Policies::from_settings(rl),
         rl.whitelist.clone(),

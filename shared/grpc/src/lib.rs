@@ -15,11 +15,14 @@ pub mod client;
 mod layer;
 mod metrics;
 mod peer;
+mod server_metrics;
+mod watch;
 
 pub use layer::{RequestContextLayer, RequestContextService};
 pub use metrics::serve_metrics;
 pub use peer::{Peer, PeerLayer, PeerPolicy, PeerService};
 pub use portico_telemetry::RequestContext;
+pub use server_metrics::{MeteredBody, ServerMetricsLayer, ServerMetricsService};
 
 /// Errors of the gRPC server plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,13 @@ pub fn unavailable(message: impl Into<String>) -> tonic::Status {
     status
 }
 
+/// The services every server carries besides its own.
+const PLUMBING_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// The health name Kubernetes' liveness probe asks: SERVING as long as the process answers.
 pub const LIVENESS: &str = "liveness";
 
@@ -143,6 +153,8 @@ pub const LIVENESS: &str = "liveness";
 pub struct Health {
     reporter: HealthReporter,
     names: Vec<&'static str>,
+    /// The process part, the `component` of `dependency_up`.
+    component: &'static str,
 }
 
 impl std::fmt::Debug for Health {
@@ -220,6 +232,7 @@ impl Health {
                 let ok = tokio::time::timeout(interval, probe())
                     .await
                     .unwrap_or(false);
+                portico_telemetry::metrics::dependency_up(health.component, dependency, ok);
                 if ok == healthy {
                     continue;
                 }
@@ -333,10 +346,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ServerHandle, ServeError> {
     let local_addr = listener.local_addr()?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = HealthReporter::new();
+    // Set once NOT_SERVING is reported at shutdown: open Watch streams then end (see watch.rs).
+    let draining = CancellationToken::new();
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        watch::DrainingHealth::new(reporter.clone(), draining.clone()),
+    );
     let health = Health {
         reporter,
         names: service_names.to_vec(),
+        component,
     };
     health.set_serving(true).await;
     // For liveness probes: SERVING while the process runs, whatever its dependencies do (a
@@ -352,6 +371,7 @@ pub async fn serve(
         let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(portico_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(portico_proto::ENVOY_RLS_FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
@@ -394,6 +414,7 @@ pub async fn serve(
         async move {
             shutdown.cancelled().await;
             health.set_serving(false).await;
+            draining.cancel();
             tracing::info!(
                 component,
                 "shutting down: NOT_SERVING, draining in-flight RPCs"
@@ -404,6 +425,16 @@ pub async fn serve(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .timeout(REQUEST_TIMEOUT)
+        .layer(ServerMetricsLayer::new(
+            &[
+                portico_proto::FILE_DESCRIPTOR_SET,
+                portico_proto::ENVOY_RLS_FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+            &[service_names, &PLUMBING_SERVICES].concat(),
+        ))
         .layer(PeerLayer::new(transport.peers.clone()))
         .layer(RequestContextLayer::new(component))
         .add_routes(routes);
@@ -515,6 +546,132 @@ mod tests {
         );
 
         drop(watch);
+        drop(client);
+        assert!(handle.shutdown(Duration::from_secs(5)).await);
+    }
+
+    async fn plain_server(names: &[&'static str]) -> (ServerHandle, tonic::transport::Channel) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let handle = serve(
+            "test",
+            listener,
+            Routes::default(),
+            names,
+            Transport::plaintext(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("serve");
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", handle.local_addr))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+        (handle, channel)
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_open_watch_streams_after_not_serving() {
+        let (handle, channel) = plain_server(&["test.v1.Service"]).await;
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.message().await.expect("stream").map(|m| m.status);
+        assert_eq!(first, Some(ServingStatus::Serving as i32));
+
+        // The stream stays open: the drain must not wait for it.
+        let drain = tokio::spawn(handle.shutdown(Duration::from_secs(10)));
+        let mut last = None;
+        while let Some(message) = watch.message().await.expect("the stream ends cleanly") {
+            last = Some(message.status);
+        }
+        assert_eq!(last, Some(ServingStatus::NotServing as i32));
+        let drained = tokio::time::timeout(Duration::from_secs(1), drain)
+            .await
+            .expect("the drain finishes within a second, not at SHUTDOWN_TIMEOUT")
+            .expect("join");
+        assert!(drained, "a clean drain");
+    }
+
+    #[tokio::test]
+    async fn every_rpc_is_counted_by_code_and_timed_under_grpc_prometheus_names() {
+        let (handle, channel) = plain_server(&["test.v1.Metered"]).await;
+        let handled = |code: &str| {
+            let wanted = format!(
+                "grpc_server_handled_total{{grpc_type=\"unary\",grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\",grpc_code=\"{code}\"}} "
+            );
+            portico_telemetry::metrics::encode_text()
+                .lines()
+                .find_map(|line| line.strip_prefix(&wanted).map(str::to_owned))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (ok_before, not_found_before) = (handled("OK"), handled("NotFound"));
+        let mut client = HealthClient::new(channel);
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("check");
+        let unknown = client
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .expect_err("not registered");
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+        // Other tests in this binary call Check too: at least ours were counted.
+        assert!(handled("OK") > ok_before);
+        assert!(handled("NotFound") > not_found_before);
+        let text = portico_telemetry::metrics::encode_text();
+        assert!(text.contains("grpc_server_handling_seconds_count{grpc_type=\"unary\",grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\"}"));
+        assert!(text.contains("grpc_server_started_total{grpc_type=\"server_stream\",grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Watch\"}"));
+        drop(client);
+        assert!(handle.shutdown(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn reflection_describes_envoys_rate_limit_service_and_its_messages() {
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let (handle, channel) = plain_server(&[portico_proto::names::ENVOY_RLS]).await;
+        let mut client = ServerReflectionClient::new(channel);
+        for symbol in [
+            "envoy.service.ratelimit.v3.RateLimitService",
+            "envoy.service.ratelimit.v3.RateLimitRequest",
+            "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor",
+        ] {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+            };
+            let mut answers = client
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .expect("reflection")
+                .into_inner();
+            let answer = answers
+                .message()
+                .await
+                .expect("stream")
+                .expect("one answer");
+            match answer.message_response {
+                Some(MessageResponse::FileDescriptorResponse(files)) => {
+                    assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+                }
+                other => panic!("{symbol}: {other:?}"),
+            }
+        }
         drop(client);
         assert!(handle.shutdown(Duration::from_secs(5)).await);
     }

@@ -58,11 +58,14 @@ pub fn serve_metrics(listener: TcpListener, guard: MetricsGuard, shutdown: Cance
                                 "metrics are not available to this caller\n".into(),
                             )
                         } else {
-                            answer(
-                                StatusCode::OK,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                portico_telemetry::metrics::encode_text(),
-                            )
+                            use portico_telemetry::metrics::{encode_as, Format};
+                            let format = Format::negotiate(
+                                request
+                                    .headers()
+                                    .get(hyper::header::ACCEPT)
+                                    .and_then(|v| v.to_str().ok()),
+                            );
+                            answer(StatusCode::OK, format.content_type(), encode_as(format))
                         };
                         Ok::<_, Infallible>(response)
                     }

@@ -109,6 +109,21 @@ impl Redis {
         self.up.subscribe()
     }
 
+    /// Keeps `dependency_up{component, dependency="redis"}` equal to [`Redis::is_up`] for as
+    /// long as this handle (or a clone) lives: one series per component that uses Redis.
+    pub fn report_up(&self, component: &'static str) {
+        let mut up = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let now = *up.borrow_and_update();
+                portico_telemetry::metrics::dependency_up(component, "redis", now);
+                if up.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Records a failed command: callers skip Redis until the probe succeeds.
     pub fn mark_down(&self, error: &Error) {
         self.set_up(false, Some(error));
