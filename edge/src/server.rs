@@ -17,7 +17,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
     task::{Context, Poll},
@@ -302,8 +302,6 @@ async fn serve_io<I>(
 struct Activity {
     /// Milliseconds since `EPOCH` of the last byte read or written, or request finished.
     last_ms: AtomicU64,
-    /// Whether any byte was read.
-    read_any: AtomicBool,
     requests: AtomicUsize,
     in_flight: AtomicUsize,
 }
@@ -357,7 +355,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.read_any.store(true, Ordering::Relaxed);
             self.activity.touch();
         }
         poll

@@ -18,4 +18,5 @@ mod migrations;
 mod ratelimit;
 mod security;
 mod shutdown;
+mod slow_clients;
 mod tls;
