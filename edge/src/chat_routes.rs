@@ -1,7 +1,9 @@
-//! The chat routes: `POST /api/v1/chat` (Portico's shape, unknown fields refused) and
-//! `POST /v1/chat/completions` (OpenAI's shape; unknown fields ignored, as OpenAI SDKs send
-//! many). Both are limited by the `chat` policy per user, or per IP for anonymous callers, and
-//! need a bearer token when `CHAT_ALLOW_ANONYMOUS=false`.
+//! The chat routes: `POST /api/v1/chat` (Portico's shape, unknown fields refused) and OpenAI's
+//! `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models[/{id}]`. The OpenAI
+//! routes pass bodies through: the caller's JSON goes to the chat gateway as it came (every
+//! field, known to Portico or not), and the provider's answer — each chunk of a stream — comes
+//! back as the provider sent it. Chat and embeddings are limited by the `chat` policy per user,
+//! or per IP for anonymous callers; all need a bearer token when `CHAT_ALLOW_ANONYMOUS=false`.
 
 use std::convert::Infallible;
 
@@ -52,16 +54,13 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// OpenAI's request: fields Portico does not use (`n`, `user`, `top_p`, …) are ignored.
+/// What the edge reads of OpenAI's request: whether to stream. The body itself goes to the
+/// chat gateway unchanged (which checks it).
 #[derive(Deserialize)]
 struct OpenAiChat {
-    messages: Vec<Message>,
-    model: Option<String>,
+    #[serde(default)]
     stream: Option<bool>,
-    temperature: Option<f32>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    stop: Option<Stop>,
+    #[serde(default)]
     stream_options: Option<StreamOptions>,
 }
 
@@ -88,6 +87,7 @@ fn request(
             .map(|m| pb::ChatMessage {
                 role: m.role,
                 content: m.content,
+                ..Default::default()
             })
             .collect(),
         model: model.unwrap_or_default(),
@@ -99,7 +99,23 @@ fn request(
             Some(Stop::Many(many)) => many,
         },
         include_usage,
+        ..Default::default()
     }
+}
+
+/// A JSON body that is already encoded.
+fn raw_json(body: String) -> Response {
+    let mut response = http::Response::new(response::full(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn utf8(body: Bytes) -> Result<String, ApiError> {
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(Code::InvalidArgument, "invalid JSON body: not UTF-8"))
 }
 
 impl Edge {
@@ -163,17 +179,13 @@ impl Edge {
             }
             Dialect::OpenAi => {
                 let c: OpenAiChat = parse_json(&body)?;
-                let usage = c.stream_options.is_some_and(|o| o.include_usage);
-                let max_tokens = c.max_completion_tokens.or(c.max_tokens);
+                let include_usage = c.stream_options.is_some_and(|o| o.include_usage);
                 (
-                    request(
-                        c.messages,
-                        c.model,
-                        c.temperature,
-                        max_tokens,
-                        c.stop,
-                        usage,
-                    ),
+                    pb::CompleteRequest {
+                        openai_json: utf8(body)?,
+                        include_usage,
+                        ..Default::default()
+                    },
                     c.stream,
                 )
             }
@@ -196,6 +208,11 @@ impl Edge {
             ));
         }
         let answer = finish(backend, "Complete", client.complete(call).await)?;
+        if dialect == Dialect::OpenAi && !answer.openai_json.is_empty() {
+            // The provider's answer as it sent it: every choice, tool calls, logprobs, usage
+            // details, fields Portico does not know.
+            return Ok(raw_json(answer.openai_json));
+        }
         let usage = answer.usage.unwrap_or_default();
         let content = answer.message.map(|m| m.content).unwrap_or_default();
         let body = match dialect {
@@ -318,6 +335,76 @@ impl Edge {
     }
 }
 
+fn model_json(model: &pb::Model) -> Value {
+    json!({"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by})
+}
+
+impl Edge {
+    /// `GET /v1/models` and `/v1/models/{id}`: the aliases callers may name, in OpenAI's shape.
+    /// They need what chat needs (a bearer token when anonymous chat is off).
+    pub(crate) async fn models(
+        &self,
+        id: Option<String>,
+        headers: &http::HeaderMap,
+        context: &RequestContext,
+        forwarded: &Forwarded,
+    ) -> Result<Response, ApiError> {
+        self.chat_key(headers, "").await?;
+        let backend = &self.inner.backends.chat;
+        let answer = ChatServiceClient::new(backend.channel.clone())
+            .list_models(self.call(pb::ListModelsRequest {}, context, forwarded))
+            .await;
+        let list = finish(backend, "ListModels", answer)?;
+        let body = match id {
+            None => {
+                let data: Vec<Value> = list.models.iter().map(model_json).collect();
+                json!({"object": "list", "data": data})
+            }
+            Some(id) => match list.models.iter().find(|m| m.id == id) {
+                Some(model) => model_json(model),
+                None => {
+                    let mut error = ApiError::new(
+                        Code::NotFound,
+                        format!("the model `{id}` does not exist here; GET /v1/models lists the models you may use"),
+                    );
+                    error.openai_code = Some("model_not_found");
+                    return Err(error);
+                }
+            },
+        };
+        Ok(response::json_response(StatusCode::OK, &body))
+    }
+
+    /// `POST /v1/embeddings`: ChatService.Embed, the body passed through both ways.
+    pub(crate) async fn embeddings<B>(
+        &self,
+        body: B,
+        context: &RequestContext,
+        forwarded: &Forwarded,
+    ) -> Result<Response, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let body = read_body(body).await?;
+        let _: Value = parse_json(&body)?;
+        let request = pb::EmbedRequest {
+            openai_json: utf8(body)?,
+            ..Default::default()
+        };
+        let backend = &self.inner.backends.chat;
+        let call = backends::request(request, context, forwarded, self.inner.chat_timeout);
+        let answer = finish(
+            backend,
+            "Embed",
+            ChatServiceClient::new(backend.channel.clone())
+                .embed(call)
+                .await,
+        )?;
+        Ok(raw_json(answer.openai_json))
+    }
+}
+
 /// One chunk as the dialect frames it.
 fn chunk_json(dialect: Dialect, chunk: &pb::CompletionChunk, include_usage: bool) -> Value {
     let usage = chunk.usage.as_ref();
@@ -408,6 +495,10 @@ fn sse(
             return None;
         }
         let frame = match state.chunks.message().await {
+            // The provider's chunk byte for byte (tool-call deltas as it sent them, in order).
+            Ok(Some(chunk)) if dialect == Dialect::OpenAi && !chunk.openai_json.is_empty() => {
+                event(&chunk.openai_json)
+            }
             Ok(Some(chunk)) => event(&chunk_json(dialect, &chunk, include_usage).to_string()),
             Ok(None) => {
                 state.over = true;
@@ -422,6 +513,7 @@ fn sse(
                     &json!({"error": {
                         "message": error.message,
                         "type": if status.code() == Code::DeadlineExceeded { "timeout" } else { "upstream_error" },
+                        "param": null,
                         "code": crate::error::code_name(status.code()),
                         "correlationId": state.correlation_id,
                     }})

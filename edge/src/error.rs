@@ -9,8 +9,14 @@ use tonic::Code;
 use crate::response::{json_response, Response};
 
 pub use portico_proto::{
-    ERROR_REASON_KEY, REASON_LLM_TIMEOUT, REASON_LLM_UNAVAILABLE, REASON_OVERLOADED,
+    ERROR_REASON_KEY, REASON_LLM_TIMEOUT, REASON_LLM_UNAVAILABLE, REASON_MODEL_NOT_FOUND,
+    REASON_OVERLOADED,
 };
+
+tokio::task_local! {
+    /// Set while the edge answers an OpenAI route (`/v1/…`): its errors take OpenAI's shape.
+    pub static OPENAI_SHAPE: bool;
+}
 
 /// The HTTP status of a gRPC code (grpc-gateway's table).
 pub fn http_status(code: Code) -> StatusCode {
@@ -47,6 +53,8 @@ pub struct ApiError {
     pub status: Option<StatusCode>,
     /// `Retry-After` seconds.
     pub retry_after: Option<u64>,
+    /// OpenAI's `code`, when the service said more than the gRPC code (`model_not_found`).
+    pub openai_code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -57,6 +65,7 @@ impl ApiError {
             message: message.into(),
             status: None,
             retry_after: None,
+            openai_code: None,
         }
     }
 
@@ -102,6 +111,10 @@ impl ApiError {
             Some(REASON_LLM_UNAVAILABLE) => error.with_status(StatusCode::BAD_GATEWAY),
             Some(REASON_LLM_TIMEOUT) => error.with_status(StatusCode::GATEWAY_TIMEOUT),
             Some(REASON_OVERLOADED) => error.with_status(StatusCode::SERVICE_UNAVAILABLE),
+            Some(REASON_MODEL_NOT_FOUND) => {
+                error.openai_code = Some("model_not_found");
+                error
+            }
             _ => error,
         }
     }
@@ -111,15 +124,47 @@ impl ApiError {
         self.status.unwrap_or_else(|| http_status(self.code))
     }
 
-    /// The JSON error response (DESIGN §4).
-    pub fn into_response(self, correlation_id: &str) -> Response {
-        let body = json!({
+    /// OpenAI's `{"error": {"message", "type", "param", "code"}}`, with Portico's
+    /// `correlationId` beside them. The SDKs pick their exception class from the HTTP status.
+    pub fn openai_body(&self, correlation_id: &str) -> serde_json::Value {
+        let status = self.status();
+        let (kind, code) = match status.as_u16() {
+            400 | 408 | 413 | 422 => ("invalid_request_error", None),
+            401 => ("authentication_error", Some("invalid_api_key")),
+            403 => ("permission_error", None),
+            404 => ("invalid_request_error", Some("not_found")),
+            405 | 409 => ("invalid_request_error", None),
+            429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+            502 => ("api_error", Some("upstream_error")),
+            503 => ("api_error", Some("service_unavailable")),
+            504 => ("timeout_error", Some("timeout")),
+            _ => ("api_error", None),
+        };
+        json!({
             "error": {
-                "code": code_name(self.code),
                 "message": self.message,
+                "type": kind,
+                "param": if self.openai_code == Some("model_not_found") { json!("model") } else { serde_json::Value::Null },
+                "code": self.openai_code.or(code),
                 "correlationId": correlation_id,
             }
-        });
+        })
+    }
+
+    /// The JSON error response (DESIGN §4; OpenAI's shape on the OpenAI routes).
+    pub fn into_response(self, correlation_id: &str) -> Response {
+        let openai = OPENAI_SHAPE.try_with(|openai| *openai).unwrap_or(false);
+        let body = if openai {
+            self.openai_body(correlation_id)
+        } else {
+            json!({
+                "error": {
+                    "code": code_name(self.code),
+                    "message": self.message,
+                    "correlationId": correlation_id,
+                }
+            })
+        };
         let mut response = json_response(self.status(), &body);
         if let Some(seconds) = self.retry_after {
             response

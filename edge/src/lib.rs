@@ -233,7 +233,11 @@ impl Edge {
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response
             } else {
-                self.route(request, peer, matched, &context).await
+                // The OpenAI routes answer errors in OpenAI's shape (the SDKs read it).
+                let openai = path.starts_with("/v1/");
+                error::OPENAI_SHAPE
+                    .scope(openai, self.route(request, peer, matched, &context))
+                    .await
             };
             tracing::info!(
                 method = %method,
@@ -461,6 +465,19 @@ impl Edge {
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id))
             }
+            routes::Handler::Models | routes::Handler::Model => {
+                let id = params
+                    .into_iter()
+                    .find(|(name, _)| *name == "id")
+                    .map(|(_, v)| v);
+                self.models(id, request.headers(), context, &forwarded)
+                    .await
+                    .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
+            routes::Handler::Embeddings => self
+                .embeddings(request.into_body(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
             routes::Handler::AdminLlmProviders => self
                 .llm_providers(request.headers(), context, &forwarded)
                 .await

@@ -42,6 +42,12 @@ pub enum Handler {
     Chat,
     /// ChatService.Complete, OpenAI's JSON.
     ChatCompletions,
+    /// ChatService.ListModels, OpenAI's JSON.
+    Models,
+    /// ChatService.ListModels, one model, OpenAI's JSON.
+    Model,
+    /// ChatService.Embed, OpenAI's JSON.
+    Embeddings,
     /// ChatService.ListProviders (admin at the edge).
     AdminLlmProviders,
     /// ChatService.SetProviderPriority (admin).
@@ -73,7 +79,7 @@ impl Handler {
     pub fn extra_policy(self) -> Option<&'static str> {
         match self {
             Handler::Register | Handler::Login => Some("auth"),
-            Handler::Chat | Handler::ChatCompletions => Some("chat"),
+            Handler::Chat | Handler::ChatCompletions | Handler::Embeddings => Some("chat"),
             _ => None,
         }
     }
@@ -244,6 +250,24 @@ pub static ROUTES: &[Route] = &[
         Handler::ChatCompletions,
         "chat",
         "OpenAI-compatible chat completions",
+    ),
+    get(
+        "/v1/models",
+        Handler::Models,
+        "chat",
+        "The model aliases callers may name (OpenAI's list)",
+    ),
+    get(
+        "/v1/models/{id}",
+        Handler::Model,
+        "chat",
+        "One model alias (404 model_not_found)",
+    ),
+    post(
+        "/v1/embeddings",
+        Handler::Embeddings,
+        "chat",
+        "OpenAI-compatible embeddings (the chat policy applies)",
     ),
     get(
         "/api/v1/admin/llm/providers",
@@ -489,7 +513,36 @@ fn request_body(handler: Handler) -> Option<Value> {
             };
             object(properties, required)
         }
-        Handler::Chat | Handler::ChatCompletions => {
+        Handler::ChatCompletions => {
+            json!({"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["messages"],
+                "description": "OpenAI's chat completion request, every field (tools, tool_choice, content parts, response_format, n, seed, logprobs, …, and fields newer than Portico) passed to the provider unchanged; model is an alias (GET /v1/models), rewritten to each deployment's model name",
+                "properties": {
+                    "messages": {"type": "array", "minItems": 1, "maxItems": 256, "items": {
+                        "type": "object", "required": ["role"],
+                        "properties": {
+                            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                            "content": {"oneOf": [string, {"type": "array", "items": {"type": "object", "required": ["type"]}}, {"type": "null"}]},
+                            "tool_calls": {"type": "array"},
+                            "tool_call_id": string
+                        }
+                    }},
+                    "model": string,
+                    "stream": {"type": "boolean"},
+                    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                    "n": {"type": "integer", "minimum": 1, "maximum": 8},
+                    "max_tokens": {"type": "integer", "minimum": 1},
+                    "max_completion_tokens": {"type": "integer", "minimum": 1},
+                    "stop": {"oneOf": [string, {"type": "array", "maxItems": 4, "items": string}]},
+                    "tools": {"type": "array", "maxItems": 128, "items": {"type": "object"}},
+                    "tool_choice": {"oneOf": [string, {"type": "object"}]}
+                }
+            }}}})
+        }
+        Handler::Chat => {
             json!({"required": true, "content": {"application/json": {"schema": {
                 "type": "object",
                 "required": ["messages"],
@@ -504,6 +557,19 @@ fn request_body(handler: Handler) -> Option<Value> {
                     "max_tokens": {"type": "integer", "minimum": 0},
                     "stop": {"oneOf": [string, {"type": "array", "maxItems": 4, "items": string}]}
                 }
+            }}}})
+        }
+        Handler::Embeddings => {
+            json!({"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["input"],
+                "properties": {
+                    "input": {"oneOf": [string, {"type": "array", "minItems": 1, "maxItems": 2048}]},
+                    "model": string,
+                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                    "dimensions": {"type": "integer", "minimum": 1}
+                },
+                "description": "OpenAI's embeddings request; every field reaches the provider, model rewritten to the deployment's"
             }}}})
         }
         Handler::AdminLlmProviderUpdate => {
@@ -610,8 +676,24 @@ fn responses(handler: Handler) -> Value {
             "200": {"description": "The assistant's answer; with stream=true, server-sent events ending in data: [DONE]", "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
             "400": error_response("Invalid conversation"),
             "401": error_response("Bearer token required or invalid"),
+            "404": error_response("No such model (model_not_found)"),
             "429": error_response("Rate limited (chat policy)"),
             "502": error_response("Every LLM provider failed or its circuit is open (Retry-After while open)"),
+            "503": error_response("The chat gateway is unreachable"),
+            "504": error_response("LLM timeout")
+        }),
+        Handler::Models | Handler::Model => json!({
+            "200": {"description": "OpenAI's model list (or one model)", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "401": error_response("Bearer token required or invalid"),
+            "404": error_response("No such model (model_not_found)")
+        }),
+        Handler::Embeddings => json!({
+            "200": {"description": "The provider's embeddings list, as it sent it", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": error_response("Invalid input"),
+            "401": error_response("Bearer token required or invalid"),
+            "404": error_response("No such model (model_not_found)"),
+            "429": error_response("Rate limited (chat policy)"),
+            "502": error_response("Every deployment failed or its circuit is open (Retry-After while open)"),
             "503": error_response("The chat gateway is unreachable"),
             "504": error_response("LLM timeout")
         }),

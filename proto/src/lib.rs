@@ -59,3 +59,6 @@ pub const REASON_LLM_TIMEOUT: &str = "llm-timeout";
 /// Reason: the service is saturated (RESOURCE_EXHAUSTED that is not the caller's quota): 503
 /// with `Retry-After`.
 pub const REASON_OVERLOADED: &str = "overloaded";
+/// Reason: the request named a model alias the chat gateway does not serve (NOT_FOUND; OpenAI's
+/// `model_not_found`).
+pub const REASON_MODEL_NOT_FOUND: &str = "model-not-found";

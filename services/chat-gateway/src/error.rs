@@ -81,3 +81,14 @@ pub fn llm_timeout(message: String) -> Status {
         portico_proto::REASON_LLM_TIMEOUT,
     )
 }
+
+/// The caller named a model alias nobody serves here: NOT_FOUND, which the edge answers with 404
+/// and OpenAI's `model_not_found` code.
+pub fn model_not_found(alias: &str) -> Status {
+    with_reason(
+        Status::not_found(format!(
+            "the model `{alias}` does not exist here; GET /v1/models lists the models you may use"
+        )),
+        portico_proto::REASON_MODEL_NOT_FOUND,
+    )
+}

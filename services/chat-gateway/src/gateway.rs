@@ -1,13 +1,19 @@
-//! Choosing a provider: by priority, skipping disabled ones and open circuits, retrying a
-//! provider's transient failures (jittered exponential backoff from tokio-retry, at most two
-//! retries, `Retry-After` honoured when it fits the budget) and then failing over — but only
-//! before the first byte of an answer has gone to the caller. `LLM_TIMEOUT` bounds the whole
-//! call; each attempt is bounded by its provider's timeout (for a stream: the first token).
+//! Choosing a deployment: the caller's alias names deployments (provider + that provider's
+//! model name); they are tried by priority — equal priorities in weighted-random or least-busy
+//! order — skipping disabled ones and open circuits, retrying a provider's transient failures
+//! (jittered exponential backoff from tokio-retry, at most two retries, `Retry-After` honoured
+//! when it fits the budget) and then failing over within the alias — but only before the first
+//! byte of an answer has gone to the caller. `LLM_TIMEOUT` bounds the whole call; each attempt
+//! is bounded by its provider's timeout (for a stream: the first token).
+//!
+//! Every attempt is a span following OpenTelemetry's GenAI conventions (`gen_ai.*`), and feeds
+//! the `gen_ai_client_*` metrics; `llm_gateway_overhead_seconds` is the gateway's own share of
+//! each call (its time minus the time it waited for providers).
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicI32, Ordering},
-        Arc, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering},
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -27,11 +33,13 @@ use prometheus_client::{
 use tokio::{sync::mpsc, time::Instant};
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tonic::Status;
+use tracing::{field::Empty, Instrument as _, Span};
 
 use crate::{
     circuit::{Breaker, Permit, State, Thresholds, Verdict},
     error,
-    providers::Spec,
+    providers::{Balance, Config, DeploymentSpec, Spec},
+    request::{Chat, Embedding},
     upstream::{self, Event, Events, Failure, Usage},
 };
 
@@ -62,11 +70,37 @@ struct TokenLabels {
     kind: &'static str,
 }
 
+/// OpenTelemetry's GenAI metric attributes, in Prometheus spelling.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenAiLabels {
+    gen_ai_operation_name: &'static str,
+    gen_ai_provider_name: String,
+    gen_ai_request_model: String,
+    /// Empty on success.
+    error_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GenAiTokenLabels {
+    gen_ai_operation_name: &'static str,
+    gen_ai_provider_name: String,
+    gen_ai_request_model: String,
+    gen_ai_token_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
 struct Metrics {
     duration: Family<ProviderLabels, Histogram>,
     requests: Family<OutcomeLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     circuit: Family<NameLabels, Gauge>,
+    operation: Family<GenAiLabels, Histogram>,
+    token_usage: Family<GenAiTokenLabels, Histogram>,
+    overhead: Family<OperationLabels, Histogram>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -79,6 +113,17 @@ fn metrics() -> &'static Metrics {
             requests: Family::default(),
             tokens: Family::default(),
             circuit: Family::default(),
+            // The buckets OpenTelemetry's GenAI conventions advise.
+            operation: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+            token_usage: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 4.0, 14))
+            }),
+            // 10 µs to 80 ms.
+            overhead: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
+            }),
         };
         use portico_telemetry::metrics::register;
         register(
@@ -101,6 +146,21 @@ fn metrics() -> &'static Metrics {
             "LLM provider circuit: 0 closed, 1 half-open, 2 open",
             metrics.circuit.clone(),
         );
+        register(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration per provider attempt (OpenTelemetry gen_ai.client.operation.duration)",
+            metrics.operation.clone(),
+        );
+        register(
+            "gen_ai_client_token_usage",
+            "Tokens per provider answer by type, input or output (OpenTelemetry gen_ai.client.token.usage)",
+            metrics.token_usage.clone(),
+        );
+        register(
+            "llm_gateway_overhead_seconds",
+            "The chat gateway's own time per call: its whole time less the time spent waiting for providers (to the first event, for streams)",
+            metrics.overhead.clone(),
+        );
         metrics
     })
 }
@@ -115,20 +175,98 @@ fn count(provider: &str, outcome: &'static str) {
         .inc();
 }
 
-fn count_tokens(provider: &str, usage: Usage) {
+fn count_tokens(deployment: &Deployment, operation: &'static str, usage: Usage) {
+    let provider = &deployment.provider.spec.name;
     for (kind, n) in [("prompt", usage.prompt), ("completion", usage.completion)] {
         metrics()
             .tokens
             .get_or_create(&TokenLabels {
-                provider: provider.to_owned(),
+                provider: provider.clone(),
                 kind,
             })
             .inc_by(u64::from(n));
     }
+    let types: &[(&'static str, u32)] = if operation == OP_EMBEDDINGS {
+        &[("input", usage.prompt)]
+    } else {
+        &[("input", usage.prompt), ("output", usage.completion)]
+    };
+    for (kind, n) in types {
+        metrics()
+            .token_usage
+            .get_or_create(&GenAiTokenLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: provider.clone(),
+                gen_ai_request_model: deployment.spec.model.clone(),
+                gen_ai_token_type: kind,
+            })
+            .observe(f64::from(*n));
+    }
+}
+
+fn overhead(operation: &'static str, received: Instant, upstream: Duration) {
+    metrics()
+        .overhead
+        .get_or_create(&OperationLabels { operation })
+        .observe(received.elapsed().saturating_sub(upstream).as_secs_f64());
+}
+
+/// `gen_ai.operation.name` of chat completions.
+const OP_CHAT: &str = "chat";
+/// `gen_ai.operation.name` of embeddings.
+const OP_EMBEDDINGS: &str = "embeddings";
+
+/// What `error.type` says about a failure.
+fn error_type(failure: &Failure) -> &'static str {
+    match failure {
+        Failure::Refused { .. } => "refused",
+        Failure::Status { status, .. } => match status {
+            401 | 403 => "unauthorized",
+            404 => "not_found",
+            408 => "timeout",
+            429 => "rate_limited",
+            _ => "upstream_error",
+        },
+        Failure::Timeout => "timeout",
+        Failure::Transport(_) => "transport",
+        Failure::Protocol(_) => "protocol",
+    }
+}
+
+/// Records a provider's answer on its attempt's span (OpenTelemetry GenAI attributes).
+fn record_answer(span: &Span, id: &str, model: &str, finish_reasons: &[String], usage: Usage) {
+    span.record("gen_ai.response.id", id);
+    span.record("gen_ai.response.model", model);
+    if !finish_reasons.is_empty() {
+        // OpenTelemetry's string[], as its JSON text.
+        span.record(
+            "gen_ai.response.finish_reasons",
+            serde_json::to_string(finish_reasons)
+                .unwrap_or_default()
+                .as_str(),
+        );
+    }
+    span.record("gen_ai.usage.input_tokens", usage.prompt);
+    span.record("gen_ai.usage.output_tokens", usage.completion);
+}
+
+/// The host a base URL names (`server.address`).
+fn host(base_url: &str) -> &str {
+    let rest = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.starts_with('[') {
+        authority
+            .split_once(']')
+            .map_or(authority, |(host, _)| &host[1..])
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    }
 }
 
 /// One provider at runtime: its fixed configuration, the priority and enabled flag the admin
-/// routes change, and its breaker.
+/// routes change, and its breaker (shared by every deployment on it).
 #[derive(Debug)]
 pub struct Provider {
     pub spec: Spec,
@@ -154,15 +292,93 @@ impl Provider {
     pub fn circuit(&self) -> State {
         self.breaker.state()
     }
+}
 
-    fn observe(&self, started: Instant) {
+/// One deployment of an alias at runtime.
+#[derive(Debug)]
+pub struct Deployment {
+    pub spec: DeploymentSpec,
+    pub provider: Arc<Provider>,
+    /// Used when `spec.priority` is set (else the provider's counts).
+    priority: AtomicI32,
+    enabled: AtomicBool,
+    in_flight: AtomicU32,
+}
+
+impl Deployment {
+    /// Its own priority, or its provider's for the deployments a provider's models make.
+    pub fn priority(&self) -> i32 {
+        match self.spec.priority {
+            Some(_) => self.priority.load(Ordering::Relaxed),
+            None => self.provider.priority(),
+        }
+    }
+
+    /// Enabled, on an enabled provider.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed) && self.provider.enabled()
+    }
+
+    /// Its own flag (whatever the provider's).
+    pub fn own_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, priority: i32, enabled: bool) {
+        self.priority.store(priority, Ordering::Relaxed);
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Calls in flight on this replica.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Observes one attempt's duration (`llm_request_duration_seconds`, and the GenAI
+    /// operation duration labelled with its error type, empty on success).
+    fn observe(&self, operation: &'static str, started: Instant, error_type: &'static str) {
+        let seconds = started.elapsed().as_secs_f64();
+        let provider = &self.provider.spec.name;
         metrics()
             .duration
             .get_or_create(&ProviderLabels {
-                provider: self.spec.name.clone(),
+                provider: provider.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(seconds);
+        metrics()
+            .operation
+            .get_or_create(&GenAiLabels {
+                gen_ai_operation_name: operation,
+                gen_ai_provider_name: provider.clone(),
+                gen_ai_request_model: self.spec.model.clone(),
+                error_type,
+            })
+            .observe(seconds);
     }
+}
+
+/// Counts a call in flight on a deployment while it lives.
+struct InFlight(Arc<Deployment>);
+
+impl InFlight {
+    fn new(deployment: &Arc<Deployment>) -> Self {
+        deployment.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(deployment))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A name callers may use.
+#[derive(Debug)]
+pub struct Alias {
+    pub name: String,
+    pub balance: Balance,
+    pub deployments: Vec<Arc<Deployment>>,
 }
 
 /// The gateway's timing settings.
@@ -176,10 +392,14 @@ pub struct Timing {
     pub retry_base: Duration,
 }
 
-/// The providers and how to call them.
+/// The providers, the aliases, and how to call them.
 #[derive(Debug)]
 pub struct Gateway {
-    providers: RwLock<Vec<Arc<Provider>>>,
+    providers: Vec<Arc<Provider>>,
+    aliases: Vec<Alias>,
+    default_alias: String,
+    /// Unix seconds at load (`/v1/models`' `created`).
+    pub loaded_at: i64,
     http: reqwest::Client,
     timing: Timing,
 }
@@ -193,6 +413,8 @@ struct Failures {
     /// Whether every real failure was a timeout.
     only_timeouts: bool,
     attempts: usize,
+    /// Time spent waiting for providers (attempts and back-off), not the gateway's own.
+    upstream: Duration,
 }
 
 impl Failures {
@@ -215,7 +437,7 @@ impl Failures {
     /// connection errors, provider messages) go to the log and the span, never to the caller.
     fn into_status(self, out_of_time: bool) -> Status {
         let reasons = if self.reasons.is_empty() {
-            "no LLM provider is enabled".to_owned()
+            "no deployment of the model is enabled".to_owned()
         } else {
             self.reasons.join("; ")
         };
@@ -235,22 +457,31 @@ impl Failures {
     }
 }
 
-/// How one provider's attempts ended.
+/// A successful attempt and what settles it.
+struct Answer<T> {
+    value: T,
+    permit: Permit,
+    started: Instant,
+    span: Span,
+    in_flight: InFlight,
+}
+
+/// How one deployment's attempts ended.
 enum Attempts<T> {
-    /// The answer, its permit and when its attempt started.
-    Answered(T, Permit, Instant),
+    Answered(Answer<T>),
     Refused(Status),
     Gave,
 }
 
 impl Gateway {
     pub fn new(
-        specs: Vec<Spec>,
+        config: Config,
         thresholds: Thresholds,
         timing: Timing,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let providers = specs
+        let providers: Vec<Arc<Provider>> = config
+            .providers
             .into_iter()
             .map(|spec| {
                 let gauge = metrics()
@@ -267,8 +498,33 @@ impl Gateway {
                 })
             })
             .collect();
+        let aliases = config
+            .aliases
+            .into_iter()
+            .map(|alias| Alias {
+                deployments: alias
+                    .deployments
+                    .into_iter()
+                    .filter_map(|spec| {
+                        let provider = providers.iter().find(|p| p.spec.name == spec.provider)?;
+                        Some(Arc::new(Deployment {
+                            provider: Arc::clone(provider),
+                            priority: AtomicI32::new(spec.priority.unwrap_or(0)),
+                            enabled: AtomicBool::new(spec.enabled),
+                            in_flight: AtomicU32::new(0),
+                            spec,
+                        }))
+                    })
+                    .collect(),
+                name: alias.name,
+                balance: alias.balance,
+            })
+            .collect();
         Self {
-            providers: RwLock::new(providers),
+            providers,
+            aliases,
+            default_alias: config.default_alias,
+            loaded_at: unix_now(),
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -280,54 +536,73 @@ impl Gateway {
 
     /// Every provider, ordered by priority then name.
     pub fn providers(&self) -> Vec<Arc<Provider>> {
-        let mut all = self
-            .providers
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let mut all = self.providers.clone();
         all.sort_by(|a, b| (a.priority(), &a.spec.name).cmp(&(b.priority(), &b.spec.name)));
         all
     }
 
-    /// The enabled providers that offer `model`, by priority; INVALID_ARGUMENT when no
-    /// provider (enabled or not) lists it.
-    fn offering(&self, model: &str) -> Result<Vec<Arc<Provider>>, Status> {
-        let all = self.providers();
-        if !all.iter().any(|p| p.spec.offers(model)) {
-            let mut offered: Vec<&str> = all
-                .iter()
-                .flat_map(|p| std::iter::once(&p.spec.model).chain(&p.spec.models))
-                .map(String::as_str)
-                .filter(|m| !m.is_empty())
-                .collect();
-            offered.sort_unstable();
-            offered.dedup();
-            return Err(Status::invalid_argument(format!(
-                "model `{model}` is not offered here; offered: {}",
-                offered.join(", ")
-            )));
-        }
-        Ok(all
-            .into_iter()
-            .filter(|p| p.enabled() && p.spec.offers(model))
-            .collect())
+    /// The aliases, in configuration order.
+    pub fn aliases(&self) -> &[Alias] {
+        &self.aliases
+    }
+
+    /// The alias a request naming no model gets.
+    pub fn default_alias(&self) -> &str {
+        &self.default_alias
     }
 
     /// The provider called `name`.
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
-        self.providers
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.providers.iter().find(|p| p.spec.name == name).cloned()
+    }
+
+    /// The named deployment called `name`.
+    pub fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.aliases
             .iter()
-            .find(|p| p.spec.name == name)
+            .flat_map(|a| &a.deployments)
+            .find(|d| d.spec.name.as_deref() == Some(name))
             .cloned()
     }
 
-    /// Runs `attempt` against one provider with retries, each bounded by `per_attempt` and
-    /// by the overall `deadline`.
+    /// The alias `asked` names (empty: the default) and its enabled deployments in the order to
+    /// try them: by priority; equal priorities by the alias's balance — weighted random (each
+    /// draws `-ln(u)/weight`, the lowest first: Efraimidis–Spirakis), or fewest in flight with
+    /// the weighted draw breaking ties. NOT_FOUND (`model_not_found`) for an unknown alias.
+    fn plan(&self, asked: &str) -> Result<(&Alias, Vec<Arc<Deployment>>), Status> {
+        let name = if asked.is_empty() {
+            self.default_alias.as_str()
+        } else {
+            asked
+        };
+        let Some(alias) = self.aliases.iter().find(|a| a.name == name) else {
+            return Err(error::model_not_found(name));
+        };
+        let mut ranked: Vec<(i32, u32, f64, &Arc<Deployment>)> = alias
+            .deployments
+            .iter()
+            .filter(|d| d.enabled())
+            .map(|d| {
+                let busy = match alias.balance {
+                    Balance::LeastBusy => d.in_flight(),
+                    Balance::Weighted => 0,
+                };
+                let draw = -(1.0 - fastrand::f64()).ln() / f64::from(d.spec.weight.max(1));
+                (d.priority(), busy, draw, d)
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+        Ok((alias, ranked.into_iter().map(|r| Arc::clone(r.3)).collect()))
+    }
+
+    /// Runs `attempt` against one deployment with retries, each bounded by `per_attempt` and by
+    /// the overall `deadline`, each in its own GenAI span.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts<T, F, Fut>(
         &self,
-        provider: &Provider,
+        deployment: &Arc<Deployment>,
+        alias: &str,
+        operation: &'static str,
         deadline: Instant,
         per_attempt: Duration,
         failures: &mut Failures,
@@ -337,16 +612,39 @@ impl Gateway {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
+        let provider = &deployment.provider;
         let name = provider.spec.name.as_str();
+        let model = deployment.spec.model.as_str();
         let base = self.timing.retry_base.as_millis().max(1) as u64;
         let mut delays = ExponentialBackoff::from_millis(2)
             .factor(base / 2)
             .map(jitter)
             .take(MAX_RETRIES);
+        let mut number = 0u32;
         loop {
+            number += 1;
+            let span = tracing::info_span!(
+                "gen_ai.client",
+                otel.name = %format!("{operation} {model}"),
+                otel.kind = "client",
+                gen_ai.operation.name = operation,
+                gen_ai.provider.name = name,
+                gen_ai.system = name,
+                gen_ai.request.model = model,
+                gen_ai.response.model = Empty,
+                gen_ai.response.id = Empty,
+                gen_ai.response.finish_reasons = Empty,
+                gen_ai.usage.input_tokens = Empty,
+                gen_ai.usage.output_tokens = Empty,
+                server.address = host(&provider.spec.base_url),
+                error.type = Empty,
+                portico.alias = alias,
+                portico.attempt = number,
+            );
             let permit = match provider.breaker.acquire() {
                 Ok(permit) => permit,
                 Err(wait) => {
+                    span.record("error.type", "circuit_open");
                     failures.circuit_open(name, wait);
                     return Attempts::Gave;
                 }
@@ -356,18 +654,31 @@ impl Gateway {
                 return Attempts::Gave;
             }
             let bound = per_attempt.min(deadline - now);
+            let in_flight = InFlight::new(deployment);
             let started = Instant::now();
             let outcome = tokio::time::timeout(bound, attempt())
+                .instrument(span.clone())
                 .await
                 .unwrap_or(Err(Failure::Timeout));
+            failures.upstream += started.elapsed();
             let failure = match outcome {
-                Ok(answer) => return Attempts::Answered(answer, permit, started),
+                Ok(value) => {
+                    return Attempts::Answered(Answer {
+                        value,
+                        permit,
+                        started,
+                        span,
+                        in_flight,
+                    })
+                }
                 Err(Failure::Refused { status, message }) => {
                     // The provider is healthy; the request is not. Its message may quote
                     // anything (its configuration included): logged, not relayed.
                     permit.record(Verdict::Healthy);
                     count(name, "refused");
-                    tracing::warn!(provider = name, status, %message, "LLM provider refused the request");
+                    span.record("error.type", "refused");
+                    deployment.observe(operation, started, "refused");
+                    tracing::warn!(parent: &span, provider = name, status, %message, "LLM provider refused the request");
                     return Attempts::Refused(Status::invalid_argument(format!(
                         "the LLM provider refused the request (HTTP {status}); \
                          check the model, the messages and the parameters"
@@ -375,10 +686,13 @@ impl Gateway {
                 }
                 Err(failure) => failure,
             };
-            provider.observe(started);
+            drop(in_flight);
+            let kind = error_type(&failure);
+            deployment.observe(operation, started, kind);
+            span.record("error.type", kind);
             permit.record(Verdict::Failed);
             failures.failed(name, &failure);
-            tracing::warn!(provider = name, %failure, "LLM attempt failed");
+            tracing::warn!(parent: &span, provider = name, %failure, "LLM attempt failed");
             if !failure.is_retryable() {
                 return Attempts::Gave;
             }
@@ -393,29 +707,54 @@ impl Gateway {
                 return Attempts::Gave;
             }
             tokio::time::sleep(delay).await;
+            failures.upstream += delay;
         }
     }
 
-    /// One whole answer.
+    /// One whole answer. `received` is when the call reached the gateway.
     pub async fn complete(
         &self,
-        request: &pb::CompleteRequest,
+        request: &Chat,
+        received: Instant,
     ) -> Result<pb::CompleteResponse, Status> {
         let deadline = Instant::now() + self.timing.total;
         let mut failures = Failures::default();
-        for provider in self.offering(&request.model)? {
-            let spec = &provider.spec;
+        let (alias, plan) = self.plan(&request.alias)?;
+        for deployment in plan {
+            let spec = &deployment.provider.spec;
+            let model = deployment.spec.model.as_str();
             let outcome = self
-                .attempts(&provider, deadline, spec.timeout, &mut failures, || {
-                    upstream::complete(&self.http, spec, request)
-                })
+                .attempts(
+                    &deployment,
+                    &alias.name,
+                    OP_CHAT,
+                    deadline,
+                    spec.timeout,
+                    &mut failures,
+                    || upstream::complete(&self.http, spec, model, request),
+                )
                 .await;
             match outcome {
-                Attempts::Answered(answer, permit, started) => {
-                    provider.observe(started);
+                Attempts::Answered(Answer {
+                    value: answer,
+                    permit,
+                    started,
+                    span,
+                    in_flight,
+                }) => {
+                    drop(in_flight);
+                    deployment.observe(OP_CHAT, started, "");
                     permit.record(Verdict::Healthy);
                     count(&spec.name, "ok");
-                    count_tokens(&spec.name, answer.usage);
+                    count_tokens(&deployment, OP_CHAT, answer.usage);
+                    record_answer(
+                        &span,
+                        &answer.id,
+                        &answer.model,
+                        &answer.finish_reasons,
+                        answer.usage,
+                    );
+                    overhead(OP_CHAT, received, failures.upstream);
                     return Ok(pb::CompleteResponse {
                         id: answer.id,
                         model: answer.model,
@@ -423,10 +762,68 @@ impl Gateway {
                         message: Some(pb::ChatMessage {
                             role: "assistant".into(),
                             content: answer.content,
+                            tool_calls: answer.tool_calls,
+                            refusal: answer.refusal,
+                            ..Default::default()
                         }),
-                        finish_reason: answer.finish_reason,
+                        finish_reason: answer.finish_reasons.into_iter().next().unwrap_or_default(),
                         usage: Some(usage(answer.usage)),
                         created: unix_now(),
+                        openai_json: answer.json,
+                        alias: alias.name.clone(),
+                    });
+                }
+                Attempts::Refused(status) => return Err(status),
+                Attempts::Gave => {}
+            }
+        }
+        Err(failures.into_status(Instant::now() >= deadline))
+    }
+
+    /// Embeddings, routed like a whole answer.
+    pub async fn embed(
+        &self,
+        request: &Embedding,
+        received: Instant,
+    ) -> Result<pb::EmbedResponse, Status> {
+        let deadline = Instant::now() + self.timing.total;
+        let mut failures = Failures::default();
+        let (alias, plan) = self.plan(&request.alias)?;
+        for deployment in plan {
+            let spec = &deployment.provider.spec;
+            let model = deployment.spec.model.as_str();
+            let outcome = self
+                .attempts(
+                    &deployment,
+                    &alias.name,
+                    OP_EMBEDDINGS,
+                    deadline,
+                    spec.timeout,
+                    &mut failures,
+                    || upstream::embed(&self.http, spec, model, request),
+                )
+                .await;
+            match outcome {
+                Attempts::Answered(Answer {
+                    value: answer,
+                    permit,
+                    started,
+                    span,
+                    in_flight,
+                }) => {
+                    drop(in_flight);
+                    deployment.observe(OP_EMBEDDINGS, started, "");
+                    permit.record(Verdict::Healthy);
+                    count(&spec.name, "ok");
+                    count_tokens(&deployment, OP_EMBEDDINGS, answer.usage);
+                    record_answer(&span, "", &answer.model, &[], answer.usage);
+                    overhead(OP_EMBEDDINGS, received, failures.upstream);
+                    return Ok(pb::EmbedResponse {
+                        model: answer.model,
+                        provider: spec.name.clone(),
+                        usage: Some(usage(answer.usage)),
+                        openai_json: answer.json,
+                        alias: alias.name.clone(),
                     });
                 }
                 Attempts::Refused(status) => return Err(status),
@@ -440,35 +837,46 @@ impl Gateway {
     /// after that a failure ends the stream with an error, never as a clean end.
     pub async fn stream(
         self: &Arc<Self>,
-        request: pb::CompleteRequest,
+        request: Chat,
+        received: Instant,
     ) -> Result<mpsc::Receiver<Result<pb::CompletionChunk, Status>>, Status> {
         let deadline = Instant::now() + self.timing.total;
         let mut failures = Failures::default();
-        for provider in self.offering(&request.model)? {
-            let spec = &provider.spec;
+        let (alias, plan) = self.plan(&request.alias)?;
+        for deployment in plan {
+            let spec = &deployment.provider.spec;
+            let model = deployment.spec.model.as_str();
             let per_attempt = spec.timeout.min(self.timing.first_token);
             let request = &request;
             let outcome = self
-                .attempts(&provider, deadline, per_attempt, &mut failures, || async {
-                    let mut events = upstream::stream(&self.http, spec, request).await?;
-                    match events.next().await {
-                        Some(Ok(first)) => Ok((first, events)),
-                        Some(Err(failure)) => Err(failure),
-                        None => Err(Failure::Protocol("the stream was empty".into())),
-                    }
-                })
+                .attempts(
+                    &deployment,
+                    &alias.name,
+                    OP_CHAT,
+                    deadline,
+                    per_attempt,
+                    &mut failures,
+                    || async {
+                        let mut events = upstream::stream(&self.http, spec, model, request).await?;
+                        match events.next().await {
+                            Some(Ok(first)) => Ok((first, events)),
+                            Some(Err(failure)) => Err(failure),
+                            None => Err(Failure::Protocol("the stream was empty".into())),
+                        }
+                    },
+                )
                 .await;
             match outcome {
-                Attempts::Answered((first, events), permit, started) => {
+                Attempts::Answered(answer) => {
+                    overhead(OP_CHAT, received, failures.upstream);
                     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
                     let relay = Relay {
-                        provider: Arc::clone(&provider),
+                        deployment: Arc::clone(&deployment),
                         include_usage: request.include_usage,
                         created: unix_now(),
-                        sent_role: false,
                         tx,
                     };
-                    tokio::spawn(relay.run(first, events, permit, started, deadline));
+                    tokio::spawn(relay.run(answer, deadline));
                     return Ok(rx);
                 }
                 Attempts::Refused(status) => return Err(status),
@@ -481,50 +889,36 @@ impl Gateway {
 
 /// Forwards one committed stream to the caller.
 struct Relay {
-    provider: Arc<Provider>,
+    deployment: Arc<Deployment>,
     include_usage: bool,
     created: i64,
-    sent_role: bool,
     tx: mpsc::Sender<Result<pb::CompletionChunk, Status>>,
 }
 
-impl Relay {
-    fn chunk(
-        &mut self,
-        id: String,
-        model: String,
-        delta: String,
-        finish: Option<String>,
-    ) -> pb::CompletionChunk {
-        let role = if self.sent_role {
-            String::new()
-        } else {
-            self.sent_role = true;
-            "assistant".into()
-        };
-        pb::CompletionChunk {
-            id,
-            model,
-            provider: self.provider.spec.name.clone(),
-            delta,
-            finish_reason: finish.unwrap_or_default(),
-            usage: None,
-            created: self.created,
-            role,
+/// A chunk's JSON without its `usage` (the caller did not ask for it).
+fn without_usage(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut chunk)) => {
+            chunk.remove("usage");
+            serde_json::Value::Object(chunk).to_string()
         }
+        _ => json.to_owned(),
     }
+}
 
-    async fn run(
-        mut self,
-        first: Event,
-        mut events: Events,
-        permit: Permit,
-        started: Instant,
-        deadline: Instant,
-    ) {
-        let name = self.provider.spec.name.clone();
-        let mut last_id = (String::new(), String::new());
+impl Relay {
+    async fn run(self, answer: Answer<(Event, Events)>, deadline: Instant) {
+        let Answer {
+            value: (first, mut events),
+            permit,
+            started,
+            span,
+            in_flight,
+        } = answer;
+        let name = self.deployment.provider.spec.name.clone();
         let mut next = Some(Ok(first));
+        let mut finish_reasons: Vec<String> = Vec::new();
+        let mut seen = (String::new(), String::new(), Usage::default());
         let out_of_time = tokio::time::sleep_until(deadline);
         tokio::pin!(out_of_time);
         let verdict = loop {
@@ -534,7 +928,8 @@ impl Relay {
                     () = self.tx.closed() => {
                         // The caller went away: dropping `events` cancels the upstream request.
                         count(&name, "cancelled");
-                        tracing::info!(provider = %name, "caller cancelled the stream");
+                        span.record("error.type", "cancelled");
+                        tracing::info!(parent: &span, provider = %name, "caller cancelled the stream");
                         return;
                     }
                     () = &mut out_of_time => Some(Err(Failure::Timeout)),
@@ -542,24 +937,47 @@ impl Relay {
                 },
             };
             let chunk = match item {
-                Some(Ok(Event::Delta {
+                Some(Ok(Event::Chunk {
+                    json,
                     id,
                     model,
+                    role,
                     content,
                     finish_reason,
+                    has_choices,
+                    usage: reported,
                 })) => {
-                    last_id = (id.clone(), model.clone());
-                    self.chunk(id, model, content, finish_reason)
-                }
-                Some(Ok(Event::Usage(usage))) => {
-                    count_tokens(&name, usage);
-                    if !self.include_usage {
-                        continue;
+                    seen.0.clone_from(&id);
+                    seen.1.clone_from(&model);
+                    if let Some(reason) = &finish_reason {
+                        finish_reasons.push(reason.clone());
                     }
-                    let (id, model) = last_id.clone();
-                    let mut chunk = self.chunk(id, model, String::new(), None);
-                    chunk.usage = Some(self::usage(usage));
-                    chunk
+                    let json = match reported {
+                        Some(reported) => {
+                            count_tokens(&self.deployment, OP_CHAT, reported);
+                            seen.2 = reported;
+                            if !self.include_usage && !has_choices {
+                                continue;
+                            }
+                            if self.include_usage {
+                                json
+                            } else {
+                                without_usage(&json)
+                            }
+                        }
+                        None => json,
+                    };
+                    pb::CompletionChunk {
+                        id,
+                        model,
+                        provider: name.clone(),
+                        delta: content,
+                        finish_reason: finish_reason.unwrap_or_default(),
+                        usage: reported.filter(|_| self.include_usage).map(usage),
+                        created: self.created,
+                        role,
+                        openai_json: json,
+                    }
                 }
                 Some(Ok(Event::Done)) | None => break Ok(()),
                 Some(Err(failure)) => break Err(failure),
@@ -569,13 +987,18 @@ impl Relay {
                 return;
             }
         };
-        self.provider.observe(started);
+        drop(in_flight);
+        record_answer(&span, &seen.0, &seen.1, &finish_reasons, seen.2);
         match verdict {
             Ok(()) => {
+                self.deployment.observe(OP_CHAT, started, "");
                 permit.record(Verdict::Healthy);
                 count(&name, "ok");
             }
             Err(failure) => {
+                let kind = error_type(&failure);
+                self.deployment.observe(OP_CHAT, started, kind);
+                span.record("error.type", kind);
                 permit.record(Verdict::Failed);
                 count(
                     &name,
@@ -585,7 +1008,7 @@ impl Relay {
                         "failed"
                     },
                 );
-                tracing::warn!(provider = %name, %failure, "LLM stream failed after it started");
+                tracing::warn!(parent: &span, provider = %name, %failure, "LLM stream failed after it started");
                 let status = if matches!(failure, Failure::Timeout) {
                     error::llm_timeout(error::LLM_TIMEOUT_MESSAGE.into())
                 } else {
@@ -603,6 +1026,8 @@ fn usage(usage: Usage) -> pb::Usage {
         prompt_tokens: usage.prompt,
         completion_tokens: usage.completion,
         total_tokens: usage.prompt + usage.completion,
+        cached_tokens: usage.cached,
+        reasoning_tokens: usage.reasoning,
     }
 }
 

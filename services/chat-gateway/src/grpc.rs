@@ -8,16 +8,10 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    gateway::{Gateway, Provider},
+    gateway::{Deployment, Gateway, Provider},
+    request,
     store::{Runtime, Store},
 };
-
-/// Most messages in one conversation.
-const MAX_MESSAGES: usize = 256;
-/// Most stop sequences (OpenAI's limit).
-const MAX_STOP: usize = 4;
-/// Most bytes of conversation text.
-const MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// The gRPC face of the chat gateway.
 #[derive(Debug, Clone)]
@@ -34,49 +28,6 @@ pub struct ChatGrpc {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::CompletionChunk, Status>> + Send>>;
 
-/// The request's problems, as one INVALID_ARGUMENT; then the `max_tokens` every provider call
-/// carries (the caller's, or the ceiling when it asked for none).
-fn validate(request: &mut pb::CompleteRequest, max_tokens: u32) -> Result<(), Status> {
-    let invalid = |message: String| Err(Status::invalid_argument(message));
-    if request.messages.is_empty() || request.messages.len() > MAX_MESSAGES {
-        return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
-    }
-    if let Some(bad) = request
-        .messages
-        .iter()
-        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool"))
-    {
-        return invalid(format!(
-            "message role `{}` is not system, user, assistant or tool",
-            bad.role
-        ));
-    }
-    let text: usize = request.messages.iter().map(|m| m.content.len()).sum();
-    if text > MAX_TEXT_BYTES {
-        return invalid(format!("messages hold more than {MAX_TEXT_BYTES} bytes"));
-    }
-    if request
-        .temperature
-        .is_some_and(|t| !(0.0..=2.0).contains(&t))
-    {
-        return invalid("temperature must be between 0 and 2".into());
-    }
-    if request.max_tokens == Some(0) {
-        return invalid("max_tokens must be at least 1".into());
-    }
-    if request.max_tokens.is_some_and(|n| n > max_tokens) {
-        return invalid(format!("max_tokens must be at most {max_tokens}"));
-    }
-    if request.stop.len() > MAX_STOP || request.stop.iter().any(String::is_empty) {
-        return invalid(format!("at most {MAX_STOP} stop sequences, none empty"));
-    }
-    if request.model.len() > 256 {
-        return invalid("model is longer than 256 characters".into());
-    }
-    request.max_tokens.get_or_insert(max_tokens);
-    Ok(())
-}
-
 fn provider(p: &Provider) -> pb::Provider {
     pb::Provider {
         name: p.spec.name.clone(),
@@ -85,6 +36,30 @@ fn provider(p: &Provider) -> pb::Provider {
         priority: p.priority(),
         enabled: p.enabled(),
         circuit_state: p.circuit().name().into(),
+    }
+}
+
+/// A named deployment as the admin route shows it (its provider's URL and circuit).
+fn deployment_as_provider(name: &str, d: &Deployment) -> pb::Provider {
+    pb::Provider {
+        name: name.to_owned(),
+        base_url: d.provider.spec.base_url.clone(),
+        model: d.spec.model.clone(),
+        priority: d.priority(),
+        enabled: d.own_enabled(),
+        circuit_state: d.provider.circuit().name().into(),
+    }
+}
+
+fn deployment(d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        name: d.spec.name.clone().unwrap_or_default(),
+        provider: d.provider.spec.name.clone(),
+        model: d.spec.model.clone(),
+        priority: d.priority(),
+        weight: d.spec.weight,
+        enabled: d.enabled(),
+        in_flight: d.in_flight(),
     }
 }
 
@@ -112,21 +87,59 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let received = tokio::time::Instant::now();
         self.require_caller(&request).await?;
-        let mut request = request.into_inner();
-        validate(&mut request, self.max_tokens)?;
-        self.gateway.complete(&request).await.map(Response::new)
+        let request = request::chat(request.into_inner(), self.max_tokens)?;
+        self.gateway
+            .complete(&request, received)
+            .await
+            .map(Response::new)
     }
 
     async fn stream_complete(
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        let received = tokio::time::Instant::now();
         self.require_caller(&request).await?;
-        let mut request = request.into_inner();
-        validate(&mut request, self.max_tokens)?;
-        let chunks = self.gateway.stream(request).await?;
+        let request = request::chat(request.into_inner(), self.max_tokens)?;
+        let chunks = self.gateway.stream(request, received).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(chunks))))
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let received = tokio::time::Instant::now();
+        self.require_caller(&request).await?;
+        let request = request::embedding(request.into_inner())?;
+        self.gateway
+            .embed(&request, received)
+            .await
+            .map(Response::new)
+    }
+
+    /// Open like ListProviders: names and model names only, no secret.
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let default = self.gateway.default_alias();
+        let models = self
+            .gateway
+            .aliases()
+            .iter()
+            .map(|alias| pb::Model {
+                id: alias.name.clone(),
+                created: self.gateway.loaded_at,
+                owned_by: "portico".into(),
+                balance: alias.balance.name().into(),
+                deployments: alias.deployments.iter().map(|d| deployment(d)).collect(),
+                default: alias.name == default,
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
     /// Open to callers inside the mesh (the edge's readiness reads the circuits); it returns no
@@ -167,99 +180,54 @@ impl ChatService for ChatGrpc {
                 "priority must be between -1000000 and 1000000",
             ));
         }
-        let target = self.gateway.provider(&change.name).ok_or_else(|| {
-            Status::not_found(format!("no LLM provider is called `{}`", change.name))
-        })?;
+        enum Target {
+            Provider(Arc<Provider>),
+            Deployment(Arc<Deployment>),
+        }
+        let target = match self.gateway.provider(&change.name) {
+            Some(p) => Target::Provider(p),
+            None => match self.gateway.deployment(&change.name) {
+                Some(d) => Target::Deployment(d),
+                None => {
+                    return Err(Status::not_found(format!(
+                        "no LLM provider or deployment is called `{}`",
+                        change.name
+                    )))
+                }
+            },
+        };
+        let (priority, enabled) = match &target {
+            Target::Provider(p) => (p.priority(), p.enabled()),
+            Target::Deployment(d) => (d.priority(), d.own_enabled()),
+        };
         let runtime = Runtime {
             name: change.name.clone(),
-            priority: change.priority.unwrap_or_else(|| target.priority()),
-            enabled: change.enabled.unwrap_or_else(|| target.enabled()),
+            priority: change.priority.unwrap_or(priority),
+            enabled: change.enabled.unwrap_or(enabled),
         };
         // The table first: when it cannot be written nothing changes anywhere.
         if !self.store.set(&runtime).await.map_err(crate::Error::from)? {
             return Err(Status::not_found(format!(
-                "no LLM provider is called `{}`",
+                "no LLM provider or deployment is called `{}`",
                 change.name
             )));
         }
-        target.set(runtime.priority, runtime.enabled);
         tracing::info!(
-            provider = %runtime.name,
+            name = %runtime.name,
             priority = runtime.priority,
             enabled = runtime.enabled,
             by = %identity.user_id,
             "LLM provider changed"
         );
-        Ok(Response::new(provider(&target)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(role: &str) -> pb::ChatMessage {
-        pb::ChatMessage {
-            role: role.into(),
-            content: "hi".into(),
-        }
-    }
-
-    #[test]
-    fn bad_requests_are_invalid_arguments_that_say_why() {
-        let good = pb::CompleteRequest {
-            messages: vec![message("user")],
-            ..Default::default()
-        };
-        let mut bounded = good.clone();
-        assert!(validate(&mut bounded, 4096).is_ok());
-        assert_eq!(
-            bounded.max_tokens,
-            Some(4096),
-            "the ceiling when none was asked"
-        );
-        for (request, fragment) in [
-            (pb::CompleteRequest::default(), "1 to 256"),
-            (
-                pb::CompleteRequest {
-                    messages: vec![message("robot")],
-                    ..Default::default()
-                },
-                "robot",
-            ),
-            (
-                pb::CompleteRequest {
-                    temperature: Some(2.5),
-                    ..good.clone()
-                },
-                "temperature",
-            ),
-            (
-                pb::CompleteRequest {
-                    stop: vec![String::new()],
-                    ..good.clone()
-                },
-                "stop",
-            ),
-            (
-                pb::CompleteRequest {
-                    max_tokens: Some(0),
-                    ..good.clone()
-                },
-                "max_tokens",
-            ),
-            (
-                pb::CompleteRequest {
-                    max_tokens: Some(4_000_000_000),
-                    ..good.clone()
-                },
-                "at most 4096",
-            ),
-        ] {
-            let mut request = request;
-            let status = validate(&mut request, 4096).expect_err(fragment);
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(status.message().contains(fragment), "{}", status.message());
-        }
+        Ok(Response::new(match target {
+            Target::Provider(p) => {
+                p.set(runtime.priority, runtime.enabled);
+                provider(&p)
+            }
+            Target::Deployment(d) => {
+                d.set(runtime.priority, runtime.enabled);
+                deployment_as_provider(&runtime.name, &d)
+            }
+        }))
     }
 }

@@ -1,5 +1,5 @@
-//! Portico's chat gateway: OpenAI-compatible LLM providers behind per-provider circuit
-//! breakers, retries and failover (`portico.chat.v1.ChatService`).
+//! Portico's chat gateway: OpenAI-compatible LLM providers behind model aliases, per-provider
+//! circuit breakers, retries and failover (`portico.chat.v1.ChatService`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,6 +17,7 @@ mod error;
 mod gateway;
 mod grpc;
 pub mod providers;
+mod request;
 mod store;
 mod upstream;
 
@@ -62,7 +63,7 @@ pub async fn serve_with(
     options: Options,
 ) -> Result<ServerHandle, Error> {
     let chat = &settings.chat;
-    let specs = providers::load(chat, &|name| std::env::var(name).ok())?;
+    let config = providers::load(chat, &|name| std::env::var(name).ok())?;
     let storage = &settings.storage;
     let db = portico_migrations::connect(
         storage.database_url.expose_secret(),
@@ -72,9 +73,9 @@ pub async fn serve_with(
     .await?;
     let db = portico_migrations::Db::new(db);
     let store = store::Store::new(db.clone());
-    store.register(&specs).await?;
+    store.register(&config).await?;
     let gateway = Arc::new(gateway::Gateway::new(
-        specs,
+        config,
         circuit::Thresholds {
             failures: chat.cb_failure_threshold,
             reset: chat.cb_reset_timeout,
@@ -98,6 +99,20 @@ pub async fn serve_with(
             "LLM provider"
         );
     }
+    for alias in gateway.aliases() {
+        let deployments: Vec<String> = alias
+            .deployments
+            .iter()
+            .map(|d| format!("{}:{}", d.provider.spec.name, d.spec.model))
+            .collect();
+        tracing::info!(
+            model = %alias.name,
+            default = alias.name == gateway.default_alias(),
+            balance = alias.balance.name(),
+            deployments = %deployments.join(", "),
+            "LLM model"
+        );
+    }
     let redis = portico_redis::Redis::connect_optional(
         storage.redis_url.as_ref(),
         &storage.redis_key_prefix,
@@ -106,6 +121,9 @@ pub async fn serve_with(
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    if let Some(redis) = &redis {
+        redis.report_up("chat-gateway");
+    }
     let tls = portico_grpc::client::client_tls(settings, &shutdown)
         .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?;
     let verifier =
@@ -154,6 +172,8 @@ async fn refresh(gateway: &gateway::Gateway, store: &store::Store) {
             for row in rows {
                 if let Some(provider) = gateway.provider(&row.name) {
                     provider.set(row.priority, row.enabled);
+                } else if let Some(deployment) = gateway.deployment(&row.name) {
+                    deployment.set(row.priority, row.enabled);
                 }
             }
         }

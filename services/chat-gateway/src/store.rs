@@ -5,7 +5,7 @@
 use portico_migrations::Db;
 use sea_orm::{DbErr, Value};
 
-use crate::providers::Spec;
+use crate::providers::{Config, Spec};
 
 /// A provider's runtime settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,9 +32,36 @@ impl Store {
         Self { db }
     }
 
-    /// Records the configured providers. A new one starts with its configured priority and
-    /// enabled flag; a known one keeps the values the table holds (runtime changes win).
-    pub async fn register(&self, specs: &[Spec]) -> Result<(), DbErr> {
+    /// Records the configured providers and named deployments. A new one starts with its
+    /// configured priority and enabled flag; a known one keeps the values the table holds
+    /// (runtime changes win). A deployment's row carries its provider's URL and key variable and
+    /// its own model name.
+    pub async fn register(&self, config: &Config) -> Result<(), DbErr> {
+        let mut rows: Vec<Spec> = config.providers.clone();
+        for alias in &config.aliases {
+            for deployment in &alias.deployments {
+                let (Some(name), Some(provider)) = (
+                    &deployment.name,
+                    config
+                        .providers
+                        .iter()
+                        .find(|p| p.name == deployment.provider),
+                ) else {
+                    continue;
+                };
+                rows.push(Spec {
+                    name: name.clone(),
+                    model: deployment.model.clone(),
+                    priority: deployment.priority.unwrap_or(0),
+                    enabled: deployment.enabled,
+                    ..provider.clone()
+                });
+            }
+        }
+        self.insert(&rows).await
+    }
+
+    async fn insert(&self, specs: &[Spec]) -> Result<(), DbErr> {
         let sql = "INSERT INTO llm_providers \
              (name, base_url, model, api_key_env, priority, enabled, timeout_ms, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \

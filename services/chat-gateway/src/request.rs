@@ -1,0 +1,520 @@
+//! A caller's request as providers will see it. The caller's JSON is kept as it came (every
+//! field, known or not, content parts and tools included) with the typed gRPC fields written
+//! over it; the gateway checks the few fields it reasons about and, per attempt, writes only
+//! what it owns: `model` (the deployment's name for it), `stream` and `stream_options`, and
+//! `max_tokens` when the caller set no bound.
+
+use portico_proto::chat as pb;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tonic::Status;
+
+/// Most messages in one conversation.
+const MAX_MESSAGES: usize = 256;
+/// Most stop sequences (OpenAI's limit).
+const MAX_STOP: usize = 4;
+/// Most bytes of conversation text.
+const MAX_TEXT_BYTES: usize = 1 << 20;
+/// Most choices (`n`) one call may ask for: each is paid for.
+pub const MAX_CHOICES: u64 = 8;
+/// Most tools one call may offer.
+const MAX_TOOLS: usize = 128;
+/// Most embedding inputs in one call (OpenAI's limit).
+const MAX_INPUTS: usize = 2048;
+/// Longest model name.
+const MAX_MODEL_CHARS: usize = 256;
+/// The roles OpenAI's chat API knows.
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, Status> {
+    Err(Status::invalid_argument(message.into()))
+}
+
+/// A chat request, checked.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    /// The caller's fields but `model`, `stream` and `stream_options`.
+    pub body: Map<String, Value>,
+    /// The alias asked for; empty for the default.
+    pub alias: String,
+    /// The caller's `stream_options`, less `include_usage` (which the gateway always sets).
+    pub stream_options: Map<String, Value>,
+    /// Whether the caller wants the usage chunk.
+    pub include_usage: bool,
+}
+
+/// An embeddings request, checked.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// The caller's fields but `model`.
+    pub body: Map<String, Value>,
+    /// The alias asked for; empty for the default.
+    pub alias: String,
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    model: &'a str,
+    #[serde(flatten)]
+    body: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<Map<String, Value>>,
+}
+
+impl Chat {
+    /// The body one deployment receives.
+    pub fn for_deployment(&self, model: &str, stream: bool) -> Vec<u8> {
+        let stream_options = stream.then(|| {
+            let mut options = self.stream_options.clone();
+            // Always asked for, so token counters are right even when the caller did not ask.
+            options.insert("include_usage".into(), Value::Bool(true));
+            options
+        });
+        let outgoing = Outgoing {
+            model,
+            body: &self.body,
+            stream: stream.then_some(true),
+            stream_options,
+        };
+        serde_json::to_vec(&outgoing).unwrap_or_default()
+    }
+}
+
+impl Embedding {
+    /// The body one deployment receives.
+    pub fn for_deployment(&self, model: &str) -> Vec<u8> {
+        let outgoing = Outgoing {
+            model,
+            body: &self.body,
+            stream: None,
+            stream_options: None,
+        };
+        serde_json::to_vec(&outgoing).unwrap_or_default()
+    }
+}
+
+fn object(json: &str) -> Result<Map<String, Value>, Status> {
+    if json.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => invalid("the request body must be a JSON object"),
+        Err(error) => invalid(format!("the request body is not valid JSON: {error}")),
+    }
+}
+
+/// `model` from the typed field, else the JSON's (removed from the body).
+fn take_model(body: &mut Map<String, Value>, typed: String) -> Result<String, Status> {
+    let from_json = match body.remove("model") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(model)) => model,
+        Some(_) => return invalid("model must be a string"),
+    };
+    let model = if typed.is_empty() { from_json } else { typed };
+    if model.chars().count() > MAX_MODEL_CHARS {
+        return invalid(format!("model is longer than {MAX_MODEL_CHARS} characters"));
+    }
+    Ok(model)
+}
+
+/// An f32 as the decimal its caller most likely wrote (0.7, not 0.699999988…).
+fn decimal(value: f32) -> Value {
+    format!("{value}")
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+fn typed_message(message: pb::ChatMessage) -> Value {
+    let mut value = Map::new();
+    value.insert("role".into(), Value::String(message.role));
+    let content = if message.content.is_empty() && !message.tool_calls.is_empty() {
+        Value::Null
+    } else {
+        Value::String(message.content)
+    };
+    value.insert("content".into(), content);
+    if !message.tool_call_id.is_empty() {
+        value.insert("tool_call_id".into(), Value::String(message.tool_call_id));
+    }
+    if !message.refusal.is_empty() {
+        value.insert("refusal".into(), Value::String(message.refusal));
+    }
+    if !message.tool_calls.is_empty() {
+        let calls = message
+            .tool_calls
+            .into_iter()
+            .map(|call| {
+                serde_json::json!({
+                    "id": call.id,
+                    "type": if call.r#type.is_empty() { "function".to_owned() } else { call.r#type },
+                    "function": {"name": call.name, "arguments": call.arguments},
+                })
+            })
+            .collect();
+        value.insert("tool_calls".into(), Value::Array(calls));
+    }
+    Value::Object(value)
+}
+
+/// The text of a message's content: a string, or the `text` of its parts.
+pub fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn check_messages(body: &Map<String, Value>) -> Result<(), Status> {
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
+    };
+    if messages.is_empty() || messages.len() > MAX_MESSAGES {
+        return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
+    }
+    let mut text = 0;
+    for (index, message) in messages.iter().enumerate() {
+        let Some(message) = message.as_object() else {
+            return invalid(format!("message {index} is not an object"));
+        };
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        if !ROLES.contains(&role) {
+            return invalid(format!(
+                "message role `{role}` is not system, developer, user, assistant or tool"
+            ));
+        }
+        match message.get("content") {
+            None | Some(Value::Null) if role == "assistant" => {}
+            Some(Value::String(content)) => text += content.len(),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    if part.get("type").and_then(Value::as_str).is_none() {
+                        return invalid(format!(
+                            "message {index}: every content part needs a `type`"
+                        ));
+                    }
+                    text += part.get("text").and_then(Value::as_str).map_or(0, str::len);
+                }
+            }
+            _ => {
+                return invalid(format!(
+                    "message {index}: content must be a string or an array of parts"
+                ))
+            }
+        }
+        if role == "tool" && !message.get("tool_call_id").is_some_and(Value::is_string) {
+            return invalid(format!(
+                "message {index}: a tool message needs tool_call_id"
+            ));
+        }
+    }
+    if text > MAX_TEXT_BYTES {
+        return invalid(format!("messages hold more than {MAX_TEXT_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, Status> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(n) => Ok(Some(n)),
+            None => invalid(format!("{field} must be a number")),
+        },
+    }
+}
+
+fn count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, Status> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(n) => Ok(Some(n)),
+            None => invalid(format!("{field} must be a whole number")),
+        },
+    }
+}
+
+fn check_fields(body: &Map<String, Value>, max_tokens: u32) -> Result<(), Status> {
+    if number(body, "temperature")?.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        return invalid("temperature must be between 0 and 2");
+    }
+    if number(body, "top_p")?.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        return invalid("top_p must be between 0 and 1");
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match count(body, field)? {
+            Some(0) => return invalid(format!("{field} must be at least 1")),
+            Some(n) if n > u64::from(max_tokens) => {
+                return invalid(format!("{field} must be at most {max_tokens}"))
+            }
+            _ => {}
+        }
+    }
+    if count(body, "n")?.is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
+        return invalid(format!("n must be between 1 and {MAX_CHOICES}"));
+    }
+    let stop_ok = match body.get("stop") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(stop)) => !stop.is_empty(),
+        Some(Value::Array(stops)) => {
+            stops.len() <= MAX_STOP
+                && stops
+                    .iter()
+                    .all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+        }
+        Some(_) => false,
+    };
+    if !stop_ok {
+        return invalid(format!("at most {MAX_STOP} stop sequences, none empty"));
+    }
+    match body.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tools)) if tools.len() <= MAX_TOOLS => {
+            if tools.iter().any(|t| !t.is_object()) {
+                return invalid("every tool must be an object");
+            }
+        }
+        Some(_) => return invalid(format!("tools must be an array of at most {MAX_TOOLS}")),
+    }
+    Ok(())
+}
+
+/// Reads and checks a chat request; every call then carries a bound on its tokens (the
+/// caller's, or `max_tokens` — `LLM_MAX_TOKENS` — when it set none).
+pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Status> {
+    let mut body = object(&request.openai_json)?;
+    if !request.messages.is_empty() {
+        if body.contains_key("messages") {
+            return invalid("messages are given twice (typed and in openai_json)");
+        }
+        let messages = request.messages.into_iter().map(typed_message).collect();
+        body.insert("messages".into(), Value::Array(messages));
+    }
+    let alias = take_model(&mut body, request.model)?;
+    if let Some(temperature) = request.temperature {
+        body.insert("temperature".into(), decimal(temperature));
+    }
+    if let Some(max) = request.max_tokens {
+        body.insert("max_tokens".into(), Value::from(max));
+    }
+    if !request.stop.is_empty() {
+        body.insert(
+            "stop".into(),
+            Value::Array(request.stop.into_iter().map(Value::String).collect()),
+        );
+    }
+    body.remove("stream");
+    let mut stream_options = match body.remove("stream_options") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(options)) => options,
+        Some(_) => return invalid("stream_options must be an object"),
+    };
+    let include_usage = request.include_usage
+        || matches!(
+            stream_options.remove("include_usage"),
+            Some(Value::Bool(true))
+        );
+    check_messages(&body)?;
+    check_fields(&body, max_tokens)?;
+    if !body.contains_key("max_tokens") && !body.contains_key("max_completion_tokens") {
+        body.insert("max_tokens".into(), Value::from(max_tokens));
+    }
+    Ok(Chat {
+        body,
+        alias,
+        stream_options,
+        include_usage,
+    })
+}
+
+/// Reads and checks an embeddings request.
+pub fn embedding(request: pb::EmbedRequest) -> Result<Embedding, Status> {
+    let mut body = object(&request.openai_json)?;
+    let alias = take_model(&mut body, request.model)?;
+    let ok = match body.get("input") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(inputs)) => !inputs.is_empty() && inputs.len() <= MAX_INPUTS,
+        _ => false,
+    };
+    if !ok {
+        return invalid(format!(
+            "input must be a string or an array of 1 to {MAX_INPUTS} inputs"
+        ));
+    }
+    if count(&body, "dimensions")?.is_some_and(|d| !(1..=8192).contains(&d)) {
+        return invalid("dimensions must be between 1 and 8192");
+    }
+    Ok(Embedding { body, alias })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message(role: &str) -> pb::ChatMessage {
+        pb::ChatMessage {
+            role: role.into(),
+            content: "hi".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_callers_json_reaches_the_provider_with_only_the_gateways_fields_rewritten() {
+        let caller = json!({
+            "model": "chat-default", "stream": true,
+            "stream_options": {"include_usage": true, "future_option": 1},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": "auto", "temperature": 0.7, "seed": 7, "brand_new_field": {"x": [1]},
+        });
+        let read = chat(
+            pb::CompleteRequest {
+                openai_json: caller.to_string(),
+                ..Default::default()
+            },
+            4096,
+        )
+        .expect("valid");
+        assert_eq!(read.alias, "chat-default");
+        assert!(read.include_usage);
+        let sent: Value =
+            serde_json::from_slice(&read.for_deployment("gpt-4o-2024-08-06", true)).expect("json");
+        let mut expected = caller.clone();
+        expected["model"] = json!("gpt-4o-2024-08-06");
+        expected["max_tokens"] = json!(4096);
+        assert_eq!(sent, expected);
+        let whole: Value = serde_json::from_slice(&read.for_deployment("m", false)).expect("json");
+        assert!(whole.get("stream").is_none() && whole.get("stream_options").is_none());
+        // Typed fields are written over the JSON; a typed float stays the decimal it was.
+        let typed = chat(
+            pb::CompleteRequest {
+                messages: vec![message("user")],
+                temperature: Some(0.7),
+                openai_json: r#"{"seed": 1, "temperature": 1.5}"#.into(),
+                ..Default::default()
+            },
+            4096,
+        )
+        .expect("valid");
+        assert_eq!(typed.body["temperature"], json!(0.7));
+        assert_eq!(typed.body["seed"], json!(1));
+        assert_eq!(
+            typed.body["messages"],
+            json!([{"role": "user", "content": "hi"}])
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments_that_say_why() {
+        let good = pb::CompleteRequest {
+            messages: vec![message("user")],
+            ..Default::default()
+        };
+        let bounded = chat(good.clone(), 4096).expect("valid");
+        assert_eq!(
+            bounded.body["max_tokens"],
+            json!(4096),
+            "the ceiling when none was asked"
+        );
+        let json = |text: &str| pb::CompleteRequest {
+            openai_json: text.into(),
+            ..Default::default()
+        };
+        for (request, fragment) in [
+            (pb::CompleteRequest::default(), "1 to 256"),
+            (
+                pb::CompleteRequest {
+                    messages: vec![message("robot")],
+                    ..Default::default()
+                },
+                "robot",
+            ),
+            (
+                pb::CompleteRequest {
+                    temperature: Some(2.5),
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                pb::CompleteRequest {
+                    stop: vec![String::new()],
+                    ..good.clone()
+                },
+                "stop",
+            ),
+            (
+                pb::CompleteRequest {
+                    max_tokens: Some(0),
+                    ..good.clone()
+                },
+                "max_tokens",
+            ),
+            (
+                pb::CompleteRequest {
+                    max_tokens: Some(4_000_000_000),
+                    ..good.clone()
+                },
+                "at most 4096",
+            ),
+            (
+                json(
+                    r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":5000}"#,
+                ),
+                "max_completion_tokens must be at most 4096",
+            ),
+            (
+                json(r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#),
+                "n must be between 1 and 8",
+            ),
+            (
+                json(r#"{"messages":[{"role":"tool","content":"x"}]}"#),
+                "tool_call_id",
+            ),
+            (
+                json(r#"{"messages":[{"role":"user","content":[{"text":"x"}]}]}"#),
+                "type",
+            ),
+            (json("[1]"), "JSON object"),
+            (
+                pb::CompleteRequest {
+                    openai_json: r#"{"messages":[]}"#.into(),
+                    ..good.clone()
+                },
+                "twice",
+            ),
+        ] {
+            let status = chat(request, 4096).expect_err(fragment);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(fragment), "{}", status.message());
+        }
+        let embed = |text: &str| {
+            embedding(pb::EmbedRequest {
+                openai_json: text.into(),
+                ..Default::default()
+            })
+        };
+        assert!(embed(r#"{"input":"hi","model":"e"}"#).is_ok());
+        assert!(embed(r#"{"input":[]}"#).is_err());
+        assert!(embed(r#"{"model":"e"}"#).is_err());
+    }
+}
