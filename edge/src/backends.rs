@@ -23,8 +23,8 @@ pub struct Backend {
     pub critical: bool,
     /// A health name whose NOT_SERVING makes this backend `degraded` (its optional dependency).
     pub component: Option<&'static str>,
-    /// The lazily connected channel.
-    pub channel: Channel,
+    /// The lazily connected channel, timing every call in `grpc_client_handling_seconds`.
+    pub channel: TimedChannel,
 }
 
 /// The four services.
@@ -87,7 +87,7 @@ impl Backend {
             service,
             critical,
             component,
-            channel: channel(url, tls)?,
+            channel: TimedChannel(channel(url, tls)?),
         })
     }
 }
@@ -187,4 +187,121 @@ pub fn record(service: &str, method: &str, code: tonic::Code) {
             code: crate::error::code_name(code).to_owned(),
         })
         .inc();
+}
+
+/// A channel whose calls are timed, per gRPC method, from the request until the last byte of the
+/// answer (trailers included) in `grpc_client_handling_seconds`. Generated clients take it as
+/// they take a [`Channel`].
+#[derive(Debug, Clone)]
+pub struct TimedChannel(Channel);
+
+impl From<Channel> for TimedChannel {
+    fn from(channel: Channel) -> Self {
+        Self(channel)
+    }
+}
+
+impl TimedChannel {
+    /// The plain channel (for clients that time their own calls or need the concrete type).
+    pub fn inner(&self) -> Channel {
+        self.0.clone()
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for TimedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let started = std::time::Instant::now();
+        let (service, method) = request
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", "unknown"));
+        let labels = metrics::GrpcMethodLabels {
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        let call = tower::Service::call(&mut self.0, request);
+        Box::pin(async move {
+            let histogram = metrics::http()
+                .grpc_client_duration
+                .get_or_create(&labels)
+                .clone();
+            match call.await {
+                Ok(response) => Ok(response.map(|body| {
+                    tonic::body::Body::new(TimedBody {
+                        inner: body,
+                        started,
+                        histogram: Some(histogram),
+                    })
+                })),
+                Err(error) => {
+                    histogram.observe(started.elapsed().as_secs_f64());
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+/// Observes its histogram at the end of the body or when it is dropped, whichever comes first.
+struct TimedBody {
+    inner: tonic::body::Body,
+    started: std::time::Instant,
+    histogram: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl TimedBody {
+    fn observe(&mut self) {
+        if let Some(histogram) = self.histogram.take() {
+            histogram.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = &polled {
+            self.observe();
+        } else if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.is_trailers() {
+                self.observe();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.observe();
+    }
 }

@@ -275,12 +275,13 @@ impl Edge {
                     None
                 };
                 if let Some(current) = &revision {
-                    if let Some(hit) = self
+                    let hit = self
                         .inner
                         .content_cache
                         .get(&slug)
-                        .filter(|hit| &hit.revision == current)
-                    {
+                        .filter(|hit| &hit.revision == current);
+                    portico_telemetry::metrics::cache_lookup("edge", hit.is_some());
+                    if let Some(hit) = hit {
                         return Ok(cacheable(
                             &headers,
                             hit.body.clone(),

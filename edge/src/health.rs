@@ -77,7 +77,7 @@ pub async fn check_backend(
 /// One Health/Check of `service`; `(serving, why not)`. An unknown name (a component the
 /// backend does not have, such as Redis when none is configured) counts as serving.
 async fn ask(
-    client: &mut HealthClient<tonic::transport::Channel>,
+    client: &mut HealthClient<crate::backends::TimedChannel>,
     backend: &Backend,
     service: &str,
     context: &RequestContext,
@@ -180,7 +180,37 @@ pub(crate) fn watch_database(
                 _ = ticker.tick() => {}
             }
             // Probe while up too: an outage is noticed before a readiness call pays for it.
-            database.probe(portico_migrations::PROBE_INTERVAL).await;
+            let up = database.probe(portico_migrations::PROBE_INTERVAL).await;
+            portico_telemetry::metrics::dependency_up("edge", "database", up);
+        }
+    });
+}
+
+/// Asks every backend's health (its full service name) each probe interval and keeps
+/// `dependency_up{component="edge",dependency=<backend>}`, so an alert sees a service go down
+/// without anyone calling `/readyz`. A backend's own optional dependency (ratelimit's Redis) is
+/// that backend's `dependency_up`, not this one.
+pub(crate) fn watch_backends(edge: Edge, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(portico_migrations::PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let context = RequestContext::attach(tracing::Span::none(), &http::HeaderMap::new());
+        let timeout = edge.inner.settings.health_check_timeout;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            join_all(edge.inner.backends.all().into_iter().map(|backend| {
+                let context = &context;
+                async move {
+                    let mut client = HealthClient::new(backend.channel.clone());
+                    let (up, _) =
+                        ask(&mut client, backend, backend.service, context, timeout).await;
+                    portico_telemetry::metrics::dependency_up("edge", backend.name, up);
+                }
+            }))
+            .await;
         }
     });
 }
@@ -190,6 +220,7 @@ async fn check_database(edge: &Edge, timeout: Duration) -> Check {
     let database = &edge.inner.database;
     // Known down: answer at once; the background probe flips it back.
     let ok = database.is_up() && database.probe(timeout).await;
+    portico_telemetry::metrics::dependency_up("edge", "database", ok);
     if !ok {
         portico_telemetry::metrics::http().database_errors.inc();
     }

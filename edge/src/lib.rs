@@ -142,7 +142,7 @@ impl Edge {
         };
         let backends = backends::Backends::new(&settings.edge, &tls)?;
         let verifier = portico_tokens::Verifier::new(
-            backends.auth.channel.clone(),
+            backends.auth.channel.inner(),
             &settings.auth.issuer,
             &settings.auth.audience,
             redis.clone(),
@@ -152,7 +152,10 @@ impl Edge {
             &settings.ratelimit,
             signer.clone(),
         );
-        Ok(Self {
+        if let Some(redis) = &redis {
+            redis.report_up("edge");
+        }
+        let edge = Self {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
                 limiter,
@@ -160,6 +163,10 @@ impl Edge {
                 cors: cors::Cors::new(
                     &settings.edge.cors_origins,
                     settings.edge.cors_allow_credentials,
+                )
+                .with_headers(
+                    &settings.edge.cors_allow_headers,
+                    &settings.edge.cors_expose_headers,
                 ),
                 database,
                 verifier,
@@ -185,7 +192,9 @@ impl Edge {
                 started: AtomicBool::new(false),
                 readiness: health::ReadinessCache::default(),
             }),
-        })
+        };
+        health::watch_backends(edge.clone(), shutdown);
+        Ok(edge)
     }
 
     /// Answers one HTTP request from `peer`.
@@ -286,14 +295,17 @@ impl Edge {
                 status: response.status().as_u16(),
             })
             .inc();
+        let labels = metrics::RouteLabels {
+            method: metrics::method_label(&method),
+            route: route_label,
+        };
         http_metrics
-            .duration
-            .get_or_create(&metrics::RouteLabels {
-                method: metrics::method_label(&method),
-                route: route_label,
-            })
+            .first_byte
+            .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        response
+        // The duration runs to the body's last byte: a stream's whole length.
+        let duration = http_metrics.duration.get_or_create(&labels).clone();
+        response.map(|body| response::timed(body, started, duration))
     }
 
     async fn route<B>(
@@ -407,6 +419,7 @@ impl Edge {
                     }
                     Ok(_) => {}
                     Err(refusal) => {
+                        refusal.count();
                         let mut response = refusal.error.into_response(correlation_id);
                         if let Some(decision) = &refusal.decision {
                             limits::apply_headers(response.headers_mut(), decision);
@@ -600,10 +613,12 @@ impl Edge {
             )
             .into_response(correlation_id);
         }
+        let format =
+            metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
         response::text_response(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics::encode_text(),
+            format.content_type(),
+            metrics::encode_as(format),
         )
     }
 

@@ -22,7 +22,9 @@ use portico_proto::ratelimit::{
 };
 use portico_telemetry::{metrics, RequestContext};
 use portico_ttlmap::TtlMap;
-use tonic::{transport::Channel, Code};
+use tonic::Code;
+
+use crate::backends::TimedChannel as Channel;
 
 use crate::{backends, ApiError};
 
@@ -57,6 +59,24 @@ pub struct Refusal {
     pub error: ApiError,
     /// The decision, for `RateLimit-*` headers (absent when no decision could be made).
     pub decision: Option<Decision>,
+    /// The policy that refused (a 429), counted in `rate_limit_exceeded_total` once per
+    /// response by [`Refusal::count`].
+    pub policy: Option<String>,
+}
+
+impl Refusal {
+    /// Counts the refusal that the response reports (requests checked against two policies
+    /// that both refuse still get one 429).
+    pub fn count(&self) {
+        if let Some(policy) = &self.policy {
+            metrics::http()
+                .rate_limited
+                .get_or_create(&metrics::PolicyLabels {
+                    policy: policy.clone(),
+                })
+                .inc();
+        }
+    }
 }
 
 impl EdgeLimiter {
@@ -130,6 +150,7 @@ impl EdgeLimiter {
                         )
                         .with_retry_after(1),
                         decision: None,
+                        policy: None,
                     });
                 }
                 let Some(limit) = self.policies.get(policy) else {
@@ -166,12 +187,6 @@ impl EdgeLimiter {
             return Ok(Some(decision));
         }
         self.views.remove(&bucket);
-        metrics::http()
-            .rate_limited
-            .get_or_create(&metrics::PolicyLabels {
-                policy: policy.to_owned(),
-            })
-            .inc();
         Err(Refusal {
             error: ApiError::new(
                 Code::ResourceExhausted,
@@ -179,6 +194,7 @@ impl EdgeLimiter {
             )
             .with_retry_after(decision.retry_after_ms.div_ceil(1000).max(1)),
             decision: Some(decision),
+            policy: Some(policy.to_owned()),
         })
     }
 }
@@ -377,7 +393,7 @@ mod tests {
         )]))
         .expect("settings")
         .ratelimit;
-        let limiter = Arc::new(EdgeLimiter::new(channel, &settings, None));
+        let limiter = Arc::new(EdgeLimiter::new(channel.into(), &settings, None));
         let ip: IpAddr = "203.0.113.9".parse().expect("ip");
         let context = RequestContext::attach(tracing::Span::none(), &http::HeaderMap::new());
         let check = |limiter: Arc<EdgeLimiter>, context: RequestContext| {

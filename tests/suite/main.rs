@@ -15,6 +15,7 @@ mod faults;
 mod health;
 mod metrics_guard;
 mod migrations;
+mod observability;
 mod ratelimit;
 mod security;
 mod shutdown;

@@ -96,6 +96,9 @@ pub async fn serve_with(
         shutdown.clone(),
     )
     .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    if let Some(redis) = &redis {
+        redis.report_up("auth");
+    }
     let guards = match redis {
         Some(redis) => lockout::Guards::redis(redis),
         None => lockout::Guards::Database(store.clone()),

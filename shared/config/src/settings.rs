@@ -194,6 +194,11 @@ pub struct EdgeSettings {
     pub cors_origins: Vec<String>,
     /// `CORS_ALLOW_CREDENTIALS`.
     pub cors_allow_credentials: bool,
+    /// `CORS_ALLOW_HEADERS`: request header names a preflight may allow (lowercase; a trailing
+    /// `*` matches a prefix, as in `x-stainless-*`).
+    pub cors_allow_headers: Vec<String>,
+    /// `CORS_EXPOSE_HEADERS`: response headers a browser script may read.
+    pub cors_expose_headers: Vec<String>,
     /// `METRICS_ENABLED`.
     pub metrics_enabled: bool,
     /// `METRICS_GUARD` with its secret or allowlist.
@@ -475,6 +480,13 @@ fn read_telemetry(r: &mut Reader<'_>) -> TelemetrySettings {
     }
 }
 
+/// Default `CORS_ALLOW_HEADERS`: Portico's own request headers, W3C trace context, and what the
+/// official OpenAI SDKs send from a browser (`x-stainless-*`, `openai-*`, `idempotency-key`).
+pub const CORS_ALLOW_HEADERS_DEFAULT: &str = "authorization, content-type, accept, if-match, if-none-match, x-admin-key, x-correlation-id, x-metrics-secret, traceparent, tracestate, idempotency-key, openai-*, x-stainless-*";
+/// Default `CORS_EXPOSE_HEADERS`: what Portico's responses carry for scripts to read.
+pub const CORS_EXPOSE_HEADERS_DEFAULT: &str =
+    "x-correlation-id, etag, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
+
 fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
     let cors_origins = r.list("CORS_ORIGINS");
     for origin in &cors_origins {
@@ -489,6 +501,27 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
         }
     }
     let cors_allow_credentials = r.bool("CORS_ALLOW_CREDENTIALS", false);
+    let mut header_list = |key: &str, default: &str| {
+        let list = match r.raw(key) {
+            Some(_) => r.list(key),
+            None => default.split(", ").map(str::to_owned).collect(),
+        };
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'+-.^_`|~".contains(c);
+        let mut names = Vec::new();
+        for name in list {
+            let stem = name.strip_suffix('*').unwrap_or(&name);
+            if stem.is_empty() || !stem.chars().all(token) {
+                r.problem(
+                    key,
+                    format!("`{name}` is not a header name: expected names such as x-trace-id, or a prefix such as x-stainless-*"),
+                );
+            }
+            names.push(name.to_ascii_lowercase());
+        }
+        names
+    };
+    let cors_allow_headers = header_list("CORS_ALLOW_HEADERS", CORS_ALLOW_HEADERS_DEFAULT);
+    let cors_expose_headers = header_list("CORS_EXPOSE_HEADERS", CORS_EXPOSE_HEADERS_DEFAULT);
     if cors_allow_credentials && cors_origins.iter().any(|o| o == "*") {
         r.problem(
             "CORS_ORIGINS",
@@ -539,6 +572,8 @@ fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
         ratelimit_url: r.url("RATELIMIT_GRPC_URL", "http://127.0.0.1:50054"),
         cors_origins,
         cors_allow_credentials,
+        cors_allow_headers,
+        cors_expose_headers,
         metrics_enabled,
         metrics_guard,
         trusted_proxies: r.cidrs("TRUSTED_PROXIES"),

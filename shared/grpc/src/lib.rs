@@ -527,6 +527,9 @@ mod tests {
             status(watch.message().await.expect("stream")),
             Some(ServingStatus::NotServing as i32)
         );
+        // The gauge follows the probe itself, with no health call in between.
+        let gauge = "dependency_up{component=\"test\",dependency=\"database\"} 0";
+        assert!(portico_telemetry::metrics::encode_text().contains(gauge));
         let server = client
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -544,6 +547,8 @@ mod tests {
             status(watch.message().await.expect("stream")),
             Some(ServingStatus::Serving as i32)
         );
+        let gauge = "dependency_up{component=\"test\",dependency=\"database\"} 1";
+        assert!(portico_telemetry::metrics::encode_text().contains(gauge));
 
         drop(watch);
         drop(client);
