@@ -1,6 +1,7 @@
 //! An in-process OpenAI-compatible provider on port 0 that tests script: answer, fail with a
 //! status, stall, or stream words and then finish, break, send an error event, or hold the
-//! stream open until the client goes away (which it reports).
+//! stream open until the client goes away (which it reports); or answer exact bytes (a whole
+//! body, or a stream's `data:` payloads) so tests can compare what reaches the client.
 
 use std::{
     collections::VecDeque,
@@ -41,6 +42,12 @@ pub enum Reply {
     Stall,
     /// For streaming requests: these words, then `End`.
     Stream(&'static [&'static str], End),
+    /// Whole answers as [`Reply::Answer`]; streams held open as [`End::Hold`].
+    HoldStreams(&'static str),
+    /// This exact JSON body (a completion, an embeddings list…), status 200.
+    Raw(String),
+    /// A stream of exactly these `data:` payloads, then `data: [DONE]`.
+    Chunks(Vec<String>),
 }
 
 #[derive(Default)]
@@ -48,6 +55,7 @@ struct State {
     queue: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     requests: Mutex<Vec<Value>>,
+    paths: Mutex<Vec<String>>,
     cancelled: Notify,
 }
 
@@ -115,6 +123,11 @@ impl FakeLlm {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// The request paths received (`/v1/chat/completions`, `/v1/embeddings`).
+    pub fn paths(&self) -> Vec<String> {
+        self.state.paths.lock().expect("lock").clone()
+    }
+
     /// Resolves once a held stream's client has gone away.
     pub async fn cancelled(&self) {
         self.state.cancelled.notified().await;
@@ -134,6 +147,18 @@ fn full(status: u16, body: Value) -> hyper::Response<Body> {
     response
 }
 
+fn answer_text(text: &str) -> hyper::Response<Body> {
+    let words = text.split_whitespace().count();
+    full(
+        200,
+        json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": words, "total_tokens": 7 + words},
+        }),
+    )
+}
+
 fn chunk(delta: Value, finish: Option<&str>) -> String {
     let value = json!({
         "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model",
@@ -146,6 +171,11 @@ async fn answer(
     state: Arc<State>,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
+    state
+        .paths
+        .lock()
+        .expect("lock")
+        .push(request.uri().path().to_owned());
     let bytes = request
         .into_body()
         .collect()
@@ -181,17 +211,33 @@ async fn answer(
             return response;
         }
         Reply::Stall => std::future::pending().await,
-        Reply::Answer(text) if !streaming => {
-            let words = text.split_whitespace().count();
-            return full(
-                200,
-                json!({
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": "fake-model",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": words, "total_tokens": 7 + words},
-                }),
-            );
+        Reply::Raw(body) => {
+            let mut response = full(200, Value::Null);
+            *response.body_mut() = Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed();
+            return response;
         }
+        Reply::Chunks(chunks) => {
+            let mut text = String::new();
+            for data in chunks {
+                text.push_str(&format!("data: {data}\n\n"));
+            }
+            text.push_str("data: [DONE]\n\n");
+            let mut response = full(200, Value::Null);
+            *response.body_mut() = Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed();
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("header"));
+            return response;
+        }
+        Reply::HoldStreams(text) if !streaming => {
+            return answer_text(text);
+        }
+        Reply::HoldStreams(text) => (text.split(' ').collect(), End::Hold),
+        Reply::Answer(text) if !streaming => return answer_text(text),
         Reply::Answer(text) => (text.split(' ').collect(), End::Done),
         Reply::Stream(words, end) => (words.to_vec(), end),
     };

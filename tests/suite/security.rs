@@ -709,7 +709,7 @@ async fn callers_cannot_pick_an_unlisted_model_or_an_unbounded_max_tokens() {
     let expensive = suite
         .post("/v1/chat/completions", hello(json!({"model": "gpt-4-32k"})))
         .await;
-    assert_eq!(expensive.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(expensive.status(), StatusCode::NOT_FOUND, "model_not_found");
     let huge = suite
         .post(
             "/v1/chat/completions",
