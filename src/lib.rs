@@ -93,8 +93,10 @@ pub async fn start_service(
 /// The whole suite running in this process.
 #[derive(Debug)]
 pub struct Suite {
-    /// Where the edge listens.
+    /// Where the edge listens (HTTPS when `EDGE_TLS_CERT_FILE` is set).
     pub edge_addr: SocketAddr,
+    /// The edge's extra plaintext listener (`EDGE_PLAINTEXT_ADDR` beside HTTPS).
+    pub edge_plaintext_addr: Option<SocketAddr>,
     services: Vec<(Component, CancellationToken, ServerHandle)>,
     edge: EdgeHandle,
     shutdown: CancellationToken,
@@ -147,6 +149,7 @@ impl Suite {
         let edge = portico_edge::serve(&settings, edge_listener, shutdown.child_token()).await?;
         Ok(Self {
             edge_addr: edge.local_addr,
+            edge_plaintext_addr: edge.plaintext_addr,
             services,
             edge,
             shutdown,

@@ -181,8 +181,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
             let shutdown = CancellationToken::new();
             let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
+            let scheme = if settings.transport.edge_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             say(format_args!(
-                "portico edge listening on http://{}",
+                "portico edge listening on {scheme}://{}",
                 portico::dialable(edge.local_addr)
             ));
             wait_for_signal().await;
@@ -244,11 +249,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<bool> {
+    let scheme = if settings.transport.edge_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let suite = Suite::start(settings).await?;
     say(format_args!(
-        "Portico is up: edge http://{}",
+        "Portico is up: edge {scheme}://{}",
         portico::dialable(suite.edge_addr)
     ));
+    if let Some(plain) = suite.edge_plaintext_addr {
+        say(format_args!(
+            "  edge (plaintext) http://{}",
+            portico::dialable(plain)
+        ));
+    }
     for component in Component::ALL {
         if let Some(addr) = suite.service_addr(component) {
             say(format_args!(

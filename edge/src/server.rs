@@ -114,7 +114,10 @@ pub async fn serve(
                 cert: files.cert.clone(),
                 key: files.key.clone(),
             };
-            let config = portico_tls::server(&identity, None, &[b"h2", b"http/1.1"])?;
+            let config =
+                portico_tls::server(&identity, None, &[b"h2", b"http/1.1"]).map_err(|e| {
+                    EdgeError::Config(format!("EDGE_TLS_CERT_FILE/EDGE_TLS_KEY_FILE: {e}"))
+                })?;
             config.spawn_watch(
                 "EDGE_TLS_CERT_FILE",
                 transport.reload_interval,

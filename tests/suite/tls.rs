@@ -753,3 +753,92 @@ async fn postgres_with_verify_full_works_and_a_wrong_ca_fails_clearly() {
         "{problems}"
     );
 }
+
+/// The leaf certificate a service presents at `addr` (as the client `identity`).
+async fn service_certificate(addr: std::net::SocketAddr, pki: &Pki, identity: &Issued) -> Vec<u8> {
+    let material = portico_tls::client(
+        &pki.ca(),
+        Some(&portico_tls::Identity {
+            cert: identity.cert.clone(),
+            key: identity.key.clone(),
+        }),
+    )
+    .expect("client tls")
+    .current();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = portico_tls::tokio_rustls::TlsConnector::from(Arc::clone(&material.config))
+        .connect(
+            portico_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .expect("a certificate")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn rotated_grpc_certificates_are_picked_up_with_no_failed_request() {
+    let pki = Pki::new();
+    let identity = pki.issue("suite", &["portico-edge", "localhost", "127.0.0.1"]);
+    let suite = TestSuite::builder()
+        .env("GRPC_TLS_CA_FILE", path(&pki.ca()))
+        .env("GRPC_TLS_CERT_FILE", path(&identity.cert))
+        .env("GRPC_TLS_KEY_FILE", path(&identity.key))
+        .env("TLS_RELOAD_INTERVAL", "100ms")
+        .spawn()
+        .await;
+    let token = suite.login("otto@example.com").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = Arc::new(std::sync::Mutex::new((0u32, Vec::<String>::new())));
+    let traffic = {
+        let (http, url) = (suite.http.clone(), suite.url("/api/v1/auth/me"));
+        let (stop, outcomes) = (Arc::clone(&stop), Arc::clone(&outcomes));
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = http.get(&url).bearer_auth(&token).send().await;
+                let mut outcomes = outcomes.lock().expect("lock");
+                match answer {
+                    Ok(r) if r.status() == StatusCode::OK => outcomes.0 += 1,
+                    Ok(r) => outcomes.1.push(r.status().to_string()),
+                    Err(e) => outcomes.1.push(e.to_string()),
+                }
+            }
+        })
+    };
+    let auth = suite.service_addr(Component::Auth);
+    let before = service_certificate(auth, &pki, &identity).await;
+    // Key first, then certificate: a reload in between sees a pair that does not match and
+    // keeps the old one, as a half-written Secret would.
+    let next = pki.issue("suite-next", &["portico-edge", "localhost", "127.0.0.1"]);
+    std::fs::copy(&next.key, &identity.key).expect("rotate key");
+    std::fs::copy(&next.cert, &identity.cert).expect("rotate cert");
+    let deadline = Instant::now() + NOTICE;
+    while service_certificate(auth, &pki, &identity).await == before {
+        assert!(
+            Instant::now() < deadline,
+            "the service never served the new certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Keep the traffic going until the edge has had time to rebuild its endpoints with the
+    // new client certificate (it looks every second) and served requests through them.
+    let served_at_rotation = outcomes.lock().expect("lock").0;
+    let deadline = Instant::now() + NOTICE;
+    while outcomes.lock().expect("lock").0 < served_at_rotation + 300 {
+        assert!(
+            Instant::now() < deadline,
+            "traffic stalled after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.expect("traffic task");
+    let (ok, failed) = outcomes.lock().expect("lock").clone();
+    assert!(ok > 300, "{ok} requests served");
+    assert!(failed.is_empty(), "failed during the rotation: {failed:?}");
+}
