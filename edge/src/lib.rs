@@ -20,6 +20,7 @@ mod auth_routes;
 pub mod backends;
 mod chat_routes;
 pub mod client_ip;
+pub mod console;
 mod content_routes;
 pub mod cors;
 pub mod error;
@@ -528,6 +529,14 @@ impl Edge {
                 )
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
+            routes::Handler::Console => {
+                let asset = params.iter().find(|(name, _)| *name == "asset");
+                console::serve(
+                    asset.map(|(_, v)| v.as_str()),
+                    request.headers(),
+                    correlation_id,
+                )
             }
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)

@@ -64,6 +64,8 @@ pub enum Handler {
     AdminContentUpdate,
     /// ContentService.DeleteContent (admin).
     AdminContentDelete,
+    /// The operator console's embedded files (see `console`).
+    Console,
 }
 
 impl Handler {
@@ -327,6 +329,18 @@ pub static ROUTES: &[Route] = &[
         tag: "admin",
         summary: "Reset rate limit buckets by key ({policy}:{key}) or prefix (X-Admin-Key)",
     },
+    get(
+        "/console",
+        Handler::Console,
+        "console",
+        "The operator console (HTML; embedded, strict CSP)",
+    ),
+    get(
+        "/console/{asset}",
+        Handler::Console,
+        "console",
+        "The console's script and stylesheet",
+    ),
 ];
 
 /// The result of matching a request against [`ROUTES`].
@@ -724,6 +738,11 @@ fn responses(handler: Handler) -> Value {
                 "409": error_response("Slug taken, or the version changed since you read it")
             })
         }
+        Handler::Console => json!({
+            "200": {"description": "The page or one of its files", "content": {"text/html": {"schema": {"type": "string"}}}},
+            "304": {"description": "Not modified (If-None-Match)"},
+            "404": error_response("No such console file")
+        }),
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
             "503": error_response("Auth service unavailable")

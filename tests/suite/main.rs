@@ -7,6 +7,7 @@ mod auth;
 mod chat;
 mod chat_edge;
 mod cli;
+mod console;
 mod content;
 mod cors;
 mod edge_http;
