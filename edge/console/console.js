@@ -532,6 +532,8 @@
     const result = await call('GET', path);
     const sessions = (result.ok && result.json && result.json.sessions) || [];
     let table = null;
+    // The outcome of ending sessions goes below the table, which stays in place.
+    const actionBox = el('div', { class: 'result', role: 'status', 'aria-live': 'polite' });
     if (result.ok) {
       const known = await paths();
       const rows = sessions.map((s) => {
@@ -541,7 +543,8 @@
           end.addEventListener('click', async () => {
             if (!(await confirmAction('End this session?', `Session ${s.id} of ${user} (last used ${s.lastUsedAt || 'never'}, from ${s.ip || 'unknown'}) ends; its tokens are refused.`, 'End session'))) return;
             const ended = await call('DELETE', SESSION_ROUTE.replace('{user}', encodeURIComponent(user)).replace('{id}', encodeURIComponent(s.id)));
-            report(box, `End session ${s.id} of ${user}`, ended, 'Session ended.');
+            report(actionBox, `End session ${s.id} of ${user}`, ended, 'Session ended.');
+            if (ended.ok) end.closest('tr').remove();
           });
           actions.append(end);
         }
@@ -556,10 +559,11 @@
         all.addEventListener('click', async () => {
           if (!(await confirmAction(`End every session of ${user}?`, `Every session of ${user} ends at once; they must sign in again.`, 'End every session'))) return;
           const ended = await call('DELETE', path);
-          report(box, `End every session of ${user}`, ended, `${ended.json ? ended.json.sessionsRevoked : ''} session(s) ended.`);
+          report(actionBox, `End every session of ${user}`, ended, `${ended.json ? ended.json.sessionsRevoked : ''} session(s) ended.`);
         });
         table.append(all);
       }
+      table.append(actionBox);
     }
     report(box, `Find ${user}`, result, `${sessions.length} live session(s).`, table);
   }

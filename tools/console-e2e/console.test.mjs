@@ -245,6 +245,28 @@ step('a locked-out account is unlocked from the console and can log in', async (
   await shot('accounts');
 });
 
+step('an account is found by email and its sessions listed (when the edge has the admin sessions route)', async () => {
+  const spec = await api('GET', '/api/openapi.json');
+  const route = spec.json.paths['/api/v1/admin/auth/users/{user}/sessions'];
+  if (!route || !route.get) {
+    const said = await textOf('#lookup-area');
+    check(said.includes('Not available'), `the console says lookup is not available: ${said}`);
+    return;
+  }
+  await page.locator('#lookup-user').fill(LOCKED.email);
+  await page.getByRole('button', { name: 'Find sessions' }).click();
+  await page.locator('#lookup-result.ok').waitFor();
+  const result = await textOf('#lookup-result');
+  check(/[1-9]\d* live session\(s\)/.test(result) && /correlation ID/.test(result), result);
+  await shot('accounts');
+  const end = page.getByRole('button', { name: /^End session / }).first();
+  await end.click();
+  await page.locator('#confirm').waitFor({ state: 'visible' });
+  await page.locator('#confirm-ok').click();
+  await page.waitForFunction(() => /Session ended/.test(document.getElementById('lookup-result').textContent));
+  check(await end.count() === 0, 'the ended session left the table');
+});
+
 step('a rate-limit key is reset after a keyboard confirmation and the caller gets through', async () => {
   let limited = null;
   for (let i = 0; i < 8 && !limited; i += 1) {
