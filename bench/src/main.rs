@@ -964,6 +964,26 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
     let gateway = run("edge -> chat-gateway -> fake provider", target(edge), load).await?;
     print(&direct)?;
     print(&gateway)?;
+    // The second row: an agent's request (tools, tool_choice, a tool round trip, content parts),
+    // which the gateway passes through as JSON.
+    let tools_body: Arc<[Bytes]> = Arc::new([Bytes::from_static(
+        br#"{"model":"bench","messages":[{"role":"system","content":"Use the tools."},{"role":"user","content":[{"type":"text","text":"Weather in Oslo and Bergen?"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"weather","arguments":"{\"city\":\"Oslo\"}"}}]},{"role":"tool","tool_call_id":"call_1","content":"rain, 12 C"}],"tools":[{"type":"function","function":{"name":"weather","description":"Current weather","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}},{"type":"function","function":{"name":"forecast","parameters":{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}}}],"tool_choice":"auto","parallel_tool_calls":true,"temperature":0.2,"max_completion_tokens":64}"#,
+    )]);
+    let tools_target = |addr: SocketAddr| Target::Http {
+        addr,
+        path: "/v1/chat/completions".into(),
+        host: addr.to_string(),
+        bodies: tools_body.clone(),
+    };
+    let direct_tools = run("fake provider, direct, tools", tools_target(provider), load).await?;
+    let gateway_tools = run(
+        "edge -> chat-gateway -> fake provider, tools",
+        tools_target(edge),
+        load,
+    )
+    .await?;
+    print(&direct_tools)?;
+    print(&gateway_tools)?;
 
     // Memory: read once warm, again after `requests` more calls as fast as they go.
     let flood = Load {
@@ -990,7 +1010,10 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
             "added_p50_ms": gateway.p50_ms - direct.p50_ms,
             "added_p99_ms": gateway.p99_ms - direct.p99_ms,
             "p99_ratio": gateway.p99_ms / direct.p99_ms.max(0.001),
-            "errors": direct.errors + gateway.errors + errors,
+            "tools_added_p50_ms": gateway_tools.p50_ms - direct_tools.p50_ms,
+            "tools_added_p99_ms": gateway_tools.p99_ms - direct_tools.p99_ms,
+            "throughput_ratio": gateway.throughput_rps / direct.throughput_rps.max(0.001),
+            "errors": direct.errors + gateway.errors + direct_tools.errors + gateway_tools.errors + errors,
             "memory_requests": sent,
             "rss_before_mib": before,
             "rss_after_mib": after,

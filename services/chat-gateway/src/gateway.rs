@@ -1036,3 +1036,132 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Mutex};
+
+    use tracing::{
+        field::{Field, Visit},
+        span::{Attributes, Id, Record},
+        Subscriber,
+    };
+    use tracing_subscriber::{
+        layer::{Context, SubscriberExt as _},
+        registry::LookupSpan,
+        Layer,
+    };
+
+    use super::*;
+
+    type Fields = HashMap<String, String>;
+
+    /// Keeps every closed span's fields.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<Fields>>>);
+
+    struct Visitor<'a>(&'a mut Fields);
+
+    impl Visit for Visitor<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().into(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().into(), value.into());
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let mut fields = Fields::new();
+            fields.insert("name".into(), attrs.metadata().name().into());
+            attrs.record(&mut Visitor(&mut fields));
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(fields);
+            }
+        }
+        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+            if let Some(span) = ctx.span(id) {
+                if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
+                    values.record(&mut Visitor(fields));
+                }
+            }
+        }
+        fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+            if let Some(span) = ctx.span(&id) {
+                if let Some(fields) = span.extensions_mut().remove::<Fields>() {
+                    self.0.lock().expect("lock").push(fields);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_attempt_is_a_span_with_opentelemetry_genai_attributes() {
+        let settings = portico_config::Settings::from_source(&HashMap::<String, String>::new())
+            .expect("defaults")
+            .chat;
+        let config = crate::providers::load(&settings, &|_| None).expect("echo");
+        let gateway = Gateway::new(
+            config,
+            Thresholds {
+                failures: 5,
+                reset: Duration::from_secs(30),
+                successes: 1,
+            },
+            Timing {
+                total: Duration::from_secs(5),
+                first_token: Duration::from_secs(5),
+                retry_base: Duration::from_millis(100),
+            },
+            Arc::new(portico_limiter::SystemClock),
+        );
+        let request = crate::request::chat(
+            pb::CompleteRequest {
+                openai_json: r#"{"messages":[{"role":"user","content":"hello there"}]}"#.into(),
+                ..Default::default()
+            },
+            100,
+        )
+        .expect("valid");
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(spans.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let answer = gateway
+            .complete(&request, Instant::now())
+            .await
+            .expect("echo answers");
+        assert_eq!(answer.alias, "echo");
+        let closed = spans.0.lock().expect("lock").clone();
+        let span = closed
+            .iter()
+            .find(|s| s.get("name").map(String::as_str) == Some("gen_ai.client"))
+            .expect("an attempt span");
+        for (key, value) in [
+            ("otel.name", "chat echo"),
+            ("otel.kind", "client"),
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", "echo"),
+            ("gen_ai.system", "echo"),
+            ("gen_ai.request.model", "echo"),
+            ("gen_ai.response.model", "echo"),
+            ("gen_ai.response.finish_reasons", r#"["stop"]"#),
+            ("gen_ai.usage.input_tokens", "2"),
+            ("gen_ai.usage.output_tokens", "2"),
+            ("server.address", "builtin"),
+            ("portico.alias", "echo"),
+            ("portico.attempt", "1"),
+        ] {
+            assert_eq!(
+                span.get(key).map(String::as_str),
+                Some(value),
+                "{key} in {span:?}"
+            );
+        }
+        assert!(span
+            .get("gen_ai.response.id")
+            .is_some_and(|id| id.starts_with("chatcmpl-")));
+        assert_eq!(host("https://api.openai.com:443/v1"), "api.openai.com");
+        assert_eq!(host("http://[::1]:8080/v1"), "::1");
+    }
+}
