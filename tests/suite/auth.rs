@@ -593,6 +593,7 @@ async fn email_verification_gates_login_and_is_single_use() {
         fn send_verification(&self, _email: &str, token: &str) {
             self.0.lock().expect("lock").push(token.to_owned());
         }
+        fn send_password_reset(&self, _email: &str, _token: &str) {}
     }
     let sent = Arc::new(Capture::default());
     let options = portico_auth::Options {

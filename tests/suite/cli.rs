@@ -204,6 +204,7 @@ async fn a_standalone_service_serves_guarded_metrics_on_metrics_addr() {
     let scraped = client
         .get(&url)
         .header("x-metrics-secret", "scrape-me")
+        .header("accept", "application/openmetrics-text;version=1.0.0")
         .send()
         .await
         .expect("answers");

@@ -102,6 +102,7 @@ async fn a_listed_admin_email_is_not_admin_until_it_is_verified() {
         fn send_verification(&self, _email: &str, token: &str) {
             self.0.lock().expect("lock").push(token.to_owned());
         }
+        fn send_password_reset(&self, _email: &str, _token: &str) {}
     }
     let sent = Arc::new(Capture::default());
     let (addr, _db, _stop) = harness::spawn_auth(

@@ -790,6 +790,7 @@ async fn rotated_grpc_certificates_are_picked_up_with_no_failed_request() {
         .env("GRPC_TLS_CERT_FILE", path(&identity.cert))
         .env("GRPC_TLS_KEY_FILE", path(&identity.key))
         .env("TLS_RELOAD_INTERVAL", "100ms")
+        .env("RATE_LIMIT_GLOBAL_MAX", "1000000")
         .spawn()
         .await;
     let token = suite.login("otto@example.com").await;
@@ -832,7 +833,8 @@ async fn rotated_grpc_certificates_are_picked_up_with_no_failed_request() {
     while outcomes.lock().expect("lock").0 < served_at_rotation + 300 {
         assert!(
             Instant::now() < deadline,
-            "traffic stalled after the rotation"
+            "traffic stalled after the rotation: {:?}",
+            outcomes.lock().expect("lock").1.first()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
