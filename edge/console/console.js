@@ -281,6 +281,9 @@
   });
 
   $('sign-out').addEventListener('click', async () => {
+    // A renewal in flight would spend the refresh token this logout names: let it finish first.
+    clearTimeout(session.timer);
+    if (session.refreshing) await session.refreshing;
     const result = await call('POST', '/api/v1/auth/logout', { body: { refreshToken: session.refresh }, retry: false });
     const who = session.me ? session.me.email : '';
     clearSession();
@@ -439,9 +442,15 @@
 
   // ---------------------------------------------------------------- LLM providers
 
+  /** Empties a table while it reloads, so nobody edits or acts on a row about to be replaced. */
+  function loading(body, columns) {
+    body.replaceChildren(el('tr', {}, el('td', { colspan: columns }, 'Loading…')));
+  }
+
   async function loadProviders() {
-    const list = await call('GET', '/api/v1/admin/llm/providers');
     const body = $('providers-table').tBodies[0];
+    loading(body, 9);
+    const list = await call('GET', '/api/v1/admin/llm/providers');
     if (!list.ok) {
       report($('providers-result'), 'List providers', list, '');
       body.replaceChildren();
@@ -636,8 +645,9 @@
     if (!more) contentCursor = null;
     const query = new URLSearchParams({ limit: '50' });
     if (more && contentCursor) query.set('cursor', contentCursor);
-    const result = await call('GET', `/api/v1/admin/content?${query}`);
     const body = $('content-table').tBodies[0];
+    if (!more) loading(body, 6);
+    const result = await call('GET', `/api/v1/admin/content?${query}`);
     if (!result.ok) {
       report($('content-result'), 'List content', result, '');
       return;

@@ -87,6 +87,8 @@ const env = {
   RATE_LIMIT_CAPACITY: '3',
   RATE_LIMIT_REFILL_RATE: '0.001',
   AUTH_LOGIN_MAX_ATTEMPTS: '3',
+  // A short access token, so the console renews it (5 s after sign-in) during the run.
+  JWT_ACCESS_TTL: '65s',
   LOG_FORMAT: 'json',
   LOG_LEVEL: process.env.TEST_LOG ? 'info' : 'warn',
 };
@@ -180,6 +182,17 @@ step('the page is served with a strict CSP and signs in an admin from the keyboa
   await page.keyboard.press('Enter');
   await page.locator('#page-overview').waitFor({ state: 'visible' });
   check((await textOf('#who-email')).includes(ADMIN.email), 'signed-in email shown');
+});
+
+step('the access token is renewed with the refresh token before it expires', async () => {
+  const first = lastBearer;
+  const renewed = await page.waitForResponse((r) => r.url().endsWith('/api/v1/auth/refresh'), { timeout: 20_000 });
+  check(renewed.status() === 200, `refresh: ${renewed.status()}`);
+  await page.locator('nav a', { hasText: 'LLM providers' }).click();
+  await page.locator('#priority-alpha').waitFor();
+  check(lastBearer && lastBearer !== first, 'the next admin call carries the renewed token');
+  check((await api('GET', '/api/v1/auth/me', { token: lastBearer })).status === 200, 'the renewed token works');
+  await page.locator('nav a', { hasText: 'Overview' }).click();
 });
 
 step('nothing is stored in the browser: no localStorage, sessionStorage or cookies', async () => {
