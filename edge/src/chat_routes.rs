@@ -270,9 +270,10 @@ fn provider_json(p: &pb::Provider) -> Value {
 }
 
 impl Edge {
-    /// `GET /api/v1/admin/llm/providers`: ListProviders is open inside the mesh (readiness
-    /// reads it), so the edge checks the admin credentials itself, with the one routine the
-    /// services use.
+    /// `GET /api/v1/admin/llm/providers`: the providers and the model aliases with their
+    /// deployments. ListProviders and ListModels are open inside the mesh (readiness reads
+    /// them), so the edge checks the admin credentials itself, with the one routine the services
+    /// use.
     pub(crate) async fn llm_providers(
         &self,
         headers: &http::HeaderMap,
@@ -293,9 +294,30 @@ impl Edge {
             .await;
         let list = finish(backend, "ListProviders", answer)?;
         let providers: Vec<Value> = list.providers.iter().map(provider_json).collect();
+        let answer = ChatServiceClient::new(backend.channel.clone())
+            .list_models(self.call(pb::ListModelsRequest {}, context, forwarded))
+            .await;
+        let models: Vec<Value> = finish(backend, "ListModels", answer)?
+            .models
+            .iter()
+            .map(|m| {
+                let deployments: Vec<Value> = m
+                    .deployments
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "name": d.name, "provider": d.provider, "model": d.model,
+                            "priority": d.priority, "weight": d.weight, "enabled": d.enabled,
+                            "inFlight": d.in_flight,
+                        })
+                    })
+                    .collect();
+                json!({"id": m.id, "default": m.default, "balance": m.balance, "deployments": deployments})
+            })
+            .collect();
         Ok(response::json_response(
             StatusCode::OK,
-            &json!({ "providers": providers }),
+            &json!({ "providers": providers, "models": models }),
         ))
     }
 
