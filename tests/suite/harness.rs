@@ -336,9 +336,7 @@ async fn test_redis() -> Option<String> {
     let url = std::env::var("TEST_REDIS_URL")
         .ok()
         .filter(|v| !v.is_empty());
-    let Some(url) = url else {
-        return None;
-    };
+    let url = url?;
     match redis_ping(&url).await {
         Ok(()) => Some(url),
         Err(error) if require_external() => {

@@ -84,6 +84,19 @@ redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
 return 0
 "#;
 
+/// Counts one event in a fixed window. KEYS: the counter. ARGV: window. Returns {count, ms
+/// left in the window}.
+const HIT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {n, left}
+"#;
+
 /// The account-wide ceiling's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Ceiling {
@@ -113,6 +126,8 @@ pub enum Attempt {
 }
 
 /// Where lockouts and the denylist live.
+// One per process, never moved on a hot path: the scripts stay inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Guards {
     /// Redis (shared by replicas, the operators' keys).
@@ -121,6 +136,7 @@ pub enum Guards {
         reserve: Script,
         release: Script,
         succeeded: Script,
+        hit: Script,
     },
     /// The auth database.
     Database(Store),
@@ -133,6 +149,7 @@ impl Guards {
             reserve: Script::from_lua(RESERVE),
             release: Script::from_lua(RELEASE),
             succeeded: Script::from_lua(SUCCEEDED),
+            hit: Script::from_lua(HIT),
         }
     }
 
@@ -395,6 +412,66 @@ impl Guards {
             },
         };
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    /// Counts one event of `name` (a counter key, e.g. `password_reset:{email}`) in a fixed
+    /// window of `window_ms`; returns the count so far and the milliseconds left in the window.
+    pub async fn hit(&self, name: &str, now: i64, window_ms: i64) -> Result<(i64, i64), String> {
+        self.reachable()?;
+        match self {
+            Guards::Redis { redis, hit, .. } => {
+                let reply: Vec<i64> = hit
+                    .evalsha_with_reload(
+                        redis.client(),
+                        vec![redis.key(name)],
+                        vec![window_ms.to_string()],
+                    )
+                    .await
+                    .map_err(|e| failed(redis, &e))?;
+                match reply[..] {
+                    [n, left] => Ok((n, left)),
+                    _ => Err(format!("unexpected reply {reply:?}")),
+                }
+            }
+            Guards::Database(store) => {
+                let (n, started) = store
+                    .hit(name, now, window_ms)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((n, (started + window_ms - now).max(0)))
+            }
+        }
+    }
+
+    /// Forgets everything kept under `email` (attempts, lockouts, known networks) and the
+    /// named counters: the account is being deleted.
+    pub async fn forget(&self, email: &str, counters: &[String]) -> Result<(), String> {
+        self.reachable()?;
+        match self {
+            Guards::Redis { redis, .. } => {
+                for prefix in [
+                    format!("lockout:{email}:"),
+                    format!("login_attempt:{email}:"),
+                    format!("login_known:{email}:"),
+                ] {
+                    redis
+                        .unlink_prefix(&prefix)
+                        .await
+                        .map_err(|e| failed(redis, &e))?;
+                }
+                let keys: Vec<String> = counters.iter().map(|name| redis.key(name)).collect();
+                if !keys.is_empty() {
+                    redis
+                        .client()
+                        .del::<u64, _>(keys)
+                        .await
+                        .map_err(|e| failed(redis, &e))?;
+                }
+                Ok(())
+            }
+            // The database's rows go with the account, in its transaction.
+            Guards::Database(_) => Ok(()),
+        }
     }
 
     /// Denylists `jti` until `expires_at_ms`.
