@@ -372,6 +372,13 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(portico_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(portico_proto::ENVOY_RLS_FILE_DESCRIPTOR_SET)
+            // Both reflection versions describe both reflection services (grpcurl asks v1alpha
+            // about v1, and newer clients the other way round).
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
