@@ -8,7 +8,11 @@
 //! one line of JSON: throughput, p50/p90/p99/max and errors.
 //!
 //! `scenario healthz` measures the edge's `/healthz` against a bare hyper server in the same
-//! run and prints both lines plus their ratio.
+//! run and prints both lines plus their ratio. `scenario faults` (module [`faults`]) rehearses
+//! dependency outages under load.
+
+mod faults;
+mod tls;
 
 use std::{
     convert::Infallible,
@@ -27,6 +31,9 @@ use portico_proto::ratelimit::{rate_limit_service_client::RateLimitServiceClient
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+/// `ADMIN_API_KEY` of the suites the scenarios start (the configuration needs ≥ 32 characters).
+const BENCH_ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef";
 
 #[derive(Debug, Parser)]
 #[command(name = "portico-bench", about = "Portico's load generator")]
@@ -114,6 +121,16 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// What TLS costs: the edge's `/healthz` over HTTPS (keep-alive) against its plaintext
+    /// listener, and a cached content GET with mTLS between edge and services against the
+    /// plaintext hops; certificates made at start.
+    Tls {
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Dependency outages under load (Redis killed, PostgreSQL cut, the LLM provider gone,
+    /// SIGTERM): failures, their latency, recovery time and stale reads, one line each.
+    Faults(faults::FaultArgs),
     Ratelimit {
         /// Redis for the second half.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -165,6 +182,8 @@ enum Target {
         host: String,
         /// JSON bodies to POST, one per connection in turn; empty sends a GET.
         bodies: Arc<[Bytes]>,
+        /// HTTPS with this client configuration (ALPN http/1.1), verifying `host`.
+        tls: Option<Arc<portico_tls::rustls::ClientConfig>>,
     },
     GrpcUnary(tonic::transport::Channel),
     GrpcStream(tonic::transport::Channel),
@@ -211,6 +230,12 @@ async fn main() -> anyhow::Result<()> {
                     load,
                 },
         } => chat_scenario(requests, whitelisted, &load).await?,
+        Command::Scenario {
+            scenario: Scenario::Faults(args),
+        } => faults::run(args).await?,
+        Command::Scenario {
+            scenario: Scenario::Tls { load },
+        } => tls::scenario(&load).await?,
     }
     Ok(())
 }
@@ -229,6 +254,7 @@ fn http_target(url: &str) -> anyhow::Result<Target> {
         path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
         host: authority.to_string(),
         bodies: Arc::new([]),
+        tls: None,
     })
 }
 
@@ -390,12 +416,32 @@ impl Connection {
 
     async fn open(target: &Target) -> anyhow::Result<Self> {
         match target {
-            Target::Http { addr, .. } => {
+            Target::Http {
+                addr, tls, host, ..
+            } => {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                let (sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection);
+                let sender = match tls {
+                    None => {
+                        let (sender, connection) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                        tokio::spawn(connection);
+                        sender
+                    }
+                    Some(config) => {
+                        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                        let name =
+                            portico_tls::rustls::pki_types::ServerName::try_from(name)?.to_owned();
+                        let stream =
+                            portico_tls::tokio_rustls::TlsConnector::from(Arc::clone(config))
+                                .connect(name, stream)
+                                .await?;
+                        let (sender, connection) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                        tokio::spawn(connection);
+                        sender
+                    }
+                };
                 Ok(Connection::Http(sender, None))
             }
             Target::GrpcUnary(channel) | Target::GrpcStream(channel) => {
@@ -771,6 +817,7 @@ async fn auth_scenario(redis_url: Option<String>, load: &Load) -> anyhow::Result
         path: path.into(),
         host: edge.to_string(),
         bodies,
+        tls: None,
     };
     let register = target("/api/v1/auth/register", credentials.clone());
     for i in 0..credentials.len() {
@@ -835,7 +882,7 @@ async fn content_scenario(redis_url: Option<String>, load: &Load) -> anyhow::Res
             "DATABASE_URL",
             format!("sqlite://{}?mode=rwc", data.display()),
         ),
-        ("ADMIN_API_KEY", "bench-admin".to_owned()),
+        ("ADMIN_API_KEY", BENCH_ADMIN_KEY.to_owned()),
         ("RATE_LIMIT_GLOBAL_MAX", "10000000".into()),
         ("RATE_LIMIT_GLOBAL_WINDOW", "1s".into()),
     ];
@@ -896,7 +943,7 @@ async fn reqwest_free_post(
     let request = http::Request::post(path)
         .header(http::header::HOST, edge.to_string())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-admin-key", "bench-admin")
+        .header("x-admin-key", BENCH_ADMIN_KEY)
         .body(Full::new(Bytes::from_static(json.as_bytes())))?;
     let response = sender.send_request(request).await?;
     Ok(response.status().as_u16())
@@ -959,6 +1006,7 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
         path: "/v1/chat/completions".into(),
         host: addr.to_string(),
         bodies: body.clone(),
+        tls: None,
     };
     let direct = run("fake provider, direct", target(provider), load).await?;
     let gateway = run("edge -> chat-gateway -> fake provider", target(edge), load).await?;
@@ -974,6 +1022,7 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
         path: "/v1/chat/completions".into(),
         host: addr.to_string(),
         bodies: tools_body.clone(),
+        tls: None,
     };
     let direct_tools = run("fake provider, direct, tools", tools_target(provider), load).await?;
     let gateway_tools = run(
