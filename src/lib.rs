@@ -79,9 +79,27 @@ pub async fn start_service(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ServerHandle> {
+    start_service_with(
+        component,
+        settings,
+        listener,
+        shutdown,
+        portico_auth::Options::default(),
+    )
+    .await
+}
+
+/// [`start_service`] with the auth service's injected parts (its mailer, its clock).
+pub async fn start_service_with(
+    component: Component,
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    auth: portico_auth::Options,
+) -> anyhow::Result<ServerHandle> {
     let name = component.name();
     let handle = match component {
-        Component::Auth => portico_auth::serve(settings, listener, shutdown).await?,
+        Component::Auth => portico_auth::serve_with(settings, listener, shutdown, auth).await?,
         Component::Content => portico_content::serve(settings, listener, shutdown).await?,
         Component::Chat => portico_chat_gateway::serve(settings, listener, shutdown).await?,
         Component::RateLimit => portico_ratelimit::serve(settings, listener, shutdown).await?,
@@ -106,7 +124,15 @@ pub struct Suite {
 impl Suite {
     /// Binds every listener (port 0 allowed), starts the four services, then the edge pointed
     /// at the addresses they actually bound.
-    pub async fn start(mut settings: Settings) -> anyhow::Result<Self> {
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        Self::start_with(settings, portico_auth::Options::default()).await
+    }
+
+    /// [`Suite::start`] with the auth service's injected parts (a test's capturing mailer).
+    pub async fn start_with(
+        mut settings: Settings,
+        auth: portico_auth::Options,
+    ) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let tls = settings
             .transport
@@ -140,8 +166,10 @@ impl Suite {
         let starts = listeners.into_iter().map(|(component, listener)| {
             let token = shutdown.child_token();
             let settings = &settings;
+            let auth = auth.clone();
             async move {
-                let handle = start_service(component, settings, listener, token.clone()).await?;
+                let handle =
+                    start_service_with(component, settings, listener, token.clone(), auth).await?;
                 anyhow::Ok((component, token, handle))
             }
         });

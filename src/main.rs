@@ -78,6 +78,13 @@ enum UsersAction {
         /// The account's email.
         email: String,
     },
+    /// Print a single-use password reset token for the account (valid AUTH_PASSWORD_RESET_TTL),
+    /// for when the user cannot receive the reset mail; hand it over through a channel you have
+    /// verified. Confirming it sets the new password and ends every session.
+    ResetPassword {
+        /// The account's email.
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,10 +229,28 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             migrate(&settings, action, service).await?;
             true
         }
+        Command::Users {
+            action: UsersAction::ResetPassword { email },
+        } => match portico_auth::issue_password_reset(&settings, &email).await? {
+            Some(token) => {
+                say(format_args!(
+                    "{email}: reset token (single use, valid {} s): {token}\n\
+                     confirm: POST /api/v1/auth/password-reset/confirm \
+                     {{\"token\":\"…\",\"password\":\"…\"}}",
+                    settings.auth.password_reset_ttl.as_secs()
+                ));
+                true
+            }
+            None => {
+                eprintln!("portico users: no account has the email {email}");
+                false
+            }
+        },
         Command::Users { action } => {
             let (email, admin) = match &action {
                 UsersAction::GrantAdmin { email } => (email, true),
                 UsersAction::RevokeAdmin { email } => (email, false),
+                UsersAction::ResetPassword { .. } => unreachable!("answered above"),
             };
             let found = portico_auth::set_admin(&settings, email, admin).await?;
             if found {

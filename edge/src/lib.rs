@@ -465,10 +465,34 @@ impl Edge {
             | routes::Handler::VerifyEmail
             | routes::Handler::Me
             | routes::Handler::Unlock
-            | routes::Handler::Revoke => self
-                .auth(route.handler, request.into_body(), context, &forwarded)
+            | routes::Handler::Revoke
+            | routes::Handler::OpenIdConfiguration
+            | routes::Handler::PasswordReset
+            | routes::Handler::PasswordResetConfirm
+            | routes::Handler::ChangePassword
+            | routes::Handler::Sessions
+            | routes::Handler::SessionRevoke
+            | routes::Handler::SessionsRevokeAll
+            | routes::Handler::DeleteMe
+            | routes::Handler::AdminSessions
+            | routes::Handler::AdminSessionRevoke
+            | routes::Handler::AdminSessionsRevokeAll
+            | routes::Handler::AdminDeleteUser => {
+                let headers = request.headers().clone();
+                let http_request = auth_routes::AuthRequest {
+                    params: &params,
+                    headers: &headers,
+                };
+                self.auth(
+                    route.handler,
+                    http_request,
+                    request.into_body(),
+                    context,
+                    &forwarded,
+                )
                 .await
-                .unwrap_or_else(|error| error.into_response(correlation_id)),
+                .unwrap_or_else(|error| error.into_response(correlation_id))
+            }
             routes::Handler::Chat | routes::Handler::ChatCompletions => {
                 let dialect = if route.handler == routes::Handler::Chat {
                     chat_routes::Dialect::Portico

@@ -38,6 +38,30 @@ pub enum Handler {
     Unlock,
     /// AuthService.RevokeToken (admin).
     Revoke,
+    /// AuthService.GetOpenIdConfiguration.
+    OpenIdConfiguration,
+    /// AuthService.RequestPasswordReset.
+    PasswordReset,
+    /// AuthService.ConfirmPasswordReset.
+    PasswordResetConfirm,
+    /// AuthService.ChangePassword.
+    ChangePassword,
+    /// AuthService.ListSessions (the caller's).
+    Sessions,
+    /// AuthService.RevokeSession (the caller's).
+    SessionRevoke,
+    /// AuthService.RevokeAllSessions (the caller's: "log out everywhere").
+    SessionsRevokeAll,
+    /// AuthService.DeleteAccount (the caller's, re-authenticated).
+    DeleteMe,
+    /// AuthService.ListSessions (admin, any account).
+    AdminSessions,
+    /// AuthService.RevokeSession (admin, any account).
+    AdminSessionRevoke,
+    /// AuthService.RevokeAllSessions (admin, any account).
+    AdminSessionsRevokeAll,
+    /// AuthService.DeleteAccount (admin, any account).
+    AdminDeleteUser,
     /// ChatService.Complete, Portico's JSON.
     Chat,
     /// ChatService.Complete, OpenAI's JSON.
@@ -80,7 +104,13 @@ impl Handler {
     /// The policy applied on top of `global`, if any (DESIGN §8).
     pub fn extra_policy(self) -> Option<&'static str> {
         match self {
-            Handler::Register | Handler::Login => Some("auth"),
+            // Everything that checks a password or spends a reset token.
+            Handler::Register
+            | Handler::Login
+            | Handler::PasswordReset
+            | Handler::PasswordResetConfirm
+            | Handler::ChangePassword
+            | Handler::DeleteMe => Some("auth"),
             Handler::Chat | Handler::ChatCompletions | Handler::Embeddings => Some("chat"),
             _ => None,
         }
@@ -126,6 +156,21 @@ const fn get(
     Route {
         path,
         method: Method::GET,
+        handler,
+        tag,
+        summary,
+    }
+}
+
+const fn delete(
+    path: &'static str,
+    handler: Handler,
+    tag: &'static str,
+    summary: &'static str,
+) -> Route {
+    Route {
+        path,
+        method: Method::DELETE,
         handler,
         tag,
         summary,
@@ -228,6 +273,78 @@ pub static ROUTES: &[Route] = &[
         Handler::Me,
         "auth",
         "The account behind the bearer token",
+    ),
+    delete(
+        "/api/v1/auth/me",
+        Handler::DeleteMe,
+        "auth",
+        "Delete the bearer's account; the current password re-authenticates (204)",
+    ),
+    get(
+        "/.well-known/openid-configuration",
+        Handler::OpenIdConfiguration,
+        "auth",
+        "OpenID Connect discovery: issuer, jwks_uri, signing algorithms, endpoints",
+    ),
+    post(
+        "/api/v1/auth/password-reset",
+        Handler::PasswordReset,
+        "auth",
+        "Mail a single-use reset token; the same 202 whether or not the address has an account",
+    ),
+    post(
+        "/api/v1/auth/password-reset/confirm",
+        Handler::PasswordResetConfirm,
+        "auth",
+        "Spend a reset token and set a new password; every session is revoked",
+    ),
+    post(
+        "/api/v1/auth/password",
+        Handler::ChangePassword,
+        "auth",
+        "Change the bearer's password (current + new); other sessions revoked by default",
+    ),
+    get(
+        "/api/v1/auth/sessions",
+        Handler::Sessions,
+        "auth",
+        "The bearer's sessions (refresh families): created, last used, IP, user agent",
+    ),
+    delete(
+        "/api/v1/auth/sessions",
+        Handler::SessionsRevokeAll,
+        "auth",
+        "Log out everywhere: every session of the bearer, this one included",
+    ),
+    delete(
+        "/api/v1/auth/sessions/{id}",
+        Handler::SessionRevoke,
+        "auth",
+        "End one of the bearer's sessions (204)",
+    ),
+    get(
+        "/api/v1/admin/auth/users/{user}/sessions",
+        Handler::AdminSessions,
+        "admin",
+        "Sessions of an account (id or email)",
+    ),
+    delete(
+        "/api/v1/admin/auth/users/{user}/sessions",
+        Handler::AdminSessionsRevokeAll,
+        "admin",
+        "End every session of an account (id or email)",
+    ),
+    delete(
+        "/api/v1/admin/auth/users/{user}/sessions/{id}",
+        Handler::AdminSessionRevoke,
+        "admin",
+        "End one session of an account (204)",
+    ),
+    delete(
+        "/api/v1/admin/auth/users/{user}",
+        Handler::AdminDeleteUser,
+        "admin",
+        "Delete an account (id or email); audit rows keep an anonymous reference (204)",
     ),
     post(
         "/api/v1/admin/auth/unlock",
@@ -510,6 +627,26 @@ fn request_body(handler: Handler) -> Option<Value> {
             object(json!({"refreshToken": string}), &["refreshToken"])
         }
         Handler::VerifyEmail => object(json!({"token": string}), &["token"]),
+        Handler::PasswordReset => object(
+            json!({"email": {"type": "string", "maxLength": 254}}),
+            &["email"],
+        ),
+        Handler::PasswordResetConfirm => object(
+            json!({"token": string, "password": {"type": "string", "minLength": 8, "maxLength": 128}}),
+            &["token", "password"],
+        ),
+        Handler::ChangePassword => object(
+            json!({
+                "currentPassword": {"type": "string", "maxLength": 128},
+                "newPassword": {"type": "string", "minLength": 8, "maxLength": 128},
+                "revokeOtherSessions": {"type": "boolean", "default": true}
+            }),
+            &["currentPassword", "newPassword"],
+        ),
+        Handler::DeleteMe => object(
+            json!({"password": {"type": "string", "maxLength": 128}}),
+            &["password"],
+        ),
         Handler::Unlock => object(json!({"email": string, "ip": string}), &["email"]),
         Handler::AdminContentCreate | Handler::AdminContentUpdate => {
             let mut properties = json!({
@@ -746,6 +883,58 @@ fn responses(handler: Handler) -> Value {
         Handler::Jwks => json!({
             "200": {"description": "JSON Web Key Set", "content": {"application/json": {"schema": {"type": "object"}}}},
             "503": error_response("Auth service unavailable")
+        }),
+        Handler::OpenIdConfiguration => json!({
+            "200": {"description": "OpenID Provider Metadata (the fields token verifiers read)", "content": {"application/json": {"schema": {"type": "object", "required": ["issuer", "jwks_uri", "id_token_signing_alg_values_supported"], "properties": {
+                "issuer": {"type": "string"}, "jwks_uri": {"type": "string"},
+                "id_token_signing_alg_values_supported": {"type": "array", "items": {"type": "string"}},
+                "portico_endpoints": {"type": "object"}}}}}},
+            "503": error_response("Auth service unavailable")
+        }),
+        Handler::PasswordReset => json!({
+            "202": {"description": "Accepted; the same answer whether or not the address has an account", "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string", "enum": ["accepted"]}}}}}},
+            "400": error_response("Not an email address"),
+            "429": error_response("Rate limited per IP, or too many requests for this address (Retry-After)")
+        }),
+        Handler::PasswordResetConfirm => json!({
+            "200": {"description": "Password set; every session revoked", "content": {"application/json": {"schema": {"type": "object", "properties": {"sessionsRevoked": {"type": "integer"}}}}}},
+            "400": error_response("Invalid, used or expired token, or an unacceptable password"),
+            "429": error_response("Rate limited")
+        }),
+        Handler::ChangePassword => json!({
+            "200": {"description": "Password changed", "content": {"application/json": {"schema": {"type": "object", "properties": {"sessionsRevoked": {"type": "integer"}}}}}},
+            "400": error_response("Unacceptable new password"),
+            "401": error_response("Missing, invalid, expired or revoked bearer token"),
+            "403": error_response("The current password is not correct"),
+            "429": error_response("Rate limited or locked out (Retry-After)")
+        }),
+        Handler::Sessions | Handler::AdminSessions => json!({
+            "200": {"description": "Live sessions, most recently used first", "content": {"application/json": {"schema": {"type": "object", "properties": {"sessions": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "createdAt": {"type": "string"}, "lastUsedAt": {"type": "string"},
+                "ip": {"type": "string"}, "userAgent": {"type": "string"}, "current": {"type": "boolean"}}}}}}}}},
+            "401": error_response("Credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such account")
+        }),
+        Handler::SessionRevoke | Handler::AdminSessionRevoke => json!({
+            "204": {"description": "Session ended; its access tokens are refused"},
+            "401": error_response("Credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such session (or account)")
+        }),
+        Handler::SessionsRevokeAll | Handler::AdminSessionsRevokeAll => json!({
+            "200": {"description": "Every session ended", "content": {"application/json": {"schema": {"type": "object", "properties": {"sessionsRevoked": {"type": "integer"}}}}}},
+            "401": error_response("Credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such account")
+        }),
+        Handler::DeleteMe | Handler::AdminDeleteUser => json!({
+            "204": {"description": "Deleted: the account, its sessions, tokens and lockouts"},
+            "400": error_response("Password missing"),
+            "401": error_response("Credentials required"),
+            "403": error_response("Wrong password, or not an admin"),
+            "404": error_response("No such account"),
+            "429": error_response("Rate limited or locked out (Retry-After)")
         }),
     }
 }

@@ -271,3 +271,184 @@ impl MigrationTrait for Initial {
         Ok(())
     }
 }
+
+/// Account lifecycle (issue 20): what each issued pair was (its access token's `jti` and
+/// expiry, so a user's live access tokens can be denylisted; the client's IP and user agent, for
+/// the sessions list; the sealed successor pair of a spent token, for the refresh grace
+/// period), password reset tokens, and counters for per-account request limits.
+pub struct Lifecycle;
+
+impl MigrationName for Lifecycle {
+    fn name(&self) -> &str {
+        "m20261201_000002_auth_lifecycle"
+    }
+}
+
+#[derive(Iden)]
+enum RefreshLifecycle {
+    #[iden = "refresh_tokens"]
+    Table,
+    AccessJti,
+    AccessExpiresAt,
+    Ip,
+    UserAgent,
+    Successor,
+}
+
+#[derive(Iden)]
+enum PasswordResets {
+    Table,
+    TokenHash,
+    UserId,
+    ExpiresAt,
+    UsedAt,
+    CreatedAt,
+}
+
+#[derive(Iden)]
+enum AuthCounters {
+    Table,
+    Name,
+    Count,
+    WindowStartedAt,
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Lifecycle {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        for column in [
+            ColumnDef::new(RefreshLifecycle::AccessJti)
+                .string_len(64)
+                .null()
+                .to_owned(),
+            ColumnDef::new(RefreshLifecycle::AccessExpiresAt)
+                .big_integer()
+                .null()
+                .to_owned(),
+            ColumnDef::new(RefreshLifecycle::Ip)
+                .string_len(45)
+                .null()
+                .to_owned(),
+            ColumnDef::new(RefreshLifecycle::UserAgent)
+                .string_len(256)
+                .null()
+                .to_owned(),
+            ColumnDef::new(RefreshLifecycle::Successor)
+                .text()
+                .null()
+                .to_owned(),
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(RefreshLifecycle::Table)
+                        .add_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_refresh_tokens_access_jti")
+                    .table(RefreshLifecycle::Table)
+                    .col(RefreshLifecycle::AccessJti)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(PasswordResets::Table)
+                    .col(
+                        ColumnDef::new(PasswordResets::TokenHash)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(PasswordResets::UserId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(PasswordResets::ExpiresAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(PasswordResets::UsedAt).big_integer().null())
+                    .col(
+                        ColumnDef::new(PasswordResets::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_password_resets_user")
+                    .table(PasswordResets::Table)
+                    .col(PasswordResets::UserId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(AuthCounters::Table)
+                    .col(
+                        ColumnDef::new(AuthCounters::Name)
+                            .string_len(300)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(AuthCounters::Count).integer().not_null())
+                    .col(
+                        ColumnDef::new(AuthCounters::WindowStartedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            AuthCounters::Table.into_iden(),
+            PasswordResets::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
+        }
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_refresh_tokens_access_jti")
+                    .table(RefreshLifecycle::Table)
+                    .to_owned(),
+            )
+            .await?;
+        for column in [
+            RefreshLifecycle::Successor,
+            RefreshLifecycle::UserAgent,
+            RefreshLifecycle::Ip,
+            RefreshLifecycle::AccessExpiresAt,
+            RefreshLifecycle::AccessJti,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(RefreshLifecycle::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -17,13 +17,13 @@ pub use db::{unreachable, Db, KNOWN_DOWN, PROBE_INTERVAL};
 pub use sea_orm_migration::MigratorTrait;
 
 /// Migrations of the auth service (`users`, `refresh_tokens`, `lockouts`, `audit_events`,
-/// `email_verifications`, `token_denylist`).
+/// `email_verifications`, `token_denylist`, `password_resets`, `auth_counters`).
 pub struct AuthMigrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for AuthMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(auth::Initial)]
+        vec![Box::new(auth::Initial), Box::new(auth::Lifecycle)]
     }
 
     fn migration_table_name() -> DynIden {

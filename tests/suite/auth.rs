@@ -494,7 +494,11 @@ async fn a_parallel_wrong_password_storm_gets_only_the_allowed_checks() {
 
 #[tokio::test]
 async fn refresh_reuse_revokes_the_family_and_is_audited() {
-    let suite = TestSuite::spawn().await;
+    // Strict rotation: any reuse is theft (the grace period is tested in lifecycle.rs).
+    let suite = TestSuite::builder()
+        .env("AUTH_REFRESH_GRACE", "0")
+        .spawn()
+        .await;
     let tokens = register_and_login(&suite, "frank@example.com").await;
     let first = tokens["refreshToken"].as_str().expect("refresh").to_owned();
     let second: Value = suite
@@ -550,7 +554,11 @@ async fn refresh_reuse_revokes_the_family_and_is_audited() {
 
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
-    let suite = TestSuite::spawn().await;
+    // Strict rotation; with the grace period every racer gets the winner's pair (lifecycle.rs).
+    let suite = TestSuite::builder()
+        .env("AUTH_REFRESH_GRACE", "0")
+        .spawn()
+        .await;
     let mut auth = grpc(suite.service_addr(Component::Auth)).await;
     auth.register(pb::RegisterRequest {
         email: "gina@example.com".into(),

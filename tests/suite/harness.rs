@@ -37,9 +37,16 @@ pub struct TestSuite {
 #[derive(Default)]
 pub struct Builder {
     vars: HashMap<String, String>,
+    auth: portico_auth::Options,
 }
 
 impl Builder {
+    /// The auth service's injected parts (a capturing mailer, a manual clock).
+    pub fn auth_options(mut self, options: portico_auth::Options) -> Self {
+        self.auth = options;
+        self
+    }
+
     /// Sets a variable for this suite only.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.vars.insert(key.to_owned(), value.to_owned());
@@ -75,7 +82,9 @@ impl Builder {
         vars.extend(self.vars);
         let signing_key = vars["JWT_SIGNING_KEY_FILE"].clone();
         let settings = Settings::from_source(&vars).expect("test settings are valid");
-        let suite = Suite::start(settings).await.expect("suite starts");
+        let suite = Suite::start_with(settings, self.auth)
+            .await
+            .expect("suite starts");
         let edge_addr = suite.edge_addr;
         TestSuite {
             base_url: format!("http://{edge_addr}"),

@@ -14,6 +14,7 @@ mod edge_http;
 mod fake_llm;
 mod faults;
 mod health;
+mod lifecycle;
 mod metrics_guard;
 mod migrations;
 mod observability;

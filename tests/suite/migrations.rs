@@ -26,7 +26,8 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
         let (applied, pending) = portico_migrations::status(&db, owner)
             .await
             .expect("status");
-        assert_eq!(applied.len(), 1, "{}", owner.name());
+        let expected = if owner == Owner::Auth { 2 } else { 1 };
+        assert_eq!(applied.len(), expected, "{}", owner.name());
         assert!(pending.is_empty(), "{}", owner.name());
     }
     for table in [
@@ -35,6 +36,8 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
         "lockouts",
         "audit_events",
         "email_verifications",
+        "password_resets",
+        "auth_counters",
         "content",
         "llm_providers",
     ] {
@@ -56,10 +59,45 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
     let (applied, _) = portico_migrations::status(&db, Owner::Auth)
         .await
         .expect("status");
-    assert_eq!(applied.len(), 1, "auth's migration table is its own");
+    assert_eq!(applied.len(), 2, "auth's migration table is its own");
 
     portico_migrations::up(&db, Owner::Content)
         .await
         .expect("content up");
     assert!(table_exists(&db, "content").await);
+}
+
+#[tokio::test]
+async fn the_lifecycle_migration_rolls_back_and_forward_on_its_own() {
+    let database_url = crate::harness::fresh_database().await;
+    let db = portico_migrations::connect(
+        &database_url,
+        Some(Owner::Auth),
+        portico_migrations::DEFAULT_ACQUIRE_TIMEOUT,
+    )
+    .await
+    .expect("database");
+    assert!(table_exists(&db, "password_resets").await);
+    portico_migrations::down(&db, Owner::Auth, 1)
+        .await
+        .expect("lifecycle down");
+    assert!(!table_exists(&db, "password_resets").await);
+    assert!(!table_exists(&db, "auth_counters").await);
+    assert!(
+        db.execute_unprepared("SELECT access_jti FROM refresh_tokens WHERE 1 = 0")
+            .await
+            .is_err(),
+        "its columns are gone"
+    );
+    assert!(
+        table_exists(&db, "refresh_tokens").await,
+        "the initial tables stay"
+    );
+    portico_migrations::up(&db, Owner::Auth)
+        .await
+        .expect("lifecycle up again");
+    assert!(db
+        .execute_unprepared("SELECT access_jti, successor FROM refresh_tokens WHERE 1 = 0")
+        .await
+        .is_ok());
 }

@@ -18,7 +18,7 @@ use crate::{
     lockout::{Attempt, Ceiling, Guards},
     mailer::EmailSender,
     passwords::{HashError, Passwords},
-    store::{Store, UserRow},
+    store::{Issued, Store, UserRow},
     tokens::{self, Claims},
     Error,
 };
@@ -26,7 +26,7 @@ use crate::{
 /// Lifetime of an email verification token.
 const VERIFICATION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The one message for every failed login, whatever the reason.
-const BAD_CREDENTIALS: &str = "invalid email or password";
+pub(crate) const BAD_CREDENTIALS: &str = "invalid email or password";
 
 fn login_failures() -> &'static Counter {
     static COUNTER: OnceLock<Counter> = OnceLock::new();
@@ -52,6 +52,8 @@ pub struct Caller {
     pub bearer: Option<String>,
     /// `x-admin-key`.
     pub admin_key: Option<String>,
+    /// The client's User-Agent as the edge forwarded it (`x-client-user-agent`).
+    pub user_agent: Option<String>,
 }
 
 impl Caller {
@@ -82,6 +84,8 @@ pub struct Accounts {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sender: Arc<dyn EmailSender>,
     pub(crate) admin_key: Option<SecretString>,
+    /// `APP_ENV=production`: a sender that only logs never gets a reset token.
+    pub(crate) production: bool,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -134,7 +138,7 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
 
 /// A new password, NFKC-normalised (as every password is before hashing): 8 to 128 characters,
 /// not only whitespace, no invisible characters.
-fn check_password(password: &str) -> Result<String, Error> {
+pub(crate) fn check_password(password: &str) -> Result<String, Error> {
     let password = nfkc(password);
     let length = password.chars().count();
     if !(8..=128).contains(&length) {
@@ -165,13 +169,66 @@ impl From<HashError> for Error {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut bytes);
     B64.encode(bytes)
 }
 
-fn digest(token: &str) -> String {
+/// The key that seals a spent refresh token's successor pair: derived from the spent token
+/// itself (with a label, so it is not the stored SHA-256), so only a holder of that token can
+/// open it, and the database alone yields nothing.
+fn grace_key(refresh_token: &str) -> Result<ring::aead::LessSafeKey, Error> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"portico refresh grace v1\0");
+    hasher.update(refresh_token.as_bytes());
+    let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &hasher.finalize())
+        .map_err(|_| Error::Internal("grace key".into()))?;
+    Ok(ring::aead::LessSafeKey::new(key))
+}
+
+/// The successor pair, sealed (ChaCha20-Poly1305, random nonce) for the spent token.
+fn seal(refresh_token: &str, tokens: &Tokens) -> Result<String, Error> {
+    let key = grace_key(refresh_token)?;
+    let mut nonce = [0u8; ring::aead::NONCE_LEN];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let mut data = serde_json::to_vec(&serde_json::json!({
+        "a": tokens.access_token, "r": tokens.refresh_token, "e": tokens.expires_in,
+    }))
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    key.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::empty(),
+        &mut data,
+    )
+    .map_err(|_| Error::Internal("seal".into()))?;
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&data);
+    Ok(B64.encode(sealed))
+}
+
+/// Opens what [`seal`] sealed for `refresh_token`.
+fn unseal(refresh_token: &str, sealed: &str) -> Option<Tokens> {
+    let key = grace_key(refresh_token).ok()?;
+    let bytes = B64.decode(sealed).ok()?;
+    if bytes.len() < ring::aead::NONCE_LEN {
+        return None;
+    }
+    let (nonce, data) = bytes.split_at(ring::aead::NONCE_LEN);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut data = data.to_vec();
+    let plain = key
+        .open_in_place(nonce, ring::aead::Aad::empty(), &mut data)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(plain).ok()?;
+    Some(Tokens {
+        access_token: value["a"].as_str()?.to_owned(),
+        refresh_token: value["r"].as_str()?.to_owned(),
+        expires_in: value["e"].as_i64()?,
+    })
+}
+
+pub(crate) fn digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -179,7 +236,7 @@ fn digest(token: &str) -> String {
 }
 
 impl Accounts {
-    fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         (self.clock.now_micros() / 1000) as i64
     }
 
@@ -219,7 +276,7 @@ impl Accounts {
         }
     }
 
-    async fn audit(
+    pub(crate) async fn audit(
         &self,
         event: &str,
         user_id: Option<&str>,
@@ -324,6 +381,45 @@ impl Accounts {
         caller: &Caller,
     ) -> Result<Tokens, Error> {
         let email = normalize_email(email)?;
+        let (mut user, password, needs_rehash) = self
+            .check_credentials(&email, password, caller, None)
+            .await?;
+        let now = self.now_ms();
+        if self.settings.email_verification_required && !user.email_verified {
+            return Err(Error::FailedPrecondition(
+                "verify your email address before logging in".into(),
+            ));
+        }
+        // AUTH_ADMIN_EMAILS may list an address after it was verified.
+        self.promote_if_listed(&mut user, caller).await?;
+        if needs_rehash {
+            // Stored from before passwords were normalised, or at weaker parameters.
+            match self.passwords.hash(password).await {
+                Ok(hash) => self.store.set_password_hash(&user.id, &hash, now).await?,
+                Err(error) => tracing::warn!(%error, "rehash failed; keeping the old hash"),
+            }
+        }
+        let tokens = self
+            .issue(&user, &uuid::Uuid::now_v7().to_string(), caller)
+            .await?;
+        self.audit("LOGIN_SUCCESS", Some(&user.id), Some(&email), caller, None)
+            .await;
+        Ok(tokens)
+    }
+
+    /// Checks `password` for the account with `email` (normalised) under the lockout rules,
+    /// as a login does: every failure counts against the email + network and the account.
+    /// Returns the account, the NFKC password and whether its stored hash should be upgraded;
+    /// `Unauthenticated(BAD_CREDENTIALS)` for any bad credential. `purpose` is the audit detail
+    /// of a failure that is not a login (re-authentication).
+    pub(crate) async fn check_credentials(
+        &self,
+        email: &str,
+        password: String,
+        caller: &Caller,
+        purpose: Option<&str>,
+    ) -> Result<(UserRow, String, bool), Error> {
+        let email = email.to_owned();
         if password.is_empty() || password.chars().count() > 128 {
             return Err(Error::InvalidArgument(
                 "password must be 1 to 128 characters".into(),
@@ -349,7 +445,11 @@ impl Accounts {
                     None,
                     Some(&email),
                     caller,
-                    Some("locked out"),
+                    Some(
+                        purpose
+                            .map_or("locked out".to_owned(), |p| format!("{p}: locked out"))
+                            .as_str(),
+                    ),
                 )
                 .await;
                 return Err(Error::LockedOut(
@@ -383,9 +483,9 @@ impl Accounts {
                 return Err(error);
             }
         };
-        let Some(mut user) = user.filter(|_| verified.ok) else {
+        let Some(user) = user.filter(|_| verified.ok) else {
             login_failures().inc();
-            self.audit("LOGIN_FAILURE", None, Some(&email), caller, None)
+            self.audit("LOGIN_FAILURE", None, Some(&email), caller, purpose)
                 .await;
             if number >= max {
                 let until = now + self.settings.login_lockout.as_millis() as i64;
@@ -402,27 +502,27 @@ impl Accounts {
             .succeeded(&email, &network, now)
             .await
             .map_err(Error::LockoutStore)?;
-        if self.settings.email_verification_required && !user.email_verified {
-            return Err(Error::FailedPrecondition(
-                "verify your email address before logging in".into(),
-            ));
-        }
-        // AUTH_ADMIN_EMAILS may list an address after it was verified.
-        self.promote_if_listed(&mut user, caller).await?;
-        if verified.needs_rehash {
-            // Stored from before passwords were normalised, or at weaker parameters.
-            match self.passwords.hash(password).await {
-                Ok(hash) => self.store.set_password_hash(&user.id, &hash, now).await?,
-                Err(error) => tracing::warn!(%error, "rehash failed; keeping the old hash"),
-            }
-        }
-        let tokens = self.issue(&user, &uuid::Uuid::now_v7().to_string()).await?;
-        self.audit("LOGIN_SUCCESS", Some(&user.id), Some(&email), caller, None)
-            .await;
-        Ok(tokens)
+        Ok((user, password, verified.needs_rehash))
     }
 
-    async fn issue(&self, user: &UserRow, family_id: &str) -> Result<Tokens, Error> {
+    /// Signs a new pair for `user` in `family_id` and records it (its refresh token's hash,
+    /// its access token's `jti` and expiry, the caller's IP and user agent).
+    async fn issue(
+        &self,
+        user: &UserRow,
+        family_id: &str,
+        caller: &Caller,
+    ) -> Result<Tokens, Error> {
+        Ok(self.mint(user, family_id, caller).await?.0)
+    }
+
+    /// [`Accounts::issue`], also returning the refresh token's hash.
+    async fn mint(
+        &self,
+        user: &UserRow,
+        family_id: &str,
+        caller: &Caller,
+    ) -> Result<(Tokens, String), Error> {
         let now = self.now_ms();
         let now_s = (now / 1000) as u64;
         let ttl = self.settings.access_ttl.as_secs();
@@ -438,18 +538,35 @@ impl Accounts {
         };
         let access_token = tokens::sign(&self.keys, &claims).map_err(Error::Internal)?;
         let refresh_token = random_token();
+        let hash = digest(&refresh_token);
         let expires = now + self.settings.refresh_ttl.as_millis() as i64;
+        let issued = Issued {
+            access_jti: &claims.jti,
+            access_expires_at: (claims.exp as i64) * 1000,
+            ip: (!caller.ip.is_empty()).then_some(caller.ip.as_str()),
+            user_agent: caller.user_agent.as_deref(),
+        };
         self.store
-            .insert_refresh(&digest(&refresh_token), family_id, &user.id, expires, now)
+            .insert_refresh(&hash, family_id, &user.id, expires, now, &issued)
             .await?;
-        Ok(Tokens {
-            access_token,
-            refresh_token,
-            expires_in: ttl as i64,
-        })
+        Ok((
+            Tokens {
+                access_token,
+                refresh_token,
+                expires_in: ttl as i64,
+            },
+            hash,
+        ))
     }
 
-    /// Spends a refresh token for a new pair; a spent one presented again revokes its family.
+    /// Spends a refresh token for a new pair. A spent one presented again within
+    /// `AUTH_REFRESH_GRACE` returns the same successor pair; after it, reuse revokes the family
+    /// (and denylists its live access tokens).
+    ///
+    /// The successor is minted *before* the spend, and the spend (one conditional `UPDATE`:
+    /// one winner) stores it sealed with a key only the presented token derives; so a caller
+    /// that sees the token spent also sees its successor, and concurrent refreshes of one
+    /// token still mint exactly one pair (a loser deletes the row it minted, which no one saw).
     pub async fn refresh(&self, refresh_token: &str, caller: &Caller) -> Result<Tokens, Error> {
         if refresh_token.is_empty() || refresh_token.len() > 256 {
             return Err(Error::InvalidArgument("refreshToken is required".into()));
@@ -458,37 +575,96 @@ impl Accounts {
         let now = self.now_ms();
         let invalid =
             || Error::Unauthenticated("refresh token is invalid, expired or revoked".into());
-        if self.store.spend_refresh(&hash, now).await? {
-            let row = self
-                .store
-                .refresh_by_hash(&hash)
-                .await?
-                .ok_or_else(invalid)?;
+        let Some(mut row) = self.store.refresh_by_hash(&hash).await? else {
+            return Err(invalid());
+        };
+        if row.spent_at.is_none() && !row.family_revoked && row.expires_at > now {
             let user = self
                 .store
                 .user_by_id(&row.user_id)
                 .await?
                 .ok_or_else(invalid)?;
-            return self.issue(&user, &row.family_id).await;
+            let (tokens, successor_hash) = self.mint(&user, &row.family_id, caller).await?;
+            let sealed = (!self.settings.refresh_grace.is_zero())
+                .then(|| seal(refresh_token, &tokens))
+                .transpose()?;
+            if self
+                .store
+                .spend_refresh(&hash, now, sealed.as_deref())
+                .await?
+            {
+                return Ok(tokens);
+            }
+            // Another refresh of the same token won: this pair was never handed out.
+            self.store.delete_refresh(&successor_hash).await?;
+            row = self
+                .store
+                .refresh_by_hash(&hash)
+                .await?
+                .ok_or_else(invalid)?;
         }
-        let Some(row) = self.store.refresh_by_hash(&hash).await? else {
+        let Some(spent_at) = row.spent_at else {
             return Err(invalid());
         };
-        if row.spent_at.is_some() && !row.family_revoked && row.expires_at > now {
-            self.store.revoke_family(&row.family_id, now).await?;
-            self.audit(
-                "REFRESH_TOKEN_REUSE",
-                Some(&row.user_id),
-                None,
-                caller,
-                Some(&format!("family {}", row.family_id)),
-            )
-            .await;
-            return Err(Error::Unauthenticated(
-                "refresh token was already used; every session of this login is revoked".into(),
-            ));
+        if row.family_revoked || row.expires_at <= now {
+            return Err(invalid());
         }
-        Err(invalid())
+        let grace = self.settings.refresh_grace.as_millis() as i64;
+        if grace > 0 && now - spent_at <= grace {
+            if let Some(tokens) = row
+                .successor
+                .as_deref()
+                .and_then(|sealed| unseal(refresh_token, sealed))
+            {
+                return Ok(tokens);
+            }
+        }
+        self.store.revoke_family(&row.family_id, now).await?;
+        self.deny_live(&row.user_id, now, Some(&row.family_id), None)
+            .await?;
+        self.audit(
+            "REFRESH_TOKEN_REUSE",
+            Some(&row.user_id),
+            None,
+            caller,
+            Some(&format!("family {}", row.family_id)),
+        )
+        .await;
+        Err(Error::Unauthenticated(
+            "refresh token was already used; every session of this login is revoked".into(),
+        ))
+    }
+
+    /// Denylists every live access token of `user_id` (of one family, or of all but one)
+    /// until it expires.
+    pub(crate) async fn deny_live(
+        &self,
+        user_id: &str,
+        now: i64,
+        only: Option<&str>,
+        except: Option<&str>,
+    ) -> Result<(), Error> {
+        for (jti, expires_at) in self.store.live_access(user_id, now, only, except).await? {
+            self.guards
+                .deny(&jti, now, expires_at)
+                .await
+                .map_err(Error::LockoutStore)?;
+        }
+        Ok(())
+    }
+
+    /// Revokes every session of `user_id` but `except`, then denylists their live access
+    /// tokens (after the revocation, so a pair minted meanwhile is caught too). Returns the
+    /// number of sessions revoked.
+    pub(crate) async fn end_sessions(
+        &self,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<u32, Error> {
+        let now = self.now_ms();
+        let revoked = self.store.revoke_user(user_id, now, except).await?;
+        self.deny_live(user_id, now, None, except).await?;
+        Ok(revoked)
     }
 
     /// Revokes the refresh token's family and denylists the caller's access token.
@@ -545,7 +721,7 @@ impl Accounts {
         Ok(user_id)
     }
 
-    fn verify_signature(&self, token: &str) -> Result<Claims, tokens::Refused> {
+    pub(crate) fn verify_signature(&self, token: &str) -> Result<Claims, tokens::Refused> {
         tokens::verify(
             &self.keys,
             token,
@@ -642,7 +818,7 @@ impl Accounts {
                 "userId must be an account id".into(),
             ));
         }
-        let families = self.store.revoke_user(user_id, self.now_ms()).await?;
+        let families = self.end_sessions(user_id, None).await?;
         self.audit(
             "TOKEN_REVOKED",
             Some(user_id),

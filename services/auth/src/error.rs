@@ -20,6 +20,12 @@ pub enum Error {
     /// Login refused until the email is verified.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No such account or session (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// Over a per-account request limit: retry after this many seconds.
+    #[error("{message}; retry after {seconds} s")]
+    RateLimited { seconds: u64, message: String },
     /// Locked out: retry after this many seconds.
     #[error("too many failed logins; retry after {0} s")]
     LockedOut(u64),
@@ -51,6 +57,15 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::NotFound(message) => Status::not_found(message),
+            Error::RateLimited { seconds, message } => {
+                let mut status =
+                    Status::resource_exhausted(format!("{message}; retry after {seconds} s"));
+                if let Ok(value) = MetadataValue::try_from(seconds.to_string()) {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
             Error::LockedOut(seconds) => {
                 let mut status = Status::resource_exhausted(format!(
                     "too many failed logins; retry after {seconds} s"

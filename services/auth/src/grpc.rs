@@ -36,6 +36,34 @@ fn caller<T>(request: &Request<T>) -> Caller {
             .unwrap_or_default(),
         bearer: text("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
         admin_key: text("x-admin-key"),
+        user_agent: text(USER_AGENT_KEY).map(|agent| {
+            let mut agent: String = agent.chars().filter(|c| !c.is_control()).collect();
+            if agent.len() > MAX_USER_AGENT_BYTES {
+                let mut end = MAX_USER_AGENT_BYTES;
+                while !agent.is_char_boundary(end) {
+                    end -= 1;
+                }
+                agent.truncate(end);
+            }
+            agent
+        }),
+    }
+}
+
+/// The metadata key the edge forwards the client's User-Agent in (for the sessions list).
+const USER_AGENT_KEY: &str = "x-client-user-agent";
+/// The longest user agent kept (the column's size).
+const MAX_USER_AGENT_BYTES: usize = 256;
+
+fn session(session: crate::lifecycle::Session) -> pb::Session {
+    let row = session.row;
+    pb::Session {
+        id: row.family_id,
+        created_at: portico_telemetry::rfc3339_millis(row.created_at),
+        last_used_at: portico_telemetry::rfc3339_millis(row.last_used_at),
+        ip: row.ip.unwrap_or_default(),
+        user_agent: row.user_agent.unwrap_or_default(),
+        current: session.current,
     }
 }
 
@@ -187,5 +215,122 @@ impl AuthService for AuthGrpc {
         let ip = (!ip.is_empty()).then_some(ip);
         let cleared = self.accounts.unlock(&email, ip.as_deref(), &caller).await?;
         Ok(Response::new(pb::UnlockAccountResponse { cleared }))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let caller = caller(&request);
+        self.accounts
+            .request_password_reset(&request.get_ref().email, &caller)
+            .await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn confirm_password_reset(
+        &self,
+        request: Request<pb::ConfirmPasswordResetRequest>,
+    ) -> Result<Response<pb::ConfirmPasswordResetResponse>, Status> {
+        let caller = caller(&request);
+        let pb::ConfirmPasswordResetRequest {
+            token,
+            new_password,
+        } = request.into_inner();
+        let sessions_revoked = self
+            .accounts
+            .confirm_password_reset(&token, new_password, &caller)
+            .await?;
+        Ok(Response::new(pb::ConfirmPasswordResetResponse {
+            sessions_revoked,
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = caller(&request);
+        let pb::ChangePasswordRequest {
+            current_password,
+            new_password,
+            revoke_other_sessions,
+        } = request.into_inner();
+        let sessions_revoked = self
+            .accounts
+            .change_password(
+                current_password,
+                new_password,
+                revoke_other_sessions.unwrap_or(true),
+                &caller,
+            )
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            sessions_revoked,
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = caller(&request);
+        let sessions = self
+            .accounts
+            .list_sessions(&request.get_ref().user, &caller)
+            .await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.into_iter().map(session).collect(),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let caller = caller(&request);
+        let pb::RevokeSessionRequest { user, session_id } = request.get_ref();
+        self.accounts
+            .revoke_session(user, session_id, &caller)
+            .await?;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
+    }
+
+    async fn revoke_all_sessions(
+        &self,
+        request: Request<pb::RevokeAllSessionsRequest>,
+    ) -> Result<Response<pb::RevokeAllSessionsResponse>, Status> {
+        let caller = caller(&request);
+        let sessions_revoked = self
+            .accounts
+            .revoke_all_sessions(&request.get_ref().user, &caller)
+            .await?;
+        Ok(Response::new(pb::RevokeAllSessionsResponse {
+            sessions_revoked,
+        }))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let caller = caller(&request);
+        let pb::DeleteAccountRequest { user, password } = request.into_inner();
+        let user_id = self
+            .accounts
+            .delete_account(&user, password, &caller)
+            .await?;
+        Ok(Response::new(pb::DeleteAccountResponse { user_id }))
+    }
+
+    async fn get_open_id_configuration(
+        &self,
+        request: Request<pb::GetOpenIdConfigurationRequest>,
+    ) -> Result<Response<pb::GetOpenIdConfigurationResponse>, Status> {
+        Ok(Response::new(pb::GetOpenIdConfigurationResponse {
+            json: self
+                .accounts
+                .openid_configuration(&request.get_ref().base_url),
+        }))
     }
 }

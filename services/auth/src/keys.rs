@@ -93,6 +93,18 @@ impl KeySet {
         })
     }
 
+    /// The algorithms tokens may be signed with (`alg` of each published key, signing key's
+    /// first, each once).
+    pub fn algorithms(&self) -> Vec<String> {
+        let mut algorithms: Vec<String> = Vec::new();
+        for alg in self.jwks.iter().filter_map(|jwk| jwk["alg"].as_str()) {
+            if !algorithms.iter().any(|known| known == alg) {
+                algorithms.push(alg.to_owned());
+            }
+        }
+        algorithms
+    }
+
     /// The JWKS document (`{"keys":[…]}`), signing key first.
     pub fn jwks_json(&self) -> String {
         json!({ "keys": self.jwks }).to_string()

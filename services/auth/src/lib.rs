@@ -18,6 +18,7 @@ mod accounts;
 mod error;
 mod grpc;
 pub mod keys;
+mod lifecycle;
 mod lockout;
 pub mod mailer;
 mod passwords;
@@ -112,6 +113,7 @@ pub async fn serve_with(
         clock: options.clock,
         sender: options.sender,
         admin_key: settings.admin_api_key.clone(),
+        production: settings.app_env == AppEnv::Production,
     };
     let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { accounts }));
     let handle = portico_grpc::serve(
@@ -167,4 +169,45 @@ pub async fn set_admin(settings: &Settings, email: &str, admin: bool) -> Result<
             .await?;
     }
     Ok(found)
+}
+
+/// Out-of-band password reset (`portico users reset-password EMAIL`): stores a single-use reset
+/// token for the account with `email` in `DATABASE_URL` (valid `AUTH_PASSWORD_RESET_TTL`),
+/// records it in the audit trail, and returns it; `None` when no account has that email.
+/// Confirming it (`POST /api/v1/auth/password-reset/confirm`) sets the password and ends every
+/// session, as a mailed token does.
+pub async fn issue_password_reset(
+    settings: &Settings,
+    email: &str,
+) -> Result<Option<String>, Error> {
+    let email = normalize_email(email)?;
+    let db = portico_migrations::connect(
+        settings.storage.database_url.expose_secret(),
+        None,
+        settings.storage.database_acquire_timeout,
+    )
+    .await?;
+    let store = store::Store::new(portico_migrations::Db::new(db));
+    let Some(user) = store.user_by_email(&email).await? else {
+        return Ok(None);
+    };
+    let now = SystemClock.now_micros() as i64 / 1000;
+    let token = accounts::random_token();
+    let expires = now + settings.auth.password_reset_ttl.as_millis() as i64;
+    store
+        .insert_reset(&accounts::digest(&token), &user.id, expires, now)
+        .await?;
+    tracing::info!(target: "audit", eventType = "PASSWORD_RESET_ISSUED", email, "audit");
+    store
+        .audit(
+            "PASSWORD_RESET_ISSUED",
+            Some(&user.id),
+            Some(&email),
+            None,
+            None,
+            Some("portico users reset-password (CLI)"),
+            now,
+        )
+        .await?;
+    Ok(Some(token))
 }

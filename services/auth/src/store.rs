@@ -25,6 +25,27 @@ pub struct RefreshRow {
     pub expires_at: i64,
     pub spent_at: Option<i64>,
     pub family_revoked: bool,
+    /// The successor pair sealed with a key only the spent token derives (grace period).
+    pub successor: Option<String>,
+}
+
+/// What an issued pair records besides its refresh token.
+#[derive(Debug, Clone, Default)]
+pub struct Issued<'a> {
+    pub access_jti: &'a str,
+    pub access_expires_at: i64,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// One session: a refresh family that is neither revoked nor expired.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub family_id: String,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// Database access.
@@ -141,6 +162,7 @@ impl Store {
 
     // ---- refresh tokens
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_refresh(
         &self,
         token_hash: &str,
@@ -148,23 +170,56 @@ impl Store {
         user_id: &str,
         expires_at: i64,
         now: i64,
+        issued: &Issued<'_>,
     ) -> Result<(), DbErr> {
         self.execute(
-            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
-            vec![token_hash.into(), family_id.into(), user_id.into(), expires_at.into(), now.into()],
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, created_at, access_jti, access_expires_at, ip, user_agent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                token_hash.into(),
+                family_id.into(),
+                user_id.into(),
+                expires_at.into(),
+                now.into(),
+                issued.access_jti.into(),
+                issued.access_expires_at.into(),
+                issued.ip.map(str::to_owned).into(),
+                issued.user_agent.map(str::to_owned).into(),
+            ],
         )
         .await
         .map(|_| ())
     }
 
-    /// Spends a live token of a live family; true for the one caller that did.
-    pub async fn spend_refresh(&self, token_hash: &str, now: i64) -> Result<bool, DbErr> {
+    /// Removes a token that was never handed out (its spend lost a race).
+    pub async fn delete_refresh(&self, token_hash: &str) -> Result<(), DbErr> {
+        self.execute(
+            "DELETE FROM refresh_tokens WHERE token_hash = ?",
+            vec![token_hash.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Spends a live token of a live family, recording its sealed successor in the same
+    /// statement; true for the one caller that did.
+    pub async fn spend_refresh(
+        &self,
+        token_hash: &str,
+        now: i64,
+        successor: Option<&str>,
+    ) -> Result<bool, DbErr> {
         let spent = self
             .execute(
-                "UPDATE refresh_tokens SET spent_at = ? \
+                "UPDATE refresh_tokens SET spent_at = ?, successor = ? \
                  WHERE token_hash = ? AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > ? \
                  AND NOT EXISTS (SELECT 1 FROM refresh_tokens f WHERE f.family_id = refresh_tokens.family_id AND f.revoked_at IS NOT NULL)",
-                vec![now.into(), token_hash.into(), now.into()],
+                vec![
+                    now.into(),
+                    successor.map(str::to_owned).into(),
+                    token_hash.into(),
+                    now.into(),
+                ],
             )
             .await?;
         Ok(spent == 1)
@@ -173,7 +228,7 @@ impl Store {
     pub async fn refresh_by_hash(&self, token_hash: &str) -> Result<Option<RefreshRow>, DbErr> {
         let row = self
             .one(
-                "SELECT t.family_id, t.user_id, t.expires_at, t.spent_at, \
+                "SELECT t.family_id, t.user_id, t.expires_at, t.spent_at, t.successor, \
                  (SELECT COUNT(*) FROM refresh_tokens f WHERE f.family_id = t.family_id AND f.revoked_at IS NOT NULL) AS revoked \
                  FROM refresh_tokens t WHERE t.token_hash = ?",
                 vec![token_hash.into()],
@@ -186,9 +241,111 @@ impl Store {
                 expires_at: row.try_get("", "expires_at")?,
                 spent_at: row.try_get("", "spent_at")?,
                 family_revoked: row.try_get::<i64>("", "revoked")? > 0,
+                successor: row.try_get("", "successor")?,
             })
         })
         .transpose()
+    }
+
+    /// The family (and its user) that issued the access token `jti`.
+    pub async fn family_of_access(&self, jti: &str) -> Result<Option<String>, DbErr> {
+        self.one(
+            "SELECT family_id FROM refresh_tokens WHERE access_jti = ?",
+            vec![jti.into()],
+        )
+        .await?
+        .map(|row| row.try_get("", "family_id"))
+        .transpose()
+    }
+
+    /// The user's sessions: families with no revoked token and a token still unexpired,
+    /// most recently used first.
+    pub async fn sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionRow>, DbErr> {
+        let rows = self
+            .db
+            .query_all(
+                "SELECT family_id, MIN(created_at) AS first_at, MAX(created_at) AS last_at \
+                 FROM refresh_tokens WHERE user_id = ? GROUP BY family_id \
+                 HAVING COUNT(revoked_at) = 0 AND MAX(expires_at) > ? \
+                 ORDER BY last_at DESC, family_id",
+                vec![user_id.into(), now.into()],
+            )
+            .await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let family_id: String = row.try_get("", "family_id")?;
+            let latest = self
+                .one(
+                    "SELECT ip, user_agent FROM refresh_tokens WHERE family_id = ? \
+                     ORDER BY created_at DESC, token_hash LIMIT 1",
+                    vec![family_id.clone().into()],
+                )
+                .await?;
+            let (ip, user_agent) = match latest {
+                Some(latest) => (latest.try_get("", "ip")?, latest.try_get("", "user_agent")?),
+                None => (None, None),
+            };
+            sessions.push(SessionRow {
+                family_id,
+                created_at: row.try_get("", "first_at")?,
+                last_used_at: row.try_get("", "last_at")?,
+                ip,
+                user_agent,
+            });
+        }
+        Ok(sessions)
+    }
+
+    /// Access tokens of `user_id` that have not expired (`jti`, expiry in ms), of one family
+    /// or of every family but one.
+    pub async fn live_access(
+        &self,
+        user_id: &str,
+        now: i64,
+        only: Option<&str>,
+        except: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, DbErr> {
+        let mut sql = String::from(
+            "SELECT access_jti, access_expires_at FROM refresh_tokens \
+             WHERE user_id = ? AND access_jti IS NOT NULL AND access_expires_at > ?",
+        );
+        let mut values: Vec<Value> = vec![user_id.into(), now.into()];
+        if let Some(family) = only {
+            sql.push_str(" AND family_id = ?");
+            values.push(family.into());
+        }
+        if let Some(family) = except {
+            sql.push_str(" AND family_id <> ?");
+            values.push(family.into());
+        }
+        self.db
+            .query_all(&sql, values)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("", "access_jti")?,
+                    row.try_get("", "access_expires_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Revokes `family_id` if it is a live family of `user_id`; false when it is not.
+    pub async fn revoke_session(
+        &self,
+        user_id: &str,
+        family_id: &str,
+        now: i64,
+    ) -> Result<bool, DbErr> {
+        let revoked = self
+            .execute(
+                "UPDATE refresh_tokens SET revoked_at = ? \
+                 WHERE family_id = ? AND user_id = ? AND revoked_at IS NULL",
+                vec![now.into(), family_id.into(), user_id.into()],
+            )
+            .await?;
+        Ok(revoked > 0)
     }
 
     /// Revokes every token of a family (tokens added to it later are revoked with it).
@@ -200,23 +357,164 @@ impl Store {
         .await
     }
 
-    /// Revokes every family of a user; returns how many families that touched.
-    pub async fn revoke_user(&self, user_id: &str, now: i64) -> Result<u32, DbErr> {
+    /// Revokes every family of a user (but `except`); returns how many families that touched.
+    pub async fn revoke_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        except: Option<&str>,
+    ) -> Result<u32, DbErr> {
+        let except = except.unwrap_or("");
         let families = self
             .one(
-                "SELECT COUNT(DISTINCT family_id) AS n FROM refresh_tokens WHERE user_id = ? AND revoked_at IS NULL",
-                vec![user_id.into()],
+                "SELECT COUNT(DISTINCT family_id) AS n FROM refresh_tokens \
+                 WHERE user_id = ? AND revoked_at IS NULL AND family_id <> ?",
+                vec![user_id.into(), except.into()],
             )
             .await?
             .map(|row| row.try_get::<i64>("", "n"))
             .transpose()?
             .unwrap_or(0);
         self.execute(
-            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-            vec![now.into(), user_id.into()],
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND family_id <> ?",
+            vec![now.into(), user_id.into(), except.into()],
         )
         .await?;
         Ok(u32::try_from(families).unwrap_or(u32::MAX))
+    }
+
+    // ---- password resets
+
+    pub async fn insert_reset(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), DbErr> {
+        self.execute(
+            "INSERT INTO password_resets (token_hash, user_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
+            vec![token_hash.into(), user_id.into(), expires_at.into(), now.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether a reset token is unused and unexpired (a read: nothing is spent).
+    pub async fn reset_is_live(&self, token_hash: &str, now: i64) -> Result<bool, DbErr> {
+        Ok(self
+            .one(
+                "SELECT 1 AS hit FROM password_resets WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                vec![token_hash.into(), now.into()],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Uses a live reset token once (one conditional update: one winner); returns its user.
+    pub async fn use_reset(&self, token_hash: &str, now: i64) -> Result<Option<String>, DbErr> {
+        let used = self
+            .execute(
+                "UPDATE password_resets SET used_at = ? WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                vec![now.into(), token_hash.into(), now.into()],
+            )
+            .await?;
+        if used != 1 {
+            return Ok(None);
+        }
+        self.one(
+            "SELECT user_id FROM password_resets WHERE token_hash = ?",
+            vec![token_hash.into()],
+        )
+        .await?
+        .map(|row| row.try_get("", "user_id"))
+        .transpose()
+    }
+
+    /// Spends every outstanding reset token of `user_id` (the password just changed).
+    pub async fn spend_resets(&self, user_id: &str, now: i64) -> Result<(), DbErr> {
+        self.execute(
+            "UPDATE password_resets SET used_at = ? WHERE user_id = ? AND used_at IS NULL",
+            vec![now.into(), user_id.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- counters (without Redis)
+
+    /// Counts one event of `name` in a fixed window; returns the count and the window's start.
+    pub async fn hit(&self, name: &str, now: i64, window_ms: i64) -> Result<(i64, i64), DbErr> {
+        let window_start = now - window_ms;
+        let row = self
+            .one(
+                "INSERT INTO auth_counters (name, count, window_started_at) VALUES (?, 1, ?) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                 count = CASE WHEN auth_counters.window_started_at <= ? THEN 1 ELSE auth_counters.count + 1 END, \
+                 window_started_at = CASE WHEN auth_counters.window_started_at <= ? THEN ? ELSE auth_counters.window_started_at END \
+                 RETURNING count, window_started_at",
+                vec![
+                    name.into(),
+                    now.into(),
+                    window_start.into(),
+                    window_start.into(),
+                    now.into(),
+                ],
+            )
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("auth_counters".into()))?;
+        // `count` is INTEGER: INT4 on PostgreSQL, so it decodes as i32 there.
+        let count: i32 = row.try_get("", "count")?;
+        Ok((i64::from(count), row.try_get("", "window_started_at")?))
+    }
+
+    // ---- account deletion
+
+    /// Deletes the account and everything keyed by it, in one transaction: its tokens of every
+    /// kind, its lockout rows and counters. Its audit rows stay, with `pseudonym` for the user
+    /// id and neither email nor IP. False when there was no such account.
+    pub async fn delete_account(
+        &self,
+        user_id: &str,
+        email: &str,
+        counters: &[String],
+        pseudonym: &str,
+    ) -> Result<bool, DbErr> {
+        use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+        let connection = self.db.connection();
+        let txn = connection.begin().await?;
+        let run =
+            |sql: &str, values: Vec<Value>| portico_migrations::statement(connection, sql, values);
+        txn.execute(run(
+            "UPDATE audit_events SET user_id = ?, email = NULL, ip = NULL WHERE user_id = ? OR email = ?",
+            vec![pseudonym.into(), user_id.into(), email.into()],
+        ))
+        .await?;
+        for table in ["refresh_tokens", "email_verifications", "password_resets"] {
+            txn.execute(run(
+                &format!("DELETE FROM {table} WHERE user_id = ?"),
+                vec![user_id.into()],
+            ))
+            .await?;
+        }
+        txn.execute(run(
+            "DELETE FROM lockouts WHERE email = ?",
+            vec![email.into()],
+        ))
+        .await?;
+        for name in counters {
+            txn.execute(run(
+                "DELETE FROM auth_counters WHERE name = ?",
+                vec![name.clone().into()],
+            ))
+            .await?;
+        }
+        let deleted = txn
+            .execute(run("DELETE FROM users WHERE id = ?", vec![user_id.into()]))
+            .await?
+            .rows_affected();
+        txn.commit().await?;
+        Ok(deleted == 1)
     }
 
     // ---- email verification

@@ -209,6 +209,27 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Like [`Reader::duration`], but zero is allowed (it switches the feature off).
+    pub fn duration_or_zero(&mut self, key: &str, default: Duration, bare_unit: Unit) -> Duration {
+        let Some(raw) = self.raw(key) else {
+            return default;
+        };
+        match parse_duration(&raw, bare_unit) {
+            Some(value) => value,
+            None => {
+                self.problem(
+                    key,
+                    format!(
+                        "`{raw}` is not a duration: expected a number with a unit (ms, s, m, h, \
+                         d), a bare number of {}, or 0",
+                        bare_unit.name()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     /// A comma-separated list of non-empty items.
     pub fn list(&self, key: &str) -> Vec<String> {
         self.raw(key)
