@@ -252,15 +252,13 @@ async fn serve_io<I>(
     let counting = Arc::clone(&activity);
     let service = service_fn(move |request: http::Request<Incoming>| {
         let edge = edge.clone();
-        let activity = Arc::clone(&counting);
-        activity.requests.fetch_add(1, Ordering::Relaxed);
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Counted out when the request's future ends or is dropped (an HTTP/2 stream reset
+        // drops it), so a reset can never keep a connection "busy" forever.
+        let in_flight = InFlight::new(Arc::clone(&counting));
         async move {
+            let _in_flight = in_flight;
             let request = request.map(|body| Deadline::new(body, body_timeout));
-            let response = edge.handle(request, peer).await;
-            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-            activity.touch();
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(edge.handle(request, peer).await)
         }
     });
     let builder = Arc::clone(&shared.builder);
@@ -340,6 +338,24 @@ impl Activity {
         } else {
             Verdict::Keep
         }
+    }
+}
+
+/// One request in flight on a connection, for its watchdog.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
     }
 }
 

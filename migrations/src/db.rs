@@ -115,18 +115,15 @@ impl Db {
 pub fn unreachable(error: &DbErr) -> bool {
     use sea_orm::{sqlx::Error as Sqlx, RuntimeErr};
     match error {
+        // A pool timeout is as likely a busy pool as a dead database: the probe decides.
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout) => false,
         DbErr::ConnectionAcquire(_) => true,
         DbErr::Custom(message) => message == KNOWN_DOWN,
         DbErr::Conn(RuntimeErr::SqlxError(e))
         | DbErr::Exec(RuntimeErr::SqlxError(e))
         | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
             e,
-            Sqlx::Io(_)
-                | Sqlx::Tls(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed
-                | Sqlx::Protocol(_)
+            Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Protocol(_)
         ),
         _ => false,
     }

@@ -169,3 +169,31 @@ async fn an_oversized_request_head_is_431() {
         reqwest::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
 }
+
+#[tokio::test]
+async fn grpc_servers_announce_a_bound_on_concurrent_streams() {
+    // tonic's default is no bound: one client could open streams without limit.
+    let suite = TestSuite::spawn().await;
+    let addr = suite.service_addr(portico::Component::Auth);
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send");
+    // One empty HealthCheckRequest: no compression, length 0.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("body");
+    let response = response.await.expect("answer");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    // The server's SETTINGS have arrived by now.
+    let client = client.ready().await.expect("ready");
+    assert_eq!(
+        client.current_max_send_streams(),
+        portico_grpc::MAX_CONCURRENT_STREAMS as usize
+    );
+}

@@ -465,8 +465,13 @@ impl Accounts {
                 .verify(password.clone(), stored.clone())
                 .await?;
             if !verified.ok && raw != password && stored.is_some() {
-                // Set before passwords were normalised: accept it once more, then rehash.
-                verified = self.passwords.verify(raw, stored).await?;
+                // Set before passwords were normalised: accept it once more, then rehash. The
+                // first check did run: if this one cannot, the attempt stays a failed one
+                // (releasing it would hand out free guesses while the hash queue is full).
+                verified = match self.passwords.verify(raw, stored).await {
+                    Ok(again) => again,
+                    Err(_) => verified,
+                };
                 verified.needs_rehash |= verified.ok;
             }
             Ok::<_, Error>((user, verified))

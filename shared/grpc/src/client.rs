@@ -154,16 +154,17 @@ where
             } else {
                 resolved
             };
-            let now = tls.as_ref().map(Reloading::generation);
-            if now != generation {
-                // New certificates: every endpoint again, with the new material.
-                generation = now;
-                current.clear();
-            }
             for gone in current.difference(&wanted) {
                 if changes.send(Change::Remove(gone.clone())).await.is_err() {
                     return;
                 }
+            }
+            let now = tls.as_ref().map(Reloading::generation);
+            if now != generation {
+                // New certificates: every endpoint again, with the new material (an insert
+                // under a known key replaces the old endpoint).
+                generation = now;
+                current.clear();
             }
             let material = tls.as_ref().map(Reloading::current);
             for new in wanted.difference(&current) {

@@ -94,7 +94,16 @@ impl Transport {
                 );
                 Some(config)
             }
-            _ => None,
+            Some(portico_config::GrpcTls { identity: None, .. }) => {
+                // A server cannot do TLS without a certificate: refuse rather than serve
+                // plaintext beside a CA that promises TLS.
+                return Err(ServeError::Tls(portico_tls::TlsError::Config(
+                    "GRPC_TLS_CA_FILE is set but GRPC_TLS_CERT_FILE/GRPC_TLS_KEY_FILE are not: \
+                     a gRPC server needs its own certificate"
+                        .into(),
+                )));
+            }
+            None => None,
         };
         let peers = match (&tls, &transport.peer_key) {
             (Some(_), _) => {
@@ -256,15 +265,17 @@ impl Health {
 fn tls_incoming(
     listener: TcpListener,
     tls: portico_tls::Reloading<portico_tls::rustls::ServerConfig>,
-    shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<
     Result<portico_tls::tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
 > {
     let (accepted, incoming) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
+            // Ends when the server drops the incoming stream, never before: ending it on the
+            // shutdown token would let tonic's accept loop see the stream end before its own
+            // signal, skipping NOT_SERVING and the drain.
             let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = accepted.closed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -457,7 +468,7 @@ pub async fn serve(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
         }
         Some(tls) => {
-            let incoming = tls_incoming(listener, tls, shutdown.clone());
+            let incoming = tls_incoming(listener, tls);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };
