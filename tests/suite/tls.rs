@@ -113,15 +113,25 @@ fn https_client(pki: &Pki) -> reqwest::Client {
         .expect("client")
 }
 
-/// The SHA-256 of the leaf certificate the edge presents to a new connection.
-async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Vec<u8> {
-    let material = portico_tls::client(&pki.ca(), None)
+/// The leaf certificate presented to a new connection at `addr`, verified as `name`, with the
+/// client certificate `identity` when given (an mTLS port).
+async fn presented_certificate(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    name: &'static str,
+    identity: Option<&Issued>,
+) -> Vec<u8> {
+    let identity = identity.map(|issued| portico_tls::Identity {
+        cert: issued.cert.clone(),
+        key: issued.key.clone(),
+    });
+    let material = portico_tls::client(&pki.ca(), identity.as_ref())
         .expect("client tls")
         .current();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let tls = portico_tls::tokio_rustls::TlsConnector::from(Arc::clone(&material.config))
         .connect(
-            portico_tls::rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            portico_tls::rustls::pki_types::ServerName::try_from(name).expect("name"),
             tcp,
         )
         .await
@@ -193,12 +203,12 @@ async fn the_edge_serves_https_and_h2_over_tls_and_picks_up_a_rotated_certificat
     response.into_body().collect().await.expect("body");
 
     // Rotation: new connections get the new certificate, the open one keeps working.
-    let before = served_certificate(suite.edge_addr, &pki).await;
+    let before = presented_certificate(suite.edge_addr, &pki, "localhost", None).await;
     let rotated = pki.issue("edge-next", &["localhost", "127.0.0.1"]);
     std::fs::copy(&rotated.key, &edge.key).expect("rotate key");
     std::fs::copy(&rotated.cert, &edge.cert).expect("rotate cert");
     let deadline = Instant::now() + NOTICE;
-    while served_certificate(suite.edge_addr, &pki).await == before {
+    while presented_certificate(suite.edge_addr, &pki, "localhost", None).await == before {
         assert!(
             Instant::now() < deadline,
             "the rotated certificate was never served"
@@ -759,33 +769,6 @@ async fn postgres_with_verify_full_works_and_a_wrong_ca_fails_clearly() {
     );
 }
 
-/// The leaf certificate a service presents at `addr` (as the client `identity`).
-async fn service_certificate(addr: std::net::SocketAddr, pki: &Pki, identity: &Issued) -> Vec<u8> {
-    let material = portico_tls::client(
-        &pki.ca(),
-        Some(&portico_tls::Identity {
-            cert: identity.cert.clone(),
-            key: identity.key.clone(),
-        }),
-    )
-    .expect("client tls")
-    .current();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = portico_tls::tokio_rustls::TlsConnector::from(Arc::clone(&material.config))
-        .connect(
-            portico_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake");
-    tls.get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .expect("a certificate")
-        .to_vec()
-}
-
 #[tokio::test]
 async fn rotated_grpc_certificates_are_picked_up_with_no_failed_request() {
     let pki = Pki::new();
@@ -817,14 +800,14 @@ async fn rotated_grpc_certificates_are_picked_up_with_no_failed_request() {
         })
     };
     let auth = suite.service_addr(Component::Auth);
-    let before = service_certificate(auth, &pki, &identity).await;
+    let before = presented_certificate(auth, &pki, "127.0.0.1", Some(&identity)).await;
     // Key first, then certificate: a reload in between sees a pair that does not match and
     // keeps the old one, as a half-written Secret would.
     let next = pki.issue("suite-next", &["portico-edge", "localhost", "127.0.0.1"]);
     std::fs::copy(&next.key, &identity.key).expect("rotate key");
     std::fs::copy(&next.cert, &identity.cert).expect("rotate cert");
     let deadline = Instant::now() + NOTICE;
-    while service_certificate(auth, &pki, &identity).await == before {
+    while presented_certificate(auth, &pki, "127.0.0.1", Some(&identity)).await == before {
         assert!(
             Instant::now() < deadline,
             "the service never served the new certificate"
