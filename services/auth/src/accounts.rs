@@ -436,8 +436,8 @@ impl Accounts {
             .reserve(&email, &network, max, now, window, &self.ceiling())
             .await
             .map_err(Error::LockoutStore)?;
-        let number = match attempt {
-            Attempt::Allowed(n) => n,
+        let (number, counted) = match attempt {
+            Attempt::Allowed(n, counted) => (n, counted),
             Attempt::Refused { until_ms } => {
                 login_failures().inc();
                 self.audit(
@@ -482,7 +482,7 @@ impl Accounts {
             Err(error) => {
                 // Not checked (the account store or the hash pool failed): the attempt must
                 // not count against the owner, or an outage would lock out the right password.
-                if let Err(release) = self.guards.release(&email, &network).await {
+                if let Err(release) = self.guards.release(&email, &network, counted).await {
                     tracing::warn!(error = %release, "login attempt not released");
                 }
                 return Err(error);

@@ -34,8 +34,8 @@ const BACKOFF_BASE_MS: i64 = 1000;
 
 /// Reserves an attempt unless a lockout is active. KEYS: network attempts, network lockout,
 /// account attempts, account's next allowed time, known-network marker. ARGV: now, window,
-/// max per network, account threshold, back-off base, back-off cap. Returns {attempt number, 0}
-/// or {-1, locked_until}.
+/// max per network, account threshold, back-off base, back-off cap. Returns {attempt number, 0,
+/// 1 when the account's count took it} or {-1, locked_until}.
 const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
 local locked = redis.call('GET', KEYS[2])
@@ -45,7 +45,7 @@ end
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if n > tonumber(ARGV[3]) or redis.call('EXISTS', KEYS[5]) == 1 then
-  return {n, 0}
+  return {n, 0, 0}
 end
 local a = redis.call('INCR', KEYS[3])
 -- Sliding: the account's count ends one quiet window after its last attempt.
@@ -63,7 +63,7 @@ if a > threshold then
   redis.call('SET', KEYS[4], string.format('%d', now + delay), 'PX',
     string.format('%d', delay + tonumber(ARGV[2])))
 end
-return {n, 0}
+return {n, 0, 1}
 "#;
 
 /// Gives back an attempt whose password was never checked; never below zero, never a key
@@ -119,8 +119,9 @@ impl Ceiling {
 /// The outcome of reserving an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// The caller may check the password; this is attempt `n` of the window.
-    Allowed(i64),
+    /// The caller may check the password; this is attempt `n` of the window, and whether the
+    /// account's count took it too (not for a network the owner is known from).
+    Allowed(i64, bool),
     /// Locked until this time (ms); or over the attempt budget of the window.
     Refused { until_ms: i64 },
 }
@@ -175,7 +176,7 @@ impl Guards {
         ceiling: &Ceiling,
     ) -> Result<Attempt, String> {
         self.reachable()?;
-        let n = match self {
+        let (n, counted) = match self {
             Guards::Redis { redis, reserve, .. } => {
                 let keys = vec![
                     redis.key(&attempt_key(email, network)),
@@ -202,7 +203,7 @@ impl Guards {
                     .map_err(|e| failed(redis, &e))?;
                 match reply[..] {
                     [-1, until] => return Ok(Attempt::Refused { until_ms: until }),
-                    [n, _] => n,
+                    [n, _, counted] => (n, counted == 1),
                     _ => return Err(format!("unexpected reply {reply:?}")),
                 }
             }
@@ -211,7 +212,7 @@ impl Guards {
                     .await
                     .map_err(|e| e.to_string())?
                 {
-                    Ok(n) => n,
+                    Ok(taken) => taken,
                     Err(refused) => return Ok(refused),
                 }
             }
@@ -222,7 +223,7 @@ impl Guards {
                 until_ms: now + window_ms,
             });
         }
-        Ok(Attempt::Allowed(n))
+        Ok(Attempt::Allowed(n, counted))
     }
 
     /// The database's reservation: the network's slot (one upsert), then, unless the network
@@ -236,7 +237,7 @@ impl Guards {
         now: i64,
         window_ms: i64,
         ceiling: &Ceiling,
-    ) -> Result<Result<i64, Attempt>, sea_orm::DbErr> {
+    ) -> Result<Result<(i64, bool), Attempt>, sea_orm::DbErr> {
         if let Some(until) = store.locked_until(email, network).await? {
             if until > now {
                 return Ok(Err(Attempt::Refused { until_ms: until }));
@@ -253,13 +254,13 @@ impl Guards {
                 .is_known(email, &known_row(network), now - KNOWN_NETWORK_MS)
                 .await?
         {
-            return Ok(Ok(n));
+            return Ok(Ok((n, false)));
         }
         let (attempts, next) = store
             .reserve_account(email, ACCOUNT, now, window_ms)
             .await?;
         if attempts <= ceiling.threshold {
-            return Ok(Ok(n));
+            return Ok(Ok((n, true)));
         }
         let refused = match next.filter(|next| *next > now) {
             Some(next) => Some(next),
@@ -269,7 +270,7 @@ impl Guards {
             }
         };
         match refused {
-            None => Ok(Ok(n)),
+            None => Ok(Ok((n, true))),
             Some(until) => {
                 // Not checked, so it costs neither budget.
                 store.release_attempt(email, ACCOUNT).await?;
@@ -281,16 +282,17 @@ impl Guards {
 
     /// Gives back a reserved attempt that could not be checked (the account store or the
     /// hash pool failed): only a verified wrong password may count against the owner.
-    pub async fn release(&self, email: &str, network: &str) -> Result<(), String> {
+    /// `account`: the reservation also took one from the account's count (give that back too,
+    /// never one it did not take).
+    pub async fn release(&self, email: &str, network: &str, account: bool) -> Result<(), String> {
         self.reachable()?;
         match self {
             Guards::Redis { redis, release, .. } => release
                 .evalsha_with_reload::<i64, _, _>(
                     redis.client(),
-                    vec![
-                        redis.key(&attempt_key(email, network)),
-                        redis.key(&attempt_key(email, ACCOUNT)),
-                    ],
+                    std::iter::once(redis.key(&attempt_key(email, network)))
+                        .chain(account.then(|| redis.key(&attempt_key(email, ACCOUNT))))
+                        .collect::<Vec<_>>(),
                     Vec::<String>::new(),
                 )
                 .await
@@ -298,7 +300,10 @@ impl Guards {
                 .map_err(|e| failed(redis, &e)),
             Guards::Database(store) => async {
                 store.release_attempt(email, network).await?;
-                store.release_attempt(email, ACCOUNT).await
+                if account {
+                    store.release_attempt(email, ACCOUNT).await?;
+                }
+                Ok(())
             }
             .await
             .map_err(|e: sea_orm::DbErr| e.to_string()),
@@ -588,6 +593,65 @@ mod tests {
     };
 
     #[tokio::test]
+    async fn a_release_gives_back_only_what_its_reservation_took_on_both_stores() {
+        for (name, guards) in stores().await {
+            let email = "owner@example.com";
+            let now = 1_800_000_000_000;
+            guards
+                .succeeded(email, "192.0.2.10", now)
+                .await
+                .expect("the owner's network");
+            // Past the threshold from elsewhere: the account's count is at CEILING.threshold + 1.
+            let mut strangers = 0;
+            for n in 0..CEILING.threshold {
+                let network = format!("198.51.100.{n}");
+                if matches!(
+                    guards
+                        .reserve(email, &network, MAX, now, WINDOW, &CEILING)
+                        .await,
+                    Ok(Attempt::Allowed(_, true))
+                ) {
+                    strangers += 1;
+                }
+            }
+            assert_eq!(
+                strangers, CEILING.threshold,
+                "{name}: each took the account's count"
+            );
+            // The owner's attempt does not take from the account's count, so giving it back
+            // must not lower it either.
+            let owner = guards
+                .reserve(email, "192.0.2.10", MAX, now, WINDOW, &CEILING)
+                .await
+                .expect("reserve");
+            assert_eq!(owner, Attempt::Allowed(1, false), "{name}");
+            guards
+                .release(email, "192.0.2.10", false)
+                .await
+                .expect("release");
+            // The next stranger is the first past the threshold: checked once, then spaced.
+            assert!(
+                matches!(
+                    guards
+                        .reserve(email, "198.51.100.200", MAX, now, WINDOW, &CEILING)
+                        .await,
+                    Ok(Attempt::Allowed(_, true))
+                ),
+                "{name}"
+            );
+            assert!(
+                matches!(
+                    guards
+                        .reserve(email, "198.51.100.201", MAX, now, WINDOW, &CEILING)
+                        .await,
+                    Ok(Attempt::Refused { .. })
+                ),
+                "{name}: the account's count was not lowered by the owner's release"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn guesses_spread_over_networks_meet_the_account_ceiling_on_both_stores() {
         for (name, guards) in stores().await {
             let email = "victim@example.com";
@@ -605,7 +669,7 @@ mod tests {
                     .await
                     .expect("reserve")
                 {
-                    Attempt::Allowed(_) => allowed += 1,
+                    Attempt::Allowed(..) => allowed += 1,
                     Attempt::Refused { until_ms } => refused.push(until_ms),
                 }
             }
@@ -616,7 +680,7 @@ mod tests {
                     guards
                         .reserve(email, "192.0.2.10", MAX, now, WINDOW, &CEILING)
                         .await,
-                    Ok(Attempt::Allowed(_))
+                    Ok(Attempt::Allowed(..))
                 ),
                 "{name}: the owner's network is exempt"
             );
@@ -632,7 +696,7 @@ mod tests {
                         guards
                             .reserve(email, &network, MAX, now, WINDOW, &CEILING)
                             .await,
-                        Ok(Attempt::Allowed(_))
+                        Ok(Attempt::Allowed(..))
                     ),
                     "{name}: guess {n} after its gap"
                 );
@@ -675,7 +739,7 @@ mod tests {
             let outcomes = futures_util::future::join_all(racers).await;
             let allowed = outcomes
                 .iter()
-                .filter(|o| matches!(o, Attempt::Allowed(_)))
+                .filter(|o| matches!(o, Attempt::Allowed(..)))
                 .count();
             assert_eq!(allowed, 1, "{name}: one slot, one winner: {outcomes:?}");
         }
