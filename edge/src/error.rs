@@ -55,6 +55,9 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// OpenAI's `code`, when the service said more than the gRPC code (`model_not_found`).
     pub openai_code: Option<&'static str>,
+    /// The service's `google.rpc` error details (`ErrorInfo`, `BadRequest`, `RetryInfo`) in
+    /// their JSON mapping, answered as the body's `details` when there are any.
+    pub details: Vec<serde_json::Value>,
 }
 
 impl ApiError {
@@ -66,6 +69,7 @@ impl ApiError {
             status: None,
             retry_after: None,
             openai_code: None,
+            details: Vec::new(),
         }
     }
 
@@ -105,8 +109,11 @@ impl ApiError {
             }
             _ => status.message().to_owned(),
         };
+        let (details, retry_delay) = status_details(status);
         let mut error = Self::new(status.code(), message);
-        error.retry_after = retry_after;
+        // The `retry-after` metadata wins; a `RetryInfo` alone still gives `Retry-After`.
+        error.retry_after = retry_after.or(retry_delay);
+        error.details = details;
         match reason {
             Some(REASON_LLM_UNAVAILABLE) => error.with_status(StatusCode::BAD_GATEWAY),
             Some(REASON_LLM_TIMEOUT) => error.with_status(StatusCode::GATEWAY_TIMEOUT),
@@ -157,13 +164,17 @@ impl ApiError {
         let body = if openai {
             self.openai_body(correlation_id)
         } else {
-            json!({
+            let mut body = json!({
                 "error": {
                     "code": code_name(self.code),
                     "message": self.message,
                     "correlationId": correlation_id,
                 }
-            })
+            });
+            if !self.details.is_empty() {
+                body["error"]["details"] = serde_json::Value::Array(self.details.clone());
+            }
+            body
         };
         let mut response = json_response(self.status(), &body);
         if let Some(seconds) = self.retry_after {
@@ -173,6 +184,47 @@ impl ApiError {
         }
         response
     }
+}
+
+/// A status's `google.rpc` details in their proto3 JSON mapping (`@type` first), and the
+/// `RetryInfo` delay rounded up to whole seconds. Details that do not decode are left out.
+fn status_details(status: &tonic::Status) -> (Vec<serde_json::Value>, Option<u64>) {
+    use tonic_types::{BadRequest, ErrorInfo, RetryInfo, StatusExt};
+    let Ok(details) = status.check_error_details() else {
+        return (Vec::new(), None);
+    };
+    let mut out = Vec::new();
+    if let Some(info) = details.error_info() {
+        let mut value = json!({
+            "@type": ErrorInfo::TYPE_URL,
+            "reason": info.reason,
+            "domain": info.domain,
+        });
+        if !info.metadata.is_empty() {
+            value["metadata"] = json!(info.metadata);
+        }
+        out.push(value);
+    }
+    if let Some(bad) = details.bad_request() {
+        let violations: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| json!({"field": v.field, "description": v.description}))
+            .collect();
+        out.push(json!({"@type": BadRequest::TYPE_URL, "fieldViolations": violations}));
+    }
+    let mut retry_seconds = None;
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        retry_seconds = Some(seconds);
+        let text = if delay.subsec_nanos() == 0 {
+            format!("{}s", delay.as_secs())
+        } else {
+            format!("{}.{:09}s", delay.as_secs(), delay.subsec_nanos())
+        };
+        out.push(json!({"@type": RetryInfo::TYPE_URL, "retryDelay": text}));
+    }
+    (out, retry_seconds)
 }
 
 /// The canonical upper-case name of a gRPC code (`NOT_FOUND`).
@@ -271,5 +323,57 @@ mod tests {
         let error = ApiError::from_status(&status, "auth");
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.message, "the auth service is unavailable");
+    }
+
+    #[test]
+    fn error_details_become_the_bodys_details_and_retry_after() {
+        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+        let mut details = ErrorDetails::with_error_info(
+            "LOGIN_LOCKED_OUT",
+            "portico.dev",
+            std::collections::HashMap::new(),
+        );
+        details.set_retry_info(Some(std::time::Duration::from_millis(1500)));
+        details.set_bad_request(vec![
+            FieldViolation::new("title", "title must be 1 to 200 characters"),
+            FieldViolation::new("status", "status must be STATUS_DRAFT or STATUS_PUBLISHED"),
+        ]);
+        // No `retry-after` metadata: the RetryInfo gives it, rounded up.
+        let status = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "too many failed logins; retry after 2 s",
+            details,
+        );
+        let error = ApiError::from_status(&status, "auth");
+        assert_eq!(error.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after, Some(2));
+        assert_eq!(error.message, "too many failed logins; retry after 2 s");
+        assert_eq!(
+            serde_json::Value::Array(error.details.clone()),
+            json!([
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                 "reason": "LOGIN_LOCKED_OUT", "domain": "portico.dev"},
+                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [
+                    {"field": "title", "description": "title must be 1 to 200 characters"},
+                    {"field": "status",
+                     "description": "status must be STATUS_DRAFT or STATUS_PUBLISHED"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.500000000s"},
+            ])
+        );
+
+        // The metadata, when present, wins over the RetryInfo.
+        let mut status = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "down",
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(9))),
+        );
+        status
+            .metadata_mut()
+            .insert("retry-after", "3".parse().expect("ascii"));
+        assert_eq!(ApiError::from_status(&status, "auth").retry_after, Some(3));
+
+        // A status without details answers the body it always did.
+        let error = ApiError::from_status(&tonic::Status::not_found("no such item"), "content");
+        assert!(error.details.is_empty());
     }
 }

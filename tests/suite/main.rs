@@ -11,6 +11,7 @@ mod console;
 mod content;
 mod cors;
 mod edge_http;
+mod error_details;
 mod fake_llm;
 mod faults;
 mod health;

@@ -2,6 +2,9 @@
 
 use tonic::{metadata::MetadataValue, Status};
 
+/// `google.rpc.ErrorInfo.reason` of a login refused while the account is locked out.
+pub const REASON_LOCKED_OUT: &str = "LOGIN_LOCKED_OUT";
+
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,15 +69,12 @@ impl From<Error> for Status {
                 }
                 status
             }
-            Error::LockedOut(seconds) => {
-                let mut status = Status::resource_exhausted(format!(
-                    "too many failed logins; retry after {seconds} s"
-                ));
-                if let Ok(value) = MetadataValue::try_from(seconds.to_string()) {
-                    status.metadata_mut().insert("retry-after", value);
-                }
-                status
-            }
+            Error::LockedOut(seconds) => portico_grpc::retryable_status(
+                tonic::Code::ResourceExhausted,
+                format!("too many failed logins; retry after {seconds} s"),
+                REASON_LOCKED_OUT,
+                std::time::Duration::from_secs(seconds),
+            ),
             Error::Database(error) => {
                 tracing::error!(%error, "database error");
                 portico_grpc::unavailable("the account store is unavailable; retry shortly")

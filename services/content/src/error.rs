@@ -8,6 +8,10 @@ pub enum Error {
     /// Malformed input; the message says what to fix.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Fields that fail validation, every one as `(field, description)`: INVALID_ARGUMENT
+    /// with a `google.rpc.BadRequest`.
+    #[error("{}", .0.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>().join("; "))]
+    InvalidFields(Vec<(String, String)>),
     /// No credentials for an admin call.
     #[error("{0}")]
     Unauthenticated(String),
@@ -56,6 +60,7 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::InvalidFields(violations) => portico_grpc::bad_request(violations),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),

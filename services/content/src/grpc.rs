@@ -53,35 +53,43 @@ fn check_fields(
     tags: &[String],
     status: i32,
 ) -> Result<(String, Vec<String>), Error> {
+    // Every bad field is reported (a `google.rpc.BadRequest` violation each), not only the first.
+    let mut violations: Vec<(String, String)> = Vec::new();
     let title = title.trim();
     if title.is_empty() || title.chars().count() > MAX_TITLE {
-        return Err(Error::InvalidArgument(format!(
-            "title must be 1 to {MAX_TITLE} characters"
-        )));
+        violations.push((
+            "title".into(),
+            format!("title must be 1 to {MAX_TITLE} characters"),
+        ));
     }
     if body.len() > MAX_BODY {
-        return Err(Error::InvalidArgument(format!(
-            "body must be at most {MAX_BODY} bytes"
-        )));
+        violations.push((
+            "body".into(),
+            format!("body must be at most {MAX_BODY} bytes"),
+        ));
     }
     if tags.len() > MAX_TAGS {
-        return Err(Error::InvalidArgument(format!("at most {MAX_TAGS} tags")));
+        violations.push(("tags".into(), format!("at most {MAX_TAGS} tags")));
     }
     let mut unique: Vec<String> = Vec::with_capacity(tags.len());
-    for tag in tags {
+    for (index, tag) in tags.iter().enumerate() {
         if tag.is_empty() || tag.len() > MAX_TAG || !url_safe(tag) {
-            return Err(Error::InvalidArgument(format!(
-                "tag `{tag}` must be 1 to {MAX_TAG} characters of [a-z0-9-]"
-            )));
-        }
-        if !unique.contains(tag) {
+            violations.push((
+                format!("tags[{index}]"),
+                format!("tag `{tag}` must be 1 to {MAX_TAG} characters of [a-z0-9-]"),
+            ));
+        } else if !unique.contains(tag) {
             unique.push(tag.clone());
         }
     }
     if pb::Status::try_from(status).is_err() {
-        return Err(Error::InvalidArgument(
+        violations.push((
+            "status".into(),
             "status must be STATUS_DRAFT or STATUS_PUBLISHED".into(),
         ));
+    }
+    if !violations.is_empty() {
+        return Err(Error::InvalidFields(violations));
     }
     Ok((title.to_owned(), unique))
 }

@@ -135,16 +135,68 @@ impl Transport {
 /// How often a service's database is pinged for its health status.
 pub const DATABASE_PROBE_INTERVAL: Duration = portico_migrations::PROBE_INTERVAL;
 
-/// UNAVAILABLE for a dependency that is down, with a `retry-after` (seconds) of one probe
-/// interval: the edge turns it into `503` + `Retry-After`, and the call fails fast until the
-/// background probe sees the dependency back.
-pub fn unavailable(message: impl Into<String>) -> tonic::Status {
-    let mut status = tonic::Status::unavailable(message);
-    status.metadata_mut().insert(
-        "retry-after",
-        tonic::metadata::MetadataValue::from(DATABASE_PROBE_INTERVAL.as_secs().max(1)),
+/// The `domain` of every `google.rpc.ErrorInfo` Portico's services attach.
+pub const ERROR_DOMAIN: &str = "portico.dev";
+
+/// `ErrorInfo.reason` of an UNAVAILABLE dependency (database, Redis).
+pub const REASON_DEPENDENCY_UNAVAILABLE: &str = "DEPENDENCY_UNAVAILABLE";
+
+/// `ErrorInfo.reason` of a request whose fields fail validation (with a `BadRequest`).
+pub const REASON_INVALID_FIELDS: &str = "INVALID_FIELDS";
+
+/// A retryable status (RESOURCE_EXHAUSTED, UNAVAILABLE) carrying `google.rpc.ErrorInfo`
+/// (`reason`, domain [`ERROR_DOMAIN`]) and `google.rpc.RetryInfo` (`retry_after`, at least a
+/// second), plus the `retry-after` metadata (whole seconds) the edge and older clients read.
+pub fn retryable_status(
+    code: tonic::Code,
+    message: impl Into<String>,
+    reason: &str,
+    retry_after: Duration,
+) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let seconds = retry_after.as_secs().max(1);
+    let mut details =
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    details.set_retry_info(Some(Duration::from_secs(seconds)));
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("retry-after", tonic::metadata::MetadataValue::from(seconds));
+    tonic::Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+/// INVALID_ARGUMENT listing every bad field in a `google.rpc.BadRequest` (and an `ErrorInfo`
+/// with [`REASON_INVALID_FIELDS`]); the message joins the descriptions, so a caller without
+/// the details still reads every problem. `violations` are `(field, description)` pairs.
+pub fn bad_request(violations: Vec<(String, String)>) -> tonic::Status {
+    use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+    let message = violations
+        .iter()
+        .map(|(_, description)| description.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|(field, description)| FieldViolation::new(field, description))
+            .collect::<Vec<_>>(),
     );
-    status
+    details.set_error_info(
+        REASON_INVALID_FIELDS,
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    tonic::Status::with_error_details(tonic::Code::InvalidArgument, message, details)
+}
+
+/// UNAVAILABLE for a dependency that is down, with a retry delay (`RetryInfo` and the
+/// `retry-after` metadata, in seconds) of one probe interval: the edge turns it into `503` +
+/// `Retry-After`, and the call fails fast until the background probe sees the dependency back.
+pub fn unavailable(message: impl Into<String>) -> tonic::Status {
+    retryable_status(
+        tonic::Code::Unavailable,
+        message,
+        REASON_DEPENDENCY_UNAVAILABLE,
+        DATABASE_PROBE_INTERVAL,
+    )
 }
 
 /// The services every server carries besides its own.
