@@ -61,14 +61,12 @@ impl From<Error> for Status {
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::NotFound(message) => Status::not_found(message),
-            Error::RateLimited { seconds, message } => {
-                let mut status =
-                    Status::resource_exhausted(format!("{message}; retry after {seconds} s"));
-                if let Ok(value) = MetadataValue::try_from(seconds.to_string()) {
-                    status.metadata_mut().insert("retry-after", value);
-                }
-                status
-            }
+            Error::RateLimited { seconds, message } => portico_grpc::retryable_status(
+                tonic::Code::ResourceExhausted,
+                format!("{message}; retry after {seconds} s"),
+                "RATE_LIMITED",
+                std::time::Duration::from_secs(seconds),
+            ),
             Error::LockedOut(seconds) => portico_grpc::retryable_status(
                 tonic::Code::ResourceExhausted,
                 format!("too many failed logins; retry after {seconds} s"),
@@ -86,11 +84,12 @@ impl From<Error> for Status {
             Error::Overloaded => {
                 // RESOURCE_EXHAUSTED for gRPC callers; the reason makes it 503 at the edge (the
                 // service is saturated, not the caller over a quota).
-                let mut status =
-                    Status::resource_exhausted("too many logins are being checked; retry shortly");
-                status
-                    .metadata_mut()
-                    .insert("retry-after", MetadataValue::from_static("1"));
+                let mut status = portico_grpc::retryable_status(
+                    tonic::Code::ResourceExhausted,
+                    "too many logins are being checked; retry shortly",
+                    "OVERLOADED",
+                    std::time::Duration::from_secs(1),
+                );
                 status.metadata_mut().insert(
                     portico_proto::ERROR_REASON_KEY,
                     MetadataValue::from_static(portico_proto::REASON_OVERLOADED),
