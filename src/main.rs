@@ -188,11 +188,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
             let shutdown = CancellationToken::new();
             let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
-            let scheme = if settings.transport.edge_tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
+            let scheme = edge_scheme(&settings);
             say(format_args!(
                 "portico edge listening on {scheme}://{}",
                 portico::dialable(edge.local_addr)
@@ -273,12 +269,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<bool> {
-    let scheme = if settings.transport.edge_tls.is_some() {
+/// How clients reach the edge: `https` when it has a certificate.
+fn edge_scheme(settings: &Settings) -> &'static str {
+    if settings.transport.edge_tls.is_some() {
         "https"
     } else {
         "http"
-    };
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<bool> {
+    let scheme = edge_scheme(&settings);
     let suite = Suite::start(settings).await?;
     say(format_args!(
         "Portico is up: edge {scheme}://{}",

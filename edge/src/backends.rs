@@ -1,10 +1,7 @@
 //! The gRPC channels from the edge to the four services, and the metadata every call carries
 //! (DESIGN §3): correlation ID, W3C trace context, client IP, caller's bearer token, deadline.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{net::IpAddr, time::Duration};
 
 use portico_config::EdgeSettings;
 use portico_grpc::client::{channel, ChannelError, ClientTls};
@@ -157,10 +154,7 @@ pub fn request<T>(
         }
     }
     if let Some(signer) = &forwarded.signer {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let credential = signer.sign(now, client_ip.as_deref().unwrap_or_default());
+        let credential = signer.sign_now(client_ip.as_deref().unwrap_or_default());
         if let Ok(value) = http::HeaderValue::from_str(&credential) {
             headers.insert(portico_tls::PEER_HEADER, value);
         }

@@ -47,6 +47,15 @@ fn admin<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+async fn register(auth: &mut AuthServiceClient<Channel>, email: &str) {
+    auth.register(auth_pb::RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("register");
+}
+
 fn login(email: &str) -> auth_pb::LoginRequest {
     auth_pb::LoginRequest {
         email: email.into(),
@@ -141,12 +150,7 @@ async fn logins_work_with_lockouts_in_the_database() {
     )
     .await;
     let mut auth = auth_client(addr).await;
-    auth.register(auth_pb::RegisterRequest {
-        email: "ivy@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("register");
+    register(&mut auth, "ivy@example.com").await;
     auth.login(login("ivy@example.com"))
         .await
         .expect("the right password logs in");
@@ -176,12 +180,7 @@ async fn concurrent_logins_of_one_account_all_succeed_on_the_database_lockout_st
     )
     .await;
     let mut auth = auth_client(addr).await;
-    auth.register(auth_pb::RegisterRequest {
-        email: "jay@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("register");
+    register(&mut auth, "jay@example.com").await;
     // One login first: the owner's network is then known, as for any account in use (the
     // per-account back-off of unknown networks is tested in security.rs).
     auth.login(login("jay@example.com"))
@@ -215,12 +214,7 @@ async fn a_database_outage_fails_fast_and_never_locks_out_the_right_password() {
         .spawn()
         .await;
     let mut auth = auth_client(suite.service_addr(Component::Auth)).await;
-    auth.register(auth_pb::RegisterRequest {
-        email: "kim@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("register");
+    register(&mut auth, "kim@example.com").await;
 
     proxy.blackhole();
     health_becomes(

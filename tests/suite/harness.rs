@@ -479,11 +479,7 @@ pub const TEST_PEER_KEY: &str = "test-peer-key-0123456789abcdef0123456789";
 
 /// Marks `request` as the edge's, forwarding `client_ip` (what the edge does on plaintext hops).
 pub fn as_edge<T>(request: &mut tonic::Request<T>, client_ip: &str) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let credential = portico_tls::PeerKey::new(TEST_PEER_KEY.as_bytes()).sign(now, client_ip);
+    let credential = portico_tls::PeerKey::new(TEST_PEER_KEY.as_bytes()).sign_now(client_ip);
     let metadata = request.metadata_mut();
     metadata.insert("x-forwarded-for", client_ip.parse().expect("ascii"));
     metadata.insert(portico_tls::PEER_HEADER, credential.parse().expect("ascii"));

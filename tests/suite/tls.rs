@@ -301,6 +301,40 @@ async fn tls_channel(
         .await
 }
 
+/// Registers `email`, then sends wrong passwords each "forwarded for" another address (and
+/// `credential` as the edge's, when given) straight to auth: true when the caller is locked out
+/// within ten, i.e. the forged addresses were not believed.
+async fn forged_forwarding_is_locked_out(
+    auth: &mut AuthServiceClient<Channel>,
+    email: &str,
+    credential: Option<&str>,
+) -> bool {
+    auth.register(RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("register");
+    for n in 0..10 {
+        let mut request = tonic::Request::new(LoginRequest {
+            email: email.into(),
+            password: "wrong password".into(),
+        });
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            "x-forwarded-for",
+            format!("198.51.100.{n}").parse().expect("ascii"),
+        );
+        if let Some(credential) = credential {
+            metadata.insert(portico_tls::PEER_HEADER, credential.parse().expect("ascii"));
+        }
+        if auth.login(request).await.expect_err("wrong").code() == Code::ResourceExhausted {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test]
 async fn every_hop_runs_over_mtls_and_outsiders_are_refused_or_unprivileged() {
     let pki = Pki::new();
@@ -362,30 +396,9 @@ async fn every_hop_runs_over_mtls_and_outsiders_are_refused_or_unprivileged() {
         .await
         .expect("a certificate of the CA connects");
     let mut auth = AuthServiceClient::new(channel.clone());
-    auth.register(RegisterRequest {
-        email: "victim@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("register");
     // Attack 1: wrong passwords "from" random addresses all count against the socket peer.
-    let mut locked = false;
-    for n in 0..10 {
-        let mut request = tonic::Request::new(LoginRequest {
-            email: "victim@example.com".into(),
-            password: "wrong password".into(),
-        });
-        request.metadata_mut().insert(
-            "x-forwarded-for",
-            format!("198.51.100.{n}").parse().expect("ascii"),
-        );
-        if auth.login(request).await.expect_err("wrong").code() == Code::ResourceExhausted {
-            locked = true;
-            break;
-        }
-    }
     assert!(
-        locked,
+        forged_forwarding_is_locked_out(&mut auth, "victim@example.com", None).await,
         "a forged x-forwarded-for does not escape the lockout"
     );
 
@@ -530,33 +543,11 @@ async fn on_plaintext_hops_only_the_edge_may_speak_for_a_client() {
     );
 
     let mut auth = AuthServiceClient::new(suite.channel(Component::Auth).await);
-    auth.register(RegisterRequest {
-        email: "nora@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("register");
-    let mut locked = false;
-    for n in 0..10 {
-        let mut request = tonic::Request::new(LoginRequest {
-            email: "nora@example.com".into(),
-            password: "wrong password".into(),
-        });
-        request.metadata_mut().insert(
-            "x-forwarded-for",
-            format!("198.51.100.{n}").parse().expect("ascii"),
-        );
-        // A forged credential is no better than none.
-        request.metadata_mut().insert(
-            portico_tls::PEER_HEADER,
-            "v1.0.AAAA".parse().expect("ascii"),
-        );
-        if auth.login(request).await.expect_err("wrong").code() == Code::ResourceExhausted {
-            locked = true;
-            break;
-        }
-    }
-    assert!(locked, "forged forwarding does not escape the lockout");
+    // A forged credential is no better than none.
+    assert!(
+        forged_forwarding_is_locked_out(&mut auth, "nora@example.com", Some("v1.0.AAAA")).await,
+        "forged forwarding does not escape the lockout"
+    );
 
     let spend = RateLimitServiceClient::new(suite.channel(Component::RateLimit).await)
         .check(CheckRequest {

@@ -10,7 +10,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use portico_tls::{names_match, PeerKey, PEER_HEADER};
@@ -63,10 +62,7 @@ impl PeerPolicy {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                 };
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                key.verify(header(PEER_HEADER), now, header("x-forwarded-for"))
+                key.verify_now(header(PEER_HEADER), header("x-forwarded-for"))
             }
             PeerPolicy::Nobody => false,
         }
