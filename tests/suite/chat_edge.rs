@@ -52,6 +52,8 @@ async fn conversations_are_validated() {
             json!({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}),
             "stop",
         ),
+        ("/v1/embeddings", json!({"input": []}), "input"),
+        ("/v1/embeddings", json!({"input": 42}), "input"),
     ] {
         let response = chat(&suite, path, &body, None).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path} {body}");
