@@ -10,7 +10,7 @@
 use std::{cell::RefCell, sync::Arc};
 
 use argon2::{
-    password_hash::{PasswordHash, PasswordHasher as _, SaltString},
+    password_hash::{Output, ParamsString, PasswordHash, SaltString},
     Algorithm, Argon2, Block, Params, Version,
 };
 use subtle::ConstantTimeEq as _;
@@ -49,6 +49,7 @@ impl HashPool {
             std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
+                    lower_priority();
                     while let Ok(job) = queue.recv() {
                         job();
                     }
@@ -56,6 +57,24 @@ impl HashPool {
                 .map_err(|e| format!("cannot start a hashing thread: {e}"))?;
         }
         Ok(Self { jobs })
+    }
+
+    /// Runs `work` on a pool thread and blocks the calling thread for its result (start-up only:
+    /// the calling thread keeps no Argon2 buffer of its own).
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| "the hashing pool is gone".to_owned())?;
+        result
+            .recv()
+            .map_err(|_| "a hashing thread failed".to_owned())
     }
 
     async fn run<T: Send + 'static>(
@@ -80,6 +99,36 @@ impl HashPool {
         result
             .await
             .map_err(|_| HashError::Failed("a hashing thread failed".into()))
+    }
+}
+
+/// The Unix nice value of the hashing threads (the async runtime runs at the process's, normally 0).
+/// At 10 the scheduler gives a runtime thread about ten times a hashing thread's share when both
+/// want the same core, so a health probe or a cached read is not queued behind a 25 ms hash, and
+/// the hashes still get every cycle the runtime leaves idle (login throughput is unchanged when
+/// nothing else runs).
+pub const HASH_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`HASH_THREAD_NICE`]; a failure (a
+/// platform without per-thread niceness) only costs latency, so it is logged, not fatal.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        // The crate maps its portable 0..=99 scale onto nice 19..=-20; 22 is nice 10 (a unit test
+        // reads the thread's nice value back from /proc).
+        let result = ThreadPriority::Crossplatform(22u8.try_into().unwrap_or_default());
+        let result = set_thread_priority_and_policy(
+            thread_native_id(),
+            result,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+        );
+        if let Err(error) = result {
+            tracing::warn!(?error, "cannot lower the password hashing threads' priority");
+        }
     }
 }
 
@@ -153,10 +202,14 @@ impl Passwords {
         let params =
             Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(|e| e.to_string())?;
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let dummy = hash_blocking(&params, "portico-dummy-password-for-unknown-accounts")?;
+        let pool = HashPool::new(cores, queue_max)?;
+        let dummy_params = params.clone();
+        let dummy = pool.run_blocking(move || {
+            hash_blocking(&dummy_params, "portico-dummy-password-for-unknown-accounts")
+        })??;
         Ok(Self {
             params,
-            pool: HashPool::new(cores, queue_max)?,
+            pool,
             dummy: dummy.into(),
         })
     }
@@ -211,16 +264,41 @@ impl Passwords {
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-}
-
+/// Hashes `password` with a fresh salt into a PHC string, in this thread's reusable memory (the
+/// same buffer verification uses: argon2's `hash_password` would allocate and fault in a fresh
+/// 19 MiB block per call, which the allocator then keeps).
 fn hash_blocking(params: &Params, password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut rand_core::OsRng);
-    argon2(params)
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| e.to_string())
+    let mut raw_salt = [0u8; 64];
+    let raw_salt = salt
+        .as_salt()
+        .decode_b64(&mut raw_salt)
+        .map_err(|e| e.to_string())?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let blocks = params.block_count();
+    MEMORY
+        .with(|memory| {
+            let mut memory = memory.borrow_mut();
+            if memory.len() < blocks {
+                memory.resize(blocks, Block::new());
+            }
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+                .hash_password_into_with_memory(
+                    password.as_bytes(),
+                    raw_salt,
+                    &mut out,
+                    &mut memory[..blocks],
+                )
+        })
+        .map_err(|e| e.to_string())?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| e.to_string())?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| e.to_string())?),
+    };
+    Ok(phc.to_string())
 }
 
 #[cfg(test)]
@@ -243,6 +321,30 @@ mod tests {
         });
         started.await.expect("the thread took the holding job");
         (pool, release)
+    }
+
+    /// The nice value of the calling thread, from `/proc/thread-self/stat` (field 19).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        after
+            .split(' ')
+            .nth(16)
+            .expect("nice field")
+            .parse()
+            .expect("a number")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_below_the_runtime() {
+        let pool = HashPool::new(1, 4).expect("pool");
+        let runtime_nice = own_nice();
+        let hashing_nice = pool.run(own_nice).await.expect("ran");
+        // Absolute: a process already niced above 10 keeps its own value (raising needs privilege).
+        assert_eq!(hashing_nice, HASH_THREAD_NICE.max(runtime_nice));
     }
 
     #[tokio::test]
