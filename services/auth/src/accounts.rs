@@ -321,8 +321,17 @@ impl Accounts {
         password: String,
         caller: &Caller,
     ) -> Result<(String, bool), Error> {
-        let email = normalize_email(email)?;
-        let password = check_password(&password)?;
+        // Both checked before either is refused, so a caller hears of every bad field at once.
+        let (email, password) = match (normalize_email(email), check_password(&password)) {
+            (Ok(email), Ok(password)) => (email, password),
+            (email, password) => {
+                let violations = [("email", email.err()), ("password", password.err())]
+                    .into_iter()
+                    .filter_map(|(field, error)| Some((field.to_owned(), error?.to_string())))
+                    .collect();
+                return Err(Error::InvalidFields(violations));
+            }
+        };
         let hash = self.passwords.hash(password).await?;
         let now = self.now_ms();
         // Never `admin` here, even for a listed address: it is only a claim until verified.

@@ -11,6 +11,10 @@ pub enum Error {
     /// Malformed input; the message says what to fix.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Several fields are malformed: `(field, description)` each, answered as one
+    /// INVALID_ARGUMENT with a `google.rpc.BadRequest` listing them all.
+    #[error("{}", .0.iter().map(|(_, description)| description.as_str()).collect::<Vec<_>>().join("; "))]
+    InvalidFields(Vec<(String, String)>),
     /// Bad credentials or token (deliberately vague).
     #[error("{0}")]
     Unauthenticated(String),
@@ -56,6 +60,7 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::InvalidArgument(message) => Status::invalid_argument(message),
+            Error::InvalidFields(violations) => portico_grpc::bad_request(violations),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::AlreadyExists(message) => Status::already_exists(message),

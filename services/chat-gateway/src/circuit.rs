@@ -60,7 +60,11 @@ pub struct Breaker {
     thresholds: Thresholds,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// `circuit_breaker_state{name}`.
     gauge: Gauge,
+    /// `dependency_up{dependency="llm:<name>"}`: 1 only while closed. Open and half-open are
+    /// both 0: the provider is not known to answer until a probe has closed the circuit again.
+    up: Gauge,
 }
 
 /// Leave to make one upstream call; say how it went with [`Permit::record`]. A permit dropped
@@ -82,14 +86,23 @@ pub enum Verdict {
 }
 
 impl Breaker {
-    pub fn new(thresholds: Thresholds, clock: Arc<dyn Clock>, gauge: Gauge) -> Self {
-        gauge.set(State::Closed.gauge_value());
-        Self {
+    /// A closed breaker that keeps `gauge` (the circuit state) and `up` (the provider's
+    /// `dependency_up`) equal to its state as it changes, with no probe of its own.
+    pub fn new(thresholds: Thresholds, clock: Arc<dyn Clock>, gauge: Gauge, up: Gauge) -> Self {
+        let breaker = Self {
             thresholds,
             clock,
             inner: Mutex::new(Inner::Closed { failures: 0 }),
             gauge,
-        }
+            up,
+        };
+        breaker.publish(State::Closed);
+        breaker
+    }
+
+    fn publish(&self, state: State) {
+        self.gauge.set(state.gauge_value());
+        self.up.set(i64::from(state == State::Closed));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -107,7 +120,7 @@ impl Breaker {
             Inner::Open { .. } => State::Open,
             Inner::HalfOpen { .. } => State::HalfOpen,
         };
-        self.gauge.set(state.gauge_value());
+        self.publish(state);
         state
     }
 
@@ -125,7 +138,7 @@ impl Breaker {
                     probing: true,
                     successes: 0,
                 };
-                self.gauge.set(State::HalfOpen.gauge_value());
+                self.publish(State::HalfOpen);
                 true
             }
             Inner::HalfOpen { probing: true, .. } => {
@@ -184,14 +197,11 @@ impl Breaker {
             // A call admitted while closed that ends after the circuit opened changes nothing.
             _ => return,
         };
-        self.gauge.set(
-            match next {
-                Inner::Closed { .. } => State::Closed,
-                Inner::Open { .. } => State::Open,
-                Inner::HalfOpen { .. } => State::HalfOpen,
-            }
-            .gauge_value(),
-        );
+        self.publish(match next {
+            Inner::Closed { .. } => State::Closed,
+            Inner::Open { .. } => State::Open,
+            Inner::HalfOpen { .. } => State::HalfOpen,
+        });
         *inner = next;
     }
 }
@@ -227,6 +237,7 @@ mod tests {
             },
             clock.clone(),
             Gauge::default(),
+            Gauge::default(),
         ))
     }
 
@@ -246,6 +257,36 @@ mod tests {
         b.acquire().expect("closed").record(Verdict::Failed);
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.acquire().expect_err("open"), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_up_gauge_is_1_only_while_closed() {
+        let clock = ManualClock::new(1_000_000);
+        let (state, up) = (Gauge::default(), Gauge::default());
+        let b = Arc::new(Breaker::new(
+            Thresholds {
+                failures: 2,
+                reset: Duration::from_secs(30),
+                successes: 1,
+            },
+            clock.clone(),
+            state.clone(),
+            up.clone(),
+        ));
+        assert_eq!((state.get(), up.get()), (0, 1));
+        b.acquire().expect("closed").record(Verdict::Failed);
+        assert_eq!(up.get(), 1, "one failure is not down");
+        b.acquire().expect("closed").record(Verdict::Failed);
+        assert_eq!(
+            (state.get(), up.get()),
+            (2, 0),
+            "open is down, with no read of the state"
+        );
+        clock.advance(Duration::from_secs(30));
+        let probe = b.acquire().expect("probe");
+        assert_eq!((state.get(), up.get()), (1, 0), "half-open is not up yet");
+        probe.record(Verdict::Healthy);
+        assert_eq!((state.get(), up.get()), (0, 1));
     }
 
     #[test]

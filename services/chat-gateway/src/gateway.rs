@@ -493,7 +493,15 @@ impl Gateway {
                 Arc::new(Provider {
                     priority: AtomicI32::new(spec.priority),
                     enabled: AtomicBool::new(spec.enabled),
-                    breaker: Arc::new(Breaker::new(thresholds, Arc::clone(&clock), gauge)),
+                    breaker: Arc::new(Breaker::new(
+                        thresholds,
+                        Arc::clone(&clock),
+                        gauge,
+                        portico_telemetry::metrics::dependency_gauge(
+                            "chat-gateway",
+                            format!("llm:{}", spec.name),
+                        ),
+                    )),
                     spec,
                 })
             })

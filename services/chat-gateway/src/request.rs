@@ -37,6 +37,27 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, Status> {
     Err(Status::invalid_argument(message.into()))
 }
 
+/// The bad fields of one request, gathered so a caller hears of every one in a single
+/// INVALID_ARGUMENT (a `google.rpc.BadRequest`), not one per round trip.
+#[derive(Debug, Default)]
+struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// Records that `field` (a path such as `messages[2].content`) is bad, and why.
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// `Ok` when nothing was recorded, else every violation in one status.
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(portico_grpc::bad_request(self.0))
+        }
+    }
+}
+
 /// A chat request, checked.
 #[derive(Debug, Clone)]
 pub struct Chat {
@@ -114,17 +135,23 @@ fn object(json: &str) -> Result<Map<String, Value>, Status> {
 }
 
 /// `model` from the typed field, else the JSON's (removed from the body).
-fn take_model(body: &mut Map<String, Value>, typed: String) -> Result<String, Status> {
+fn take_model(body: &mut Map<String, Value>, typed: String, bad: &mut Violations) -> String {
     let from_json = match body.remove("model") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(model)) => model,
-        Some(_) => return invalid("model must be a string"),
+        Some(_) => {
+            bad.add("model", "model must be a string");
+            String::new()
+        }
     };
     let model = if typed.is_empty() { from_json } else { typed };
     if model.chars().count() > MAX_MODEL_CHARS {
-        return invalid(format!("model is longer than {MAX_MODEL_CHARS} characters"));
+        bad.add(
+            "model",
+            format!("model is longer than {MAX_MODEL_CHARS} characters"),
+        );
     }
-    Ok(model)
+    model
 }
 
 /// An f32 as the decimal its caller most likely wrote (0.7, not 0.699999988…).
@@ -181,93 +208,107 @@ pub fn text_of(content: Option<&Value>) -> String {
     }
 }
 
-fn check_messages(body: &Map<String, Value>) -> Result<(), Status> {
-    let Some(Value::Array(messages)) = body.get("messages") else {
-        return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
+fn check_messages(body: &Map<String, Value>, bad: &mut Violations) {
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() && messages.len() <= MAX_MESSAGES => {
+            messages
+        }
+        _ => {
+            bad.add(
+                "messages",
+                format!("messages must hold 1 to {MAX_MESSAGES} messages"),
+            );
+            return;
+        }
     };
-    if messages.is_empty() || messages.len() > MAX_MESSAGES {
-        return invalid(format!("messages must hold 1 to {MAX_MESSAGES} messages"));
-    }
     let mut text = 0;
     for (index, message) in messages.iter().enumerate() {
+        let field = format!("messages[{index}]");
         let Some(message) = message.as_object() else {
-            return invalid(format!("message {index} is not an object"));
+            bad.add(field, format!("message {index} is not an object"));
+            continue;
         };
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         if !ROLES.contains(&role) {
-            return invalid(format!(
-                "message role `{role}` is not system, developer, user, assistant or tool"
-            ));
+            bad.add(
+                format!("{field}.role"),
+                format!(
+                    "message {index}: role `{role}` is not system, developer, user, assistant or tool"
+                ),
+            );
         }
         match message.get("content") {
             None | Some(Value::Null) if role == "assistant" => {}
             Some(Value::String(content)) => text += content.len(),
             Some(Value::Array(parts)) => {
-                for part in parts {
+                for (part_index, part) in parts.iter().enumerate() {
                     if part.get("type").and_then(Value::as_str).is_none() {
-                        return invalid(format!(
-                            "message {index}: every content part needs a `type`"
-                        ));
+                        bad.add(
+                            format!("{field}.content[{part_index}].type"),
+                            format!("message {index}: every content part needs a `type`"),
+                        );
                     }
                     text += part.get("text").and_then(Value::as_str).map_or(0, str::len);
                 }
             }
-            _ => {
-                return invalid(format!(
-                    "message {index}: content must be a string or an array of parts"
-                ))
-            }
+            _ => bad.add(
+                format!("{field}.content"),
+                format!("message {index}: content must be a string or an array of parts"),
+            ),
         }
         if role == "tool" && !message.get("tool_call_id").is_some_and(Value::is_string) {
-            return invalid(format!(
-                "message {index}: a tool message needs tool_call_id"
-            ));
+            bad.add(
+                format!("{field}.tool_call_id"),
+                format!("message {index}: a tool message needs tool_call_id"),
+            );
         }
     }
     if text > MAX_TEXT_BYTES {
-        return invalid(format!("messages hold more than {MAX_TEXT_BYTES} bytes"));
-    }
-    Ok(())
-}
-
-fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, Status> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_f64() {
-            Some(n) => Ok(Some(n)),
-            None => invalid(format!("{field} must be a number")),
-        },
+        bad.add(
+            "messages",
+            format!("messages hold more than {MAX_TEXT_BYTES} bytes"),
+        );
     }
 }
 
-fn count(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, Status> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
-            Some(n) => Ok(Some(n)),
-            None => invalid(format!("{field} must be a whole number")),
-        },
+/// `field` as a number; a value of another type is recorded as a violation (and read as unset).
+fn number(body: &Map<String, Value>, field: &str, bad: &mut Violations) -> Option<f64> {
+    let value = body.get(field).filter(|v| !v.is_null())?;
+    let n = value.as_f64();
+    if n.is_none() {
+        bad.add(field, format!("{field} must be a number"));
     }
+    n
 }
 
-fn check_fields(body: &Map<String, Value>, max_tokens: u32) -> Result<(), Status> {
-    if number(body, "temperature")?.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-        return invalid("temperature must be between 0 and 2");
+/// `field` as a whole number; a value of another type is recorded as a violation.
+fn count(body: &Map<String, Value>, field: &str, bad: &mut Violations) -> Option<u64> {
+    let value = body.get(field).filter(|v| !v.is_null())?;
+    let n = value.as_u64();
+    if n.is_none() {
+        bad.add(field, format!("{field} must be a whole number"));
     }
-    if number(body, "top_p")?.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-        return invalid("top_p must be between 0 and 1");
+    n
+}
+
+fn check_fields(body: &Map<String, Value>, max_tokens: u32, bad: &mut Violations) {
+    if number(body, "temperature", bad).is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        bad.add("temperature", "temperature must be between 0 and 2");
+    }
+    if number(body, "top_p", bad).is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        bad.add("top_p", "top_p must be between 0 and 1");
     }
     for field in ["max_tokens", "max_completion_tokens"] {
-        match count(body, field)? {
-            Some(0) => return invalid(format!("{field} must be at least 1")),
+        match count(body, field, bad) {
+            Some(0) => bad.add(field, format!("{field} must be at least 1")),
             Some(n) if n > u64::from(max_tokens) => {
-                return invalid(format!("{field} must be at most {max_tokens}"))
+                bad.add(field, format!("{field} must be at most {max_tokens}"));
             }
             _ => {}
         }
     }
-    if count(body, "n")?.is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
-        return invalid(format!("n must be between 1 and {MAX_CHOICES}"));
+    if count(body, "n", bad).is_some_and(|n| !(1..=MAX_CHOICES).contains(&n)) {
+        bad.add("n", format!("n must be between 1 and {MAX_CHOICES}"));
     }
     let stop_ok = match body.get("stop") {
         None | Some(Value::Null) => true,
@@ -281,32 +322,45 @@ fn check_fields(body: &Map<String, Value>, max_tokens: u32) -> Result<(), Status
         Some(_) => false,
     };
     if !stop_ok {
-        return invalid(format!("at most {MAX_STOP} stop sequences, none empty"));
+        bad.add(
+            "stop",
+            format!("at most {MAX_STOP} stop sequences, none empty"),
+        );
     }
     match body.get("tools") {
         None | Some(Value::Null) => {}
         Some(Value::Array(tools)) if tools.len() <= MAX_TOOLS => {
-            if tools.iter().any(|t| !t.is_object()) {
-                return invalid("every tool must be an object");
+            for (index, _) in tools.iter().enumerate().filter(|(_, t)| !t.is_object()) {
+                bad.add(format!("tools[{index}]"), "every tool must be an object");
             }
         }
-        Some(_) => return invalid(format!("tools must be an array of at most {MAX_TOOLS}")),
+        Some(_) => bad.add(
+            "tools",
+            format!("tools must be an array of at most {MAX_TOOLS}"),
+        ),
     }
-    Ok(())
 }
 
 /// Reads and checks a chat request; every call then carries a bound on its tokens (the
 /// caller's, or `max_tokens` — `LLM_MAX_TOKENS` — when it set none).
+///
+/// A body that is not a JSON object is refused alone; otherwise every bad field is reported
+/// in one INVALID_ARGUMENT whose `BadRequest` names each (`messages[2].content`, `stop`).
 pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Status> {
     let mut body = object(&request.openai_json)?;
+    let mut bad = Violations::default();
     if !request.messages.is_empty() {
         if body.contains_key("messages") {
-            return invalid("messages are given twice (typed and in openai_json)");
+            bad.add(
+                "messages",
+                "messages are given twice (typed and in openai_json)",
+            );
+        } else {
+            let messages = request.messages.into_iter().map(typed_message).collect();
+            body.insert("messages".into(), Value::Array(messages));
         }
-        let messages = request.messages.into_iter().map(typed_message).collect();
-        body.insert("messages".into(), Value::Array(messages));
     }
-    let alias = take_model(&mut body, request.model)?;
+    let alias = take_model(&mut body, request.model, &mut bad);
     if let Some(temperature) = request.temperature {
         body.insert("temperature".into(), decimal(temperature));
     }
@@ -323,15 +377,19 @@ pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Statu
     let mut stream_options = match body.remove("stream_options") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(options)) => options,
-        Some(_) => return invalid("stream_options must be an object"),
+        Some(_) => {
+            bad.add("stream_options", "stream_options must be an object");
+            Map::new()
+        }
     };
     let include_usage = request.include_usage
         || matches!(
             stream_options.remove("include_usage"),
             Some(Value::Bool(true))
         );
-    check_messages(&body)?;
-    check_fields(&body, max_tokens)?;
+    check_messages(&body, &mut bad);
+    check_fields(&body, max_tokens, &mut bad);
+    bad.finish()?;
     if !body.contains_key("max_tokens") && !body.contains_key("max_completion_tokens") {
         body.insert("max_tokens".into(), Value::from(max_tokens));
     }
@@ -343,23 +401,26 @@ pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Statu
     })
 }
 
-/// Reads and checks an embeddings request.
+/// Reads and checks an embeddings request (every bad field reported together, as for chat).
 pub fn embedding(request: pb::EmbedRequest) -> Result<Embedding, Status> {
     let mut body = object(&request.openai_json)?;
-    let alias = take_model(&mut body, request.model)?;
+    let mut bad = Violations::default();
+    let alias = take_model(&mut body, request.model, &mut bad);
     let ok = match body.get("input") {
         Some(Value::String(_)) => true,
         Some(Value::Array(inputs)) => !inputs.is_empty() && inputs.len() <= MAX_INPUTS,
         _ => false,
     };
     if !ok {
-        return invalid(format!(
-            "input must be a string or an array of 1 to {MAX_INPUTS} inputs"
-        ));
+        bad.add(
+            "input",
+            format!("input must be a string or an array of 1 to {MAX_INPUTS} inputs"),
+        );
     }
-    if count(&body, "dimensions")?.is_some_and(|d| !(1..=8192).contains(&d)) {
-        return invalid("dimensions must be between 1 and 8192");
+    if count(&body, "dimensions", &mut bad).is_some_and(|d| !(1..=8192).contains(&d)) {
+        bad.add("dimensions", "dimensions must be between 1 and 8192");
     }
+    bad.finish()?;
     Ok(Embedding { body, alias })
 }
 
@@ -516,5 +577,71 @@ mod tests {
         assert!(embed(r#"{"input":"hi","model":"e"}"#).is_ok());
         assert!(embed(r#"{"input":[]}"#).is_err());
         assert!(embed(r#"{"model":"e"}"#).is_err());
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once_with_its_path() {
+        use tonic_types::StatusExt;
+        let status = chat(
+            pb::CompleteRequest {
+                openai_json: json!({
+                    "messages": [
+                        {"role": "user", "content": "fine"},
+                        {"role": "robot", "content": "x"},
+                        {"role": "user", "content": 42},
+                        {"role": "tool", "content": [{"text": "no type"}]},
+                    ],
+                    "temperature": 3, "n": "two", "stop": [""], "tools": [{}, 1],
+                })
+                .to_string(),
+                ..Default::default()
+            },
+            4096,
+        )
+        .expect_err("invalid");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "messages[1].role",
+                "messages[2].content",
+                "messages[3].content[0].type",
+                "messages[3].tool_call_id",
+                "temperature",
+                "n",
+                "stop",
+                "tools[1]",
+            ]
+        );
+        // The message names every problem too, for callers that read no details.
+        for fragment in [
+            "robot",
+            "message 2: content",
+            "temperature",
+            "n must be",
+            "stop",
+        ] {
+            assert!(status.message().contains(fragment), "{}", status.message());
+        }
+        let embed = embedding(pb::EmbedRequest {
+            openai_json: r#"{"input": [], "dimensions": 0, "model": 7}"#.into(),
+            ..Default::default()
+        })
+        .expect_err("invalid");
+        let fields: Vec<String> = embed
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["model", "input", "dimensions"]);
     }
 }

@@ -2,7 +2,10 @@
 //! process registers here once; the edge's `/metrics` encodes it, as OpenMetrics or as the
 //! Prometheus text format 0.0.4, whichever the scraper asks for.
 
-use std::sync::{Mutex, OnceLock};
+use std::{
+    borrow::Cow,
+    sync::{Mutex, OnceLock},
+};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -220,8 +223,9 @@ pub struct DependencyLabels {
     /// The process part that depends on it (`edge`, `auth`, `content`, `chat-gateway`,
     /// `ratelimit`).
     pub component: &'static str,
-    /// `database`, `redis`, or a backend service (`auth`, `content`, `chat`, `ratelimit`).
-    pub dependency: &'static str,
+    /// `database`, `redis`, a backend service (`auth`, `content`, `chat`, `ratelimit`) or an
+    /// LLM provider (`llm:<name>`, one per configured provider: bounded by the configuration).
+    pub dependency: Cow<'static, str>,
 }
 
 fn dependencies() -> &'static Family<DependencyLabels, Gauge> {
@@ -230,7 +234,7 @@ fn dependencies() -> &'static Family<DependencyLabels, Gauge> {
         let family = Family::default();
         register(
             "dependency_up",
-            "1 while the component's background probe reaches the dependency, 0 while it does not",
+            "1 while the component reaches the dependency (its background probe, or for an LLM provider a closed circuit), 0 while it does not",
             family.clone(),
         );
         family
@@ -238,13 +242,23 @@ fn dependencies() -> &'static Family<DependencyLabels, Gauge> {
 }
 
 /// Records what a background probe saw: `dependency_up{component,dependency}`.
-pub fn dependency_up(component: &'static str, dependency: &'static str, up: bool) {
+pub fn dependency_up(component: &'static str, dependency: impl Into<Cow<'static, str>>, up: bool) {
+    dependency_gauge(component, dependency).set(i64::from(up));
+}
+
+/// The `dependency_up{component,dependency}` gauge itself, for a component that keeps it from
+/// state it already holds (a circuit breaker) rather than calling [`dependency_up`] each time.
+/// `dependency` must come from configuration, never from a request, so the series stay few.
+pub fn dependency_gauge(
+    component: &'static str,
+    dependency: impl Into<Cow<'static, str>>,
+) -> Gauge {
     dependencies()
         .get_or_create(&DependencyLabels {
             component,
-            dependency,
+            dependency: dependency.into(),
         })
-        .set(i64::from(up));
+        .clone()
 }
 
 /// Labels of `cache_requests_total`.
