@@ -2,8 +2,8 @@
 """Checks what operators' own tools read from Portico, against a live `portico serve`:
 
 - gRPC error details decoded by Python's `grpcio-status`: a lockout's RESOURCE_EXHAUSTED carries
-  google.rpc.RetryInfo and ErrorInfo; a content create with several bad fields carries a
-  google.rpc.BadRequest naming every one;
+  google.rpc.RetryInfo and ErrorInfo; a content create, a chat completion and an auth Register
+  with several bad fields each carry a google.rpc.BadRequest naming every one;
 - `rate_limit_exceeded_total` counts one refusal per 429 response, even when several policies
   refuse the same request.
 
@@ -83,15 +83,15 @@ def post(url: str, body: dict) -> int:
 def main() -> int:
     binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/debug/portico")
     workdir = tempfile.mkdtemp(prefix="portico-details-")
-    edge, auth, content = free_port(), free_port(), free_port()
+    edge, auth, content, chat = free_port(), free_port(), free_port(), free_port()
     env = dict(os.environ, EDGE_ADDR=f"127.0.0.1:{edge}", AUTH_ADDR=f"127.0.0.1:{auth}",
-               CONTENT_ADDR=f"127.0.0.1:{content}", CHAT_ADDR="127.0.0.1:0",
+               CONTENT_ADDR=f"127.0.0.1:{content}", CHAT_ADDR=f"127.0.0.1:{chat}",
                RATELIMIT_ADDR="127.0.0.1:0", DATABASE_URL=f"sqlite://{workdir}/portico.db?mode=rwc",
                ADMIN_API_KEY=ADMIN_KEY, AUTH_LOGIN_MAX_ATTEMPTS="3",
                # Two policies that both refuse the same login requests.
                RATE_LIMIT_AUTH_MAX="4", RATE_LIMIT_GLOBAL_MAX="6", RATE_LIMIT_GLOBAL_WINDOW="60s",
                RUST_LOG="warn")
-    for inherited in ("REDIS_URL", "JWT_SIGNING_KEY_FILE", "METRICS_GUARD"):
+    for inherited in ("REDIS_URL", "JWT_SIGNING_KEY_FILE", "METRICS_GUARD", "LLM_PROVIDERS_FILE"):
         env.pop(inherited, None)
     server = subprocess.Popen([binary, "serve"], env=env, cwd=workdir, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{edge}"
@@ -140,6 +140,40 @@ def main() -> int:
                 assert len(violations) >= 3 and "title" in violations and "status" in violations, \
                     violations
                 print(f"ok: BadRequest names every bad field: {violations}")
+
+        # A chat completion (the OpenAI JSON, to the built-in echo provider) with three bad
+        # fields: one per field, with its path, in the order of the request.
+        with grpc.insecure_channel(f"127.0.0.1:{chat}") as channel:
+            complete = channel.unary_unary("/portico.chat.v1.ChatService/Complete")
+            conversation = {"messages": [{"role": "user", "content": "fine"},
+                                         {"role": "robot", "content": 42}],
+                            "temperature": 3}
+            try:
+                complete(field(7, json.dumps(conversation)),
+                         metadata=(("x-admin-key", ADMIN_KEY),), timeout=10)
+                raise AssertionError("a completion with bad fields succeeded")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, \
+                    (error.code(), error.details())
+                found = details(error)
+                violations = [v.field for v in found["BadRequest"].field_violations]
+                assert violations == ["messages[1].role", "messages[1].content", "temperature"], \
+                    violations
+                assert found["ErrorInfo"].reason == "INVALID_FIELDS", found["ErrorInfo"]
+                print(f"ok: chat BadRequest names every bad field: {violations}")
+
+        # Register with a bad address and a bad password: both reported, in one answer.
+        with grpc.insecure_channel(f"127.0.0.1:{auth}") as channel:
+            register = channel.unary_unary("/portico.auth.v1.AuthService/Register")
+            try:
+                register(field(1, "not-an-address") + field(2, "short"), timeout=10)
+                raise AssertionError("a register with bad fields succeeded")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, \
+                    (error.code(), error.details())
+                violations = [v.field for v in details(error)["BadRequest"].field_violations]
+                assert violations == ["email", "password"], violations
+                print(f"ok: Register BadRequest names every bad field: {violations}")
 
         # One refusal counted per 429 response, with the auth and global policies both refusing.
         # (A new address each time, so no lockout's 429 mixes in.)

@@ -506,6 +506,7 @@ impl Connection {
                         policy: "global".into(),
                         cost: 1,
                         client_ip: String::new(),
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

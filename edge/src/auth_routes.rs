@@ -139,7 +139,7 @@ impl AuthRequest<'_> {
 }
 
 /// `%XX` decoding of one path segment (invalid escapes stay as they are).
-fn percent_decode(segment: &str) -> String {
+pub(crate) fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -132,6 +132,11 @@ impl Edge {
             .and_then(|v| v.strip_prefix("Bearer "));
         match bearer {
             Some(token) => match self.inner.verifier.verify(token).await {
+                // An API key acts for its owner (the owner's `chat` bucket), with the scope.
+                Ok(identity) if !identity.may(portico_tokens::Scope::Chat) => Err(ApiError::new(
+                    Code::PermissionDenied,
+                    "this API key lacks the `chat` scope",
+                )),
                 Ok(identity) => Ok(format!("user:{}", identity.user_id)),
                 Err(refused) => {
                     tracing::info!(reason = %refused.0, "chat bearer token refused");

@@ -151,11 +151,24 @@ impl ApiError {
             "error": {
                 "message": self.message,
                 "type": kind,
-                "param": if self.openai_code == Some("model_not_found") { json!("model") } else { serde_json::Value::Null },
+                "param": self.openai_param(),
                 "code": self.openai_code.or(code),
                 "correlationId": correlation_id,
             }
         })
+    }
+
+    /// OpenAI's `param`: the field at fault, `model` for an unknown model, else the first
+    /// field of the service's `BadRequest` (the message lists them all), else `null`.
+    fn openai_param(&self) -> serde_json::Value {
+        if self.openai_code == Some("model_not_found") {
+            return json!("model");
+        }
+        self.details
+            .iter()
+            .find(|detail| detail["@type"] == tonic_types::BadRequest::TYPE_URL)
+            .and_then(|bad| bad["fieldViolations"].get(0))
+            .map_or(serde_json::Value::Null, |first| first["field"].clone())
     }
 
     /// The JSON error response (DESIGN §4; OpenAI's shape on the OpenAI routes).
@@ -375,5 +388,30 @@ mod tests {
         // A status without details answers the body it always did.
         let error = ApiError::from_status(&tonic::Status::not_found("no such item"), "content");
         assert!(error.details.is_empty());
+    }
+
+    #[test]
+    fn openais_param_is_the_first_bad_field_and_the_message_lists_every_one() {
+        let status = portico_grpc::bad_request(vec![
+            (
+                "messages[1].role".into(),
+                "message 1: role `robot` is not …".into(),
+            ),
+            (
+                "temperature".into(),
+                "temperature must be between 0 and 2".into(),
+            ),
+        ]);
+        let body = ApiError::from_status(&status, "chat").openai_body("c-1");
+        assert_eq!(body["error"]["param"], "messages[1].role");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("robot") && message.contains("temperature"),
+            "{message}"
+        );
+        // Without a BadRequest there is no field to name.
+        let plain = ApiError::from_status(&tonic::Status::invalid_argument("no"), "chat");
+        assert!(plain.openai_body("c-2")["error"]["param"].is_null());
     }
 }

@@ -16,6 +16,7 @@ use portico_telemetry::{metrics, RequestContext, CORRELATION_HEADER};
 use tonic::Code;
 use tracing::{field::Empty, Instrument as _};
 
+mod api_key_routes;
 mod auth_routes;
 pub mod backends;
 mod chat_routes;
@@ -46,9 +47,19 @@ const CONTENT_CACHE_CAPACITY: usize = 10_000;
 /// `X-Admin-Key`) or through the trace propagator (`traceparent`, `tracestate`): each is capped
 /// at `EDGE_MAX_FORWARDED_HEADER_BYTES`, so one caller's oversized header is that caller's 401
 /// or 431, never an HTTP/2 error on a connection other callers share.
-const FORWARDED_HEADERS: [&str; 4] = ["authorization", "x-admin-key", "traceparent", "tracestate"];
+const FORWARDED_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-admin-key",
+    portico_tokens::API_KEY_HEADER,
+    "traceparent",
+    "tracestate",
+];
 /// Headers that carry credentials: responses to requests with them are private.
-const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-admin-key"];
+const CREDENTIAL_HEADERS: [&str; 3] = [
+    "authorization",
+    "x-admin-key",
+    portico_tokens::API_KEY_HEADER,
+];
 /// Added to `LLM_TIMEOUT` for the edge's deadline on a chat call, so the gateway's own timeout (a
 /// clear 504) fires first.
 const CHAT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -278,7 +289,7 @@ impl Edge {
             }
             headers.append(
                 header::VARY,
-                HeaderValue::from_static("Authorization, X-Admin-Key"),
+                HeaderValue::from_static("Authorization, X-Admin-Key, X-Api-Key"),
             );
         }
         self.inner
@@ -329,6 +340,11 @@ impl Edge {
             request.headers(),
             self.inner.settings.max_forwarded_header_bytes,
         ) {
+            return error.into_response(correlation_id);
+        }
+        let mut request = request;
+        // `x-api-key: pk_…` is `Authorization: Bearer pk_…` from here on.
+        if let Err(error) = api_key_routes::api_key_as_bearer(request.headers_mut()) {
             return error.into_response(correlation_id);
         }
         let (route, params) = match matched {
@@ -410,6 +426,14 @@ impl Edge {
                 }
                 None => vec![limiter.check("global", &ip, client_ip, context).await],
             };
+            let mut outcomes = outcomes;
+            // A key's own request rate, once the other policies admitted the request.
+            if outcomes.iter().all(Result::is_ok) {
+                outcomes.push(
+                    self.api_key_rate(request.headers(), client_ip, context)
+                        .await,
+                );
+            }
             for outcome in outcomes {
                 match outcome {
                     // The headers describe the tightest bucket.
@@ -561,6 +585,31 @@ impl Edge {
                     request.headers(),
                     correlation_id,
                 )
+            }
+            routes::Handler::ApiKeyCreate
+            | routes::Handler::ApiKeyList
+            | routes::Handler::ApiKeyGet
+            | routes::Handler::ApiKeyRevoke
+            | routes::Handler::ApiKeyUsage
+            | routes::Handler::AdminUsage => {
+                let id = params
+                    .into_iter()
+                    .find(|(name, _)| *name == "id")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                let query = request.uri().query().map(str::to_owned);
+                let headers = request.headers().clone();
+                self.api_keys(
+                    route.handler,
+                    id,
+                    query.as_deref(),
+                    &headers,
+                    request.into_body(),
+                    context,
+                    &forwarded,
+                )
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id))
             }
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)

@@ -106,14 +106,36 @@ impl EdgeLimiter {
         client_ip: IpAddr,
         context: &RequestContext,
     ) -> Result<Option<Decision>, Refusal> {
+        self.check_shaped(policy, key, None, client_ip, context)
+            .await
+    }
+
+    /// [`EdgeLimiter::check`] of a bucket whose shape the request brings (policy `apikey`: the
+    /// key's own rate, from its record).
+    pub async fn check_shaped(
+        &self,
+        policy: &'static str,
+        key: &str,
+        shape: Option<portico_limiter::Limit>,
+        client_ip: IpAddr,
+        context: &RequestContext,
+    ) -> Result<Option<Decision>, Refusal> {
         if self.whitelist.iter().any(|net| net.contains(&client_ip)) {
             return Ok(None);
         }
+        let (capacity, window_ms) = shape.map_or((0, 0), |limit| {
+            (
+                limit.capacity,
+                (f64::from(limit.capacity) / limit.refill_per_second * 1000.0).round() as u64,
+            )
+        });
         let message = CheckRequest {
             key: key.to_owned(),
             policy: policy.to_owned(),
             cost: 1,
             client_ip: client_ip.to_string(),
+            capacity,
+            window_ms,
         };
         let bucket = bucket_key(policy, key);
         if let Some(decision) = self.ahead(&bucket, &message, context, client_ip) {
@@ -153,7 +175,7 @@ impl EdgeLimiter {
                         policy: None,
                     });
                 }
-                let Some(limit) = self.policies.get(policy) else {
+                let Some(limit) = self.policies.get(policy).or(shape) else {
                     return Ok(None);
                 };
                 self.fallback.check(&bucket, limit, 1)

@@ -90,6 +90,18 @@ pub enum Handler {
     AdminContentDelete,
     /// The operator console's embedded files (see `console`).
     Console,
+    /// AuthService.CreateApiKey (the secret is shown once).
+    ApiKeyCreate,
+    /// AuthService.ListApiKeys (the caller's, or `?user=` for admins).
+    ApiKeyList,
+    /// AuthService.GetApiKey.
+    ApiKeyGet,
+    /// AuthService.RevokeApiKey.
+    ApiKeyRevoke,
+    /// AuthService.GetApiKey, then ChatService.GetUsage for that key.
+    ApiKeyUsage,
+    /// ChatService.GetUsage by user and/or key (admin).
+    AdminUsage,
 }
 
 impl Handler {
@@ -446,6 +458,42 @@ pub static ROUTES: &[Route] = &[
         tag: "admin",
         summary: "Reset rate limit buckets by key ({policy}:{key}) or prefix (X-Admin-Key)",
     },
+    post(
+        "/api/v1/api-keys",
+        Handler::ApiKeyCreate,
+        "api-keys",
+        "Create an API key (pk_…, shown once) with scopes, expiry, rate and token budget (201)",
+    ),
+    get(
+        "/api/v1/api-keys",
+        Handler::ApiKeyList,
+        "api-keys",
+        "The bearer's API keys (admins: ?user=<id or email>), never their secrets",
+    ),
+    get(
+        "/api/v1/api-keys/{id}",
+        Handler::ApiKeyGet,
+        "api-keys",
+        "One API key of the bearer (any key for an admin)",
+    ),
+    delete(
+        "/api/v1/api-keys/{id}",
+        Handler::ApiKeyRevoke,
+        "api-keys",
+        "Revoke an API key: refused on every replica within a second (204)",
+    ),
+    get(
+        "/api/v1/api-keys/{id}/usage",
+        Handler::ApiKeyUsage,
+        "api-keys",
+        "Requests and tokens of a key by day and model (?from=&to= YYYY-MM-DD), and its budget",
+    ),
+    get(
+        "/api/v1/admin/usage",
+        Handler::AdminUsage,
+        "admin",
+        "API key usage by day and model for ?user=<account id> and/or ?key=<key id>",
+    ),
     get(
         "/console",
         Handler::Console,
@@ -582,6 +630,24 @@ pub fn openapi(version: &str) -> Value {
                         "timestamp": {"type": "string"},
                         "uptime": {"type": "number"},
                         "version": {"type": "string"}
+                    }
+                },
+                "ApiKey": {
+                    "type": "object",
+                    "required": ["id", "userId", "name", "scopes", "prefix", "createdAt"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "userId": {"type": "string"},
+                        "name": {"type": "string"},
+                        "scopes": {"type": "array", "items": {"type": "string"}},
+                        "prefix": {"type": "string", "description": "pk_ and the next 6 characters of the secret"},
+                        "createdAt": {"type": "string"},
+                        "lastUsedAt": {"type": ["string", "null"]},
+                        "expiresAt": {"type": ["string", "null"]},
+                        "revokedAt": {"type": ["string", "null"]},
+                        "requestsPerMinute": {"type": ["integer", "null"]},
+                        "tokenBudget": {"type": ["integer", "null"]},
+                        "budgetWindowSeconds": {"type": ["integer", "null"]}
                     }
                 },
                 "Readiness": {
@@ -730,6 +796,19 @@ fn request_body(handler: Handler) -> Option<Value> {
                 "minProperties": 1
             }}}})
         }
+        Handler::ApiKeyCreate => object(
+            json!({
+                "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["chat", "content:write", "admin"]},
+                    "description": "content:write and admin need an admin owner; a key never outranks its owner"},
+                "user": {"type": "string", "description": "Admins: the owner's account id or email (default: the caller)"},
+                "expiresIn": {"oneOf": [{"type": "integer", "minimum": 60}, {"type": "string", "examples": ["90d"]}], "description": "Lifetime, seconds or a duration (default: never expires)"},
+                "requestsPerMinute": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "The key's own request rate, on top of its owner's limits"},
+                "tokenBudget": {"type": "integer", "minimum": 1, "description": "Most prompt + completion tokens per budget window"},
+                "budgetWindow": {"oneOf": [{"type": "integer", "minimum": 60}, {"type": "string", "examples": ["1d"]}], "description": "Budget window (default 1d: UTC days)"}
+            }),
+            &["name", "scopes"],
+        ),
         Handler::Revoke => json!({"required": true, "content": {"application/json": {"schema": {
             "type": "object", "additionalProperties": false,
             "properties": {"jti": string, "userId": string},
@@ -875,6 +954,41 @@ fn responses(handler: Handler) -> Value {
                 "409": error_response("Slug taken, or the version changed since you read it")
             })
         }
+        Handler::ApiKeyCreate => json!({
+            "201": {"description": "Created: the key and its secret, shown this once (no-store)", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "key": {"$ref": "#/components/schemas/ApiKey"}, "secret": {"type": "string", "pattern": "^pk_[A-Za-z0-9_-]{43}$"}}}}}},
+            "400": error_response("Invalid name, scope, expiry, rate or budget"),
+            "401": error_response("Credentials required"),
+            "403": error_response("A scope beyond the owner's rights, or another account's key without admin"),
+            "404": error_response("No such account"),
+            "429": error_response("Rate limited")
+        }),
+        Handler::ApiKeyList => json!({
+            "200": {"description": "Keys, newest first (revoked and expired ones included)", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "keys": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}}}}},
+            "401": error_response("Credentials required"),
+            "403": error_response("Another account's keys without admin"),
+            "404": error_response("No such account")
+        }),
+        Handler::ApiKeyGet => json!({
+            "200": {"description": "The key", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiKey"}}}},
+            "401": error_response("Credentials required"),
+            "404": error_response("No such key (or not the caller's)")
+        }),
+        Handler::ApiKeyRevoke => json!({
+            "204": {"description": "Revoked (also when it already was)"},
+            "401": error_response("Credentials required"),
+            "404": error_response("No such key (or not the caller's)")
+        }),
+        Handler::ApiKeyUsage | Handler::AdminUsage => json!({
+            "200": {"description": "Usage rows (day, keyId, userId, model, requests, promptTokens, completionTokens, totalTokens) and totals; for one key also `key` and `budget` (tokens, usedTokens, remainingTokens, windowEndsAt)", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "rows": {"type": "array", "items": {"type": "object"}}, "totals": {"type": "object"}, "key": {"$ref": "#/components/schemas/ApiKey"}, "budget": {"type": ["object", "null"]}}}}}},
+            "400": error_response("A day that is not YYYY-MM-DD, or no user and no key"),
+            "401": error_response("Credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such key (or not the caller's)"),
+            "503": error_response("The chat gateway is unreachable")
+        }),
         Handler::Console => json!({
             "200": {"description": "The page or one of its files", "content": {"text/html": {"schema": {"type": "string"}}}},
             "304": {"description": "Not modified (If-None-Match)"},

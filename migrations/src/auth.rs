@@ -452,3 +452,121 @@ impl MigrationTrait for Lifecycle {
         Ok(())
     }
 }
+
+/// API keys for programs (issue 14): a key's keyed hash (never the secret), owner, name,
+/// scopes, limits, expiry, revocation and last use.
+pub struct ApiKeys;
+
+impl MigrationName for ApiKeys {
+    fn name(&self) -> &str {
+        "m20261215_000003_auth_api_keys"
+    }
+}
+
+#[derive(Iden)]
+enum ApiKeysTable {
+    #[iden = "api_keys"]
+    Table,
+    Id,
+    UserId,
+    Name,
+    KeyHash,
+    Prefix,
+    Scopes,
+    RequestsPerMinute,
+    TokenBudget,
+    BudgetWindowSeconds,
+    ExpiresAt,
+    RevokedAt,
+    LastUsedAt,
+    CreatedAt,
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ApiKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(ApiKeysTable::Table)
+                    .col(
+                        ColumnDef::new(ApiKeysTable::Id)
+                            .string_len(36)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::UserId)
+                            .string_len(36)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::Name)
+                            .string_len(100)
+                            .not_null(),
+                    )
+                    // HMAC-SHA256 (or SHA-256) of the secret, hex: the lookup key.
+                    .col(
+                        ColumnDef::new(ApiKeysTable::KeyHash)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::Prefix)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    // Space-separated: `chat content:write admin`.
+                    .col(
+                        ColumnDef::new(ApiKeysTable::Scopes)
+                            .string_len(200)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::RequestsPerMinute)
+                            .integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::TokenBudget)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::BudgetWindowSeconds)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(ApiKeysTable::ExpiresAt).big_integer().null())
+                    .col(ColumnDef::new(ApiKeysTable::RevokedAt).big_integer().null())
+                    .col(
+                        ColumnDef::new(ApiKeysTable::LastUsedAt)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(ApiKeysTable::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_api_keys_user")
+                    .table(ApiKeysTable::Table)
+                    .col(ApiKeysTable::UserId)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(ApiKeysTable::Table).to_owned())
+            .await
+    }
+}

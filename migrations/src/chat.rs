@@ -77,3 +77,77 @@ impl MigrationTrait for Initial {
             .await
     }
 }
+
+/// Usage of API keys (issue 14): requests and provider-reported tokens per day, key and model
+/// alias, with the key's owner for per-user sums.
+pub struct Usage;
+
+impl MigrationName for Usage {
+    fn name(&self) -> &str {
+        "m20261215_000002_chat_usage"
+    }
+}
+
+#[derive(Iden)]
+enum LlmUsage {
+    Table,
+    Day,
+    ApiKeyId,
+    UserId,
+    Model,
+    Requests,
+    PromptTokens,
+    CompletionTokens,
+    UpdatedAt,
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Usage {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(LlmUsage::Table)
+                    .col(ColumnDef::new(LlmUsage::Day).string_len(10).not_null())
+                    .col(ColumnDef::new(LlmUsage::ApiKeyId).string_len(36).not_null())
+                    .col(ColumnDef::new(LlmUsage::UserId).string_len(36).not_null())
+                    .col(ColumnDef::new(LlmUsage::Model).string_len(256).not_null())
+                    .col(ColumnDef::new(LlmUsage::Requests).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(LlmUsage::PromptTokens)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LlmUsage::CompletionTokens)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(LlmUsage::UpdatedAt).big_integer().not_null())
+                    .primary_key(
+                        Index::create()
+                            .col(LlmUsage::Day)
+                            .col(LlmUsage::ApiKeyId)
+                            .col(LlmUsage::Model),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_llm_usage_user_day")
+                    .table(LlmUsage::Table)
+                    .col(LlmUsage::UserId)
+                    .col(LlmUsage::Day)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(LlmUsage::Table).to_owned())
+            .await
+    }
+}

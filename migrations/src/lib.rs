@@ -17,13 +17,17 @@ pub use db::{unreachable, Db, KNOWN_DOWN, PROBE_INTERVAL};
 pub use sea_orm_migration::MigratorTrait;
 
 /// Migrations of the auth service (`users`, `refresh_tokens`, `lockouts`, `audit_events`,
-/// `email_verifications`, `token_denylist`, `password_resets`, `auth_counters`).
+/// `email_verifications`, `token_denylist`, `password_resets`, `auth_counters`, `api_keys`).
 pub struct AuthMigrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for AuthMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(auth::Initial), Box::new(auth::Lifecycle)]
+        vec![
+            Box::new(auth::Initial),
+            Box::new(auth::Lifecycle),
+            Box::new(auth::ApiKeys),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -45,13 +49,13 @@ impl MigratorTrait for ContentMigrator {
     }
 }
 
-/// Migrations of the chat gateway (`llm_providers`).
+/// Migrations of the chat gateway (`llm_providers`, `llm_usage`).
 pub struct ChatMigrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for ChatMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(chat::Initial)]
+        vec![Box::new(chat::Initial), Box::new(chat::Usage)]
     }
 
     fn migration_table_name() -> DynIden {

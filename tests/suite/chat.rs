@@ -169,6 +169,50 @@ async fn circuit_opens_after_the_threshold_fails_fast_then_half_opens_and_closes
 }
 
 #[tokio::test]
+async fn a_provider_going_down_flips_its_dependency_gauge_with_no_readiness_call() {
+    // Only the chat gateway runs (no edge, so nothing calls /readyz): the gauge follows the
+    // circuit the calls themselves move.
+    let fake = FakeLlm::start(Reply::Answer("fine")).await;
+    let name = unique("gauged");
+    let file = harness::providers_file(&[(&name, &fake.base_url, 0)]);
+    let clock = ManualClock::new(1_800_000_000_000_000);
+    let (addr, _shutdown) = harness::spawn_chat(
+        &[
+            ("LLM_PROVIDERS_FILE", &file),
+            ("LLM_CB_FAILURE_THRESHOLD", "3"),
+            ("LLM_CB_RESET_TIMEOUT", "30s"),
+        ],
+        clock.clone(),
+    )
+    .await;
+    let mut chat = client(addr).await;
+    let series = |up: u8| {
+        format!("dependency_up{{component=\"chat-gateway\",dependency=\"llm:{name}\"}} {up}")
+    };
+    let metrics = portico_telemetry::metrics::encode_text();
+    assert!(
+        metrics.contains(&series(1)),
+        "up once configured:\n{metrics}"
+    );
+
+    fake.set_default(Reply::Status(500, None));
+    // One call is three failed attempts: the threshold, so the circuit opens.
+    let failed = chat.complete(ask("hi")).await.expect_err("500s");
+    assert_eq!(failed.code(), Code::Unavailable);
+    let metrics = portico_telemetry::metrics::encode_text();
+    assert!(metrics.contains(&series(0)), "down:\n{metrics}");
+
+    // Still 0 while half-open; the probe's success brings it back to 1.
+    fake.set_default(Reply::Answer("recovered"));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(circuit(&mut chat, &name).await, "half_open");
+    assert!(portico_telemetry::metrics::encode_text().contains(&series(0)));
+    chat.complete(ask("hi")).await.expect("probe succeeds");
+    let metrics = portico_telemetry::metrics::encode_text();
+    assert!(metrics.contains(&series(1)), "up again:\n{metrics}");
+}
+
+#[tokio::test]
 async fn a_503_is_retried_then_succeeds_and_a_400_is_neither_retried_nor_failed_over() {
     let primary = FakeLlm::start(Reply::Answer("fine now")).await;
     let backup = FakeLlm::start(Reply::Answer("from the backup")).await;

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api_keys;
 mod auth;
 mod chat;
 mod chat_edge;

@@ -26,7 +26,11 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
         let (applied, pending) = portico_migrations::status(&db, owner)
             .await
             .expect("status");
-        let expected = if owner == Owner::Auth { 2 } else { 1 };
+        let expected = match owner {
+            Owner::Auth => 3,
+            Owner::Chat => 2,
+            Owner::Content => 1,
+        };
         assert_eq!(applied.len(), expected, "{}", owner.name());
         assert!(pending.is_empty(), "{}", owner.name());
     }
@@ -38,8 +42,10 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
         "email_verifications",
         "password_resets",
         "auth_counters",
+        "api_keys",
         "content",
         "llm_providers",
+        "llm_usage",
     ] {
         assert!(table_exists(&db, table).await, "{table}");
     }
@@ -59,7 +65,7 @@ async fn boot_applies_every_services_migrations_and_each_rolls_back_alone() {
     let (applied, _) = portico_migrations::status(&db, Owner::Auth)
         .await
         .expect("status");
-    assert_eq!(applied.len(), 2, "auth's migration table is its own");
+    assert_eq!(applied.len(), 3, "auth's migration table is its own");
 
     portico_migrations::up(&db, Owner::Content)
         .await
@@ -78,9 +84,12 @@ async fn the_lifecycle_migration_rolls_back_and_forward_on_its_own() {
     .await
     .expect("database");
     assert!(table_exists(&db, "password_resets").await);
-    portico_migrations::down(&db, Owner::Auth, 1)
+    assert!(table_exists(&db, "api_keys").await);
+    // The API keys migration came after it: two steps back.
+    portico_migrations::down(&db, Owner::Auth, 2)
         .await
-        .expect("lifecycle down");
+        .expect("api keys and lifecycle down");
+    assert!(!table_exists(&db, "api_keys").await);
     assert!(!table_exists(&db, "password_resets").await);
     assert!(!table_exists(&db, "auth_counters").await);
     assert!(

@@ -33,6 +33,7 @@ fn check(policy: &str, key: &str, cost: u32) -> CheckRequest {
         policy: policy.to_owned(),
         cost,
         client_ip: String::new(),
+        ..Default::default()
     }
 }
 
@@ -1020,6 +1021,7 @@ async fn the_edge_admitting_ahead_still_spends_every_token_in_the_service() {
         policy: "global".into(),
         cost: 1,
         client_ip: String::new(),
+        ..Default::default()
     });
     crate::harness::as_edge(&mut request, "127.0.0.1");
     let check = ratelimit.check(request).await.expect("check").into_inner();

@@ -415,6 +415,7 @@ async fn every_hop_runs_over_mtls_and_outsiders_are_refused_or_unprivileged() {
             policy: "global".into(),
             cost: 100,
             client_ip: "203.0.113.7".into(),
+            ..Default::default()
         })
         .await
         .expect_err("only the edge spends buckets");
@@ -555,6 +556,7 @@ async fn on_plaintext_hops_only_the_edge_may_speak_for_a_client() {
             policy: "global".into(),
             cost: 100,
             client_ip: "203.0.113.7".into(),
+            ..Default::default()
         })
         .await
         .expect_err("only the edge spends buckets");

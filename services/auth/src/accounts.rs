@@ -86,6 +86,8 @@ pub struct Accounts {
     pub(crate) admin_key: Option<SecretString>,
     /// `APP_ENV=production`: a sender that only logs never gets a reset token.
     pub(crate) production: bool,
+    /// API keys for programs (see `api_keys`).
+    pub(crate) api_keys: crate::api_keys::KeyStore,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -756,12 +758,18 @@ impl Accounts {
         }
     }
 
-    /// The caller's claims, from its bearer token.
+    /// The caller's claims, from its bearer token. An API key is refused here: what needs
+    /// claims (sessions, passwords, the account itself) is for people who logged in.
     pub async fn authenticate(&self, caller: &Caller) -> Result<Claims, Error> {
         let token = caller
             .bearer
             .as_deref()
             .ok_or_else(|| Error::Unauthenticated("a bearer token is required".into()))?;
+        if token.starts_with(crate::api_keys::KEY_PREFIX) {
+            return Err(Error::PermissionDenied(
+                "API keys cannot manage accounts or sessions; log in with a password".into(),
+            ));
+        }
         self.validate(token).await.map_err(|refused| {
             tracing::info!(reason = %refused.0, "bearer token refused");
             Error::Unauthenticated("the bearer token is invalid, expired or revoked".into())
@@ -770,9 +778,12 @@ impl Accounts {
 
     /// The caller's account.
     pub async fn me(&self, caller: &Caller) -> Result<UserRow, Error> {
-        let claims = self.authenticate(caller).await?;
+        let user_id = match self.caller_api_key(caller).await? {
+            Some((key, _)) => key.user_id,
+            None => self.authenticate(caller).await?.sub,
+        };
         self.store
-            .user_by_id(&claims.sub)
+            .user_by_id(&user_id)
             .await?
             .ok_or_else(|| Error::Unauthenticated("the account no longer exists".into()))
     }
@@ -790,8 +801,12 @@ impl Accounts {
                 Err(Error::PermissionDenied("x-admin-key is not valid".into()))
             };
         }
-        let claims = self.authenticate(caller).await?;
-        if claims.role == "admin" {
+        // An API key is admin only with the `admin` scope and an owner who is admin now.
+        let admin = match self.caller_api_key(caller).await? {
+            Some((key, role)) => role == "admin" && key.scopes.iter().any(|s| s == "admin"),
+            None => self.authenticate(caller).await?.role == "admin",
+        };
+        if admin {
             Ok(())
         } else {
             Err(Error::PermissionDenied("admin role required".into()))

@@ -34,7 +34,10 @@ fn caller<T>(request: &Request<T>) -> Caller {
             .get::<RequestContext>()
             .map(|c| c.correlation_id.clone())
             .unwrap_or_default(),
-        bearer: text("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
+        bearer: text("authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
+            // Clients that send a key the way some SDKs do.
+            .or_else(|| text(portico_tokens::API_KEY_HEADER)),
         admin_key: text("x-admin-key"),
         user_agent: text(USER_AGENT_KEY).map(|agent| {
             let mut agent: String = agent.chars().filter(|c| !c.is_control()).collect();
@@ -73,6 +76,27 @@ fn pair(tokens: Tokens) -> pb::TokenPair {
         refresh_token: tokens.refresh_token,
         token_type: "Bearer".into(),
         expires_in: tokens.expires_in,
+    }
+}
+
+fn api_key(key: crate::api_keys::KeyRow) -> pb::ApiKey {
+    let time = |ms: Option<i64>| {
+        ms.map(portico_telemetry::rfc3339_millis)
+            .unwrap_or_default()
+    };
+    pb::ApiKey {
+        id: key.id,
+        user_id: key.user_id,
+        name: key.name,
+        scopes: key.scopes,
+        prefix: key.prefix,
+        created_at: portico_telemetry::rfc3339_millis(key.created_at),
+        last_used_at: time(key.last_used_at),
+        expires_at: time(key.expires_at),
+        revoked_at: time(key.revoked_at),
+        requests_per_minute: key.requests_per_minute.unwrap_or(0),
+        token_budget: key.token_budget.unwrap_or(0),
+        budget_window_seconds: key.budget_window_seconds.unwrap_or(0),
     }
 }
 
@@ -321,6 +345,90 @@ impl AuthService for AuthGrpc {
             .delete_account(&user, password, &caller)
             .await?;
         Ok(Response::new(pb::DeleteAccountResponse { user_id }))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let (key, secret) = self
+            .accounts
+            .create_api_key(
+                crate::api_keys::NewKey {
+                    user: r.user,
+                    name: r.name,
+                    scopes: r.scopes,
+                    expires_in_seconds: r.expires_in_seconds,
+                    requests_per_minute: r.requests_per_minute,
+                    token_budget: r.token_budget,
+                    budget_window_seconds: r.budget_window_seconds,
+                },
+                &caller,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            key: Some(api_key(key)),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = caller(&request);
+        let keys = self
+            .accounts
+            .list_api_keys(&request.get_ref().user, &caller)
+            .await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.into_iter().map(api_key).collect(),
+        }))
+    }
+
+    async fn get_api_key(
+        &self,
+        request: Request<pb::GetApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = caller(&request);
+        let key = self
+            .accounts
+            .get_api_key(&request.get_ref().id, &caller)
+            .await?;
+        Ok(Response::new(api_key(key)))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let caller = caller(&request);
+        self.accounts
+            .revoke_api_key(&request.get_ref().id, &caller)
+            .await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<pb::VerifyApiKeyRequest>,
+    ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
+        let secret = request.get_ref().api_key.trim_start_matches("Bearer ");
+        let response = match self.accounts.verify_api_key(secret).await {
+            Ok((key, owner_role)) => pb::VerifyApiKeyResponse {
+                valid: true,
+                key: Some(api_key(key)),
+                role: role(&owner_role),
+                reason: String::new(),
+            },
+            Err(refused) => pb::VerifyApiKeyResponse {
+                reason: refused.0,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn get_open_id_configuration(

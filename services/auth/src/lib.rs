@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 mod accounts;
+mod api_keys;
 mod error;
 mod grpc;
 pub mod keys;
@@ -89,6 +90,7 @@ pub async fn serve_with(
     .await?;
     let db = portico_migrations::Db::new(db);
     let store = store::Store::new(db.clone());
+    let api_keys = api_keys::KeyStore::new(db.clone(), auth.api_key_secret.clone());
     let redis = portico_redis::Redis::connect_optional(
         storage.redis_url.as_ref(),
         &storage.redis_key_prefix,
@@ -114,6 +116,7 @@ pub async fn serve_with(
         sender: options.sender,
         admin_key: settings.admin_api_key.clone(),
         production: settings.app_env == AppEnv::Production,
+        api_keys,
     };
     let routes = Routes::new(AuthServiceServer::new(grpc::AuthGrpc { accounts }));
     let handle = portico_grpc::serve(

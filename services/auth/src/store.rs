@@ -490,7 +490,12 @@ impl Store {
             vec![pseudonym.into(), user_id.into(), email.into()],
         ))
         .await?;
-        for table in ["refresh_tokens", "email_verifications", "password_resets"] {
+        for table in [
+            "refresh_tokens",
+            "email_verifications",
+            "password_resets",
+            "api_keys",
+        ] {
             txn.execute(run(
                 &format!("DELETE FROM {table} WHERE user_id = ?"),
                 vec![user_id.into()],

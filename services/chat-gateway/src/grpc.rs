@@ -24,6 +24,8 @@ pub struct ChatGrpc {
     pub(crate) allow_untrusted: bool,
     /// `LLM_MAX_TOKENS`.
     pub(crate) max_tokens: u32,
+    /// API keys' budgets and usage.
+    pub(crate) metering: crate::metering::Metering,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::CompletionChunk, Status>> + Send>>;
@@ -79,6 +81,43 @@ impl ChatGrpc {
     }
 }
 
+impl ChatGrpc {
+    /// The caller's API key, when it brought one (see `metering`).
+    async fn api_key<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<portico_tokens::Identity>, Status> {
+        self.metering
+            .api_key(request.metadata(), &self.verifier)
+            .await
+    }
+
+    /// The alias a request is recorded under: the one it named, or the default. An alias the
+    /// gateway does not serve is refused before anything is recorded, so callers cannot add
+    /// usage labels.
+    fn alias_name(&self, asked: &str) -> String {
+        if asked.is_empty() {
+            self.gateway.default_alias().to_owned()
+        } else {
+            asked.to_owned()
+        }
+    }
+
+    /// Starts metering a chat request of an API key (reserving its worst case).
+    async fn meter_chat(
+        &self,
+        key: portico_tokens::Identity,
+        request: &request::Chat,
+    ) -> Result<crate::metering::Meter, Status> {
+        let alias = self.alias_name(&request.alias);
+        if !self.gateway.aliases().iter().any(|a| a.name == alias) {
+            return Err(crate::error::model_not_found(&alias));
+        }
+        let worst_case = crate::metering::chat_worst_case(&request.body, self.max_tokens);
+        self.metering.start(key, alias, worst_case).await
+    }
+}
+
 #[tonic::async_trait]
 impl ChatService for ChatGrpc {
     type StreamCompleteStream = ChunkStream;
@@ -89,11 +128,20 @@ impl ChatService for ChatGrpc {
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let received = tokio::time::Instant::now();
         self.require_caller(&request).await?;
+        let key = self.api_key(&request).await?;
         let request = request::chat(request.into_inner(), self.max_tokens)?;
-        self.gateway
-            .complete(&request, received)
-            .await
-            .map(Response::new)
+        let meter = match key {
+            Some(key) => Some(self.meter_chat(key, &request).await?),
+            None => None,
+        };
+        let answer = self.gateway.complete(&request, received).await;
+        if let Some(meter) = meter {
+            match &answer {
+                Ok(answer) => meter.completed(answer.usage.as_ref()).await,
+                Err(_) => meter.failed().await,
+            }
+        }
+        answer.map(Response::new)
     }
 
     async fn stream_complete(
@@ -102,9 +150,25 @@ impl ChatService for ChatGrpc {
     ) -> Result<Response<ChunkStream>, Status> {
         let received = tokio::time::Instant::now();
         self.require_caller(&request).await?;
-        let request = request::chat(request.into_inner(), self.max_tokens)?;
-        let chunks = self.gateway.stream(request, received).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(chunks))))
+        let key = self.api_key(&request).await?;
+        let mut request = request::chat(request.into_inner(), self.max_tokens)?;
+        let Some(key) = key else {
+            let chunks = self.gateway.stream(request, received).await?;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(chunks))));
+        };
+        let meter = self.meter_chat(key, &request).await?;
+        // The usage chunk settles the budget; the caller sees it only if it asked.
+        let caller_wants_usage = request.include_usage;
+        request.include_usage = true;
+        match self.gateway.stream(request, received).await {
+            Ok(chunks) => Ok(Response::new(Box::pin(ReceiverStream::new(
+                meter.relay(chunks, caller_wants_usage),
+            )))),
+            Err(status) => {
+                meter.failed().await;
+                Err(status)
+            }
+        }
     }
 
     async fn embed(
@@ -113,11 +177,98 @@ impl ChatService for ChatGrpc {
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let received = tokio::time::Instant::now();
         self.require_caller(&request).await?;
+        let key = self.api_key(&request).await?;
         let request = request::embedding(request.into_inner())?;
-        self.gateway
-            .embed(&request, received)
+        let meter = match key {
+            Some(key) => {
+                let alias = self.alias_name(&request.alias);
+                if !self.gateway.aliases().iter().any(|a| a.name == alias) {
+                    return Err(crate::error::model_not_found(&alias));
+                }
+                let worst_case = crate::metering::prompt_estimate(&[request.body.get("input")]);
+                Some(self.metering.start(key, alias, worst_case).await?)
+            }
+            None => None,
+        };
+        let answer = self.gateway.embed(&request, received).await;
+        if let Some(meter) = meter {
+            match &answer {
+                Ok(answer) => meter.completed(answer.usage.as_ref()).await,
+                Err(_) => meter.failed().await,
+            }
+        }
+        answer.map(Response::new)
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        if !portico_grpc::Peer::of(&request).trusted {
+            portico_tokens::authorize_admin(
+                request.metadata(),
+                self.admin_key.as_ref(),
+                &self.verifier,
+            )
             .await
-            .map(Response::new)
+            .map_err(Status::from)?;
+        }
+        let r = request.into_inner();
+        if r.api_key_id.is_empty() && r.user_id.is_empty() {
+            return Err(Status::invalid_argument("give api_key_id, user_id or both"));
+        }
+        for (name, day) in [("from_day", &r.from_day), ("to_day", &r.to_day)] {
+            let valid = day.is_empty()
+                || (day.len() == 10
+                    && day.bytes().enumerate().all(|(i, b)| {
+                        if i == 4 || i == 7 {
+                            b == b'-'
+                        } else {
+                            b.is_ascii_digit()
+                        }
+                    }));
+            if !valid {
+                return Err(Status::invalid_argument(format!(
+                    "{name} must be a day as YYYY-MM-DD"
+                )));
+            }
+        }
+        let rows = self
+            .metering
+            .usage
+            .rows(&r.api_key_id, &r.user_id, &r.from_day, &r.to_day)
+            .await
+            .map_err(crate::Error::from)?;
+        let (window_used_tokens, window_ends_at) =
+            if !r.api_key_id.is_empty() && r.budget_window_seconds > 0 {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let (used, end) = self
+                    .metering
+                    .budgets
+                    .used(&r.api_key_id, r.budget_window_seconds, now)
+                    .await;
+                (used, i64::try_from(end).unwrap_or(i64::MAX))
+            } else {
+                (0, 0)
+            };
+        Ok(Response::new(pb::GetUsageResponse {
+            rows: rows
+                .into_iter()
+                .map(|row| pb::UsageRow {
+                    day: row.day,
+                    api_key_id: row.api_key_id,
+                    user_id: row.user_id,
+                    model: row.model,
+                    requests: row.requests,
+                    prompt_tokens: row.prompt_tokens,
+                    completion_tokens: row.completion_tokens,
+                })
+                .collect(),
+            window_used_tokens,
+            window_ends_at,
+        }))
     }
 
     /// Open like ListProviders: names and model names only, no secret.

@@ -12,14 +12,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+mod budget;
 mod circuit;
 mod error;
 mod gateway;
 mod grpc;
+mod metering;
 pub mod providers;
 mod request;
 mod store;
 mod upstream;
+mod usage;
 
 pub use error::Error;
 
@@ -126,8 +129,11 @@ pub async fn serve_with(
     }
     let tls = portico_grpc::client::client_tls(settings, &shutdown)
         .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?;
+    let budgets = budget::Budgets::new(redis.clone());
     let verifier =
         portico_tokens::Verifier::for_service(settings, redis, &tls).map_err(Error::Config)?;
+    let usage = usage::Usage::new(db.clone());
+    usage.spawn_writer(shutdown.clone());
     let service = grpc::ChatGrpc {
         gateway: Arc::clone(&gateway),
         store: store.clone(),
@@ -135,6 +141,7 @@ pub async fn serve_with(
         verifier,
         allow_untrusted: settings.transport.chat_allow_untrusted,
         max_tokens: chat.max_tokens,
+        metering: metering::Metering { budgets, usage },
     };
     let routes = Routes::new(ChatServiceServer::new(service));
     let handle = portico_grpc::serve(

@@ -119,11 +119,14 @@ fn encode_cursor(position: Position) -> String {
 }
 
 impl ContentGrpc {
+    /// Content management: `X-Admin-Key`, an admin's token, or an admin's API key with the
+    /// `content:write` (or `admin`) scope.
     async fn admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
-        portico_tokens::authorize_admin(
+        portico_tokens::authorize_scope(
             request.metadata(),
             self.admin_key.as_ref(),
             &self.verifier,
+            portico_tokens::Scope::ContentWrite,
         )
         .await?;
         Ok(())
@@ -132,7 +135,9 @@ impl ContentGrpc {
     /// True when the caller presents valid admin credentials (public reads do not need any).
     async fn is_admin<T>(&self, request: &Request<T>) -> bool {
         let metadata = request.metadata();
-        (metadata.contains_key("x-admin-key") || metadata.contains_key("authorization"))
+        (metadata.contains_key("x-admin-key")
+            || metadata.contains_key("authorization")
+            || metadata.contains_key(portico_tokens::API_KEY_HEADER))
             && self.admin(request).await.is_ok()
     }
 

@@ -68,15 +68,30 @@ impl RateLimitService for RateLimitGrpc {
                 Status::invalid_argument(format!("client_ip `{raw}` is not an IP address"))
             })?),
         };
-        let outcome = self
-            .limiter
-            .check(
-                &request.policy,
-                &request.key,
-                request.cost.max(1),
-                client_ip,
-            )
-            .await?;
+        let outcome = if request.policy == crate::limiter::API_KEY_POLICY {
+            // An API key's own rate: the edge sends the shape it read from the key's record.
+            if request.capacity == 0 || request.window_ms == 0 {
+                return Err(Status::invalid_argument(
+                    "policy `apikey` needs capacity and window_ms",
+                ));
+            }
+            let limit = portico_limiter::Limit::per_window(
+                request.capacity,
+                std::time::Duration::from_millis(request.window_ms),
+            );
+            self.limiter
+                .check_api_key(&request.key, limit, request.cost.max(1), client_ip)
+                .await?
+        } else {
+            self.limiter
+                .check(
+                    &request.policy,
+                    &request.key,
+                    request.cost.max(1),
+                    client_ip,
+                )
+                .await?
+        };
         let d = outcome.decision;
         Ok(Response::new(pb::CheckResponse {
             allowed: d.allowed,

@@ -222,3 +222,44 @@ fn count(policy: &str, result: &'static str) {
         })
         .inc();
 }
+
+/// The policy of API keys' own request rates: one bucket per key id, shaped by the key.
+pub const API_KEY_POLICY: &str = "apikey";
+
+impl RateLimiter {
+    /// Takes `cost` tokens from the bucket of API key `key_id` (policy `apikey`), shaped by
+    /// the key's record as the edge read it from auth.
+    pub async fn check_api_key(
+        &self,
+        key_id: &str,
+        limit: Limit,
+        cost: u32,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Outcome, Error> {
+        if cost > limit.capacity {
+            return Err(Error::InvalidArgument(format!(
+                "cost {cost} exceeds the key's capacity of {}",
+                limit.capacity
+            )));
+        }
+        if self.is_whitelisted(client_ip) {
+            count(API_KEY_POLICY, "whitelisted");
+            return Ok(Outcome {
+                decision: Decision::unlimited(limit.capacity),
+                degraded: false,
+            });
+        }
+        let outcome = self
+            .check_bucket(&bucket_key(API_KEY_POLICY, key_id), limit, cost)
+            .await;
+        count(
+            API_KEY_POLICY,
+            if outcome.decision.allowed {
+                "allowed"
+            } else {
+                "limited"
+            },
+        );
+        Ok(outcome)
+    }
+}

@@ -260,6 +260,8 @@ pub struct AuthSettings {
     /// `AUTH_REFRESH_GRACE`: a spent refresh token presented again within this returns the same
     /// successor pair; zero = strict rotation (any reuse revokes the family).
     pub refresh_grace: Duration,
+    /// `AUTH_API_KEY_SECRET`: the HMAC-SHA256 key API keys are stored under (unset: SHA-256).
+    pub api_key_secret: Option<SecretString>,
 }
 
 /// The ratelimit service.
@@ -677,6 +679,7 @@ fn read_auth(r: &mut Reader<'_>, app_env: AppEnv) -> AuthSettings {
             DEFAULT_REFRESH_GRACE,
             Unit::Seconds,
         ),
+        api_key_secret: r.secret("AUTH_API_KEY_SECRET"),
     }
 }
 

@@ -2,6 +2,10 @@
 //! selects the key, the token's `alg` must be that key's (no `none`, no HS/RS confusion),
 //! `exp`/`nbf`/`iss`/`aud` are checked. [`Verifier`] adds what a service other than auth needs:
 //! the JWKS fetched from auth and cached (refetched on an unknown `kid`), and the denylist.
+//! API keys (`pk_…`) are accepted wherever a token is: [`Verifier::verify`] asks auth
+//! (AuthService.VerifyApiKey) and keeps the answer at most [`API_KEY_CACHE_TTL`], so a revoked
+//! key is refused everywhere within a second, and a key's scopes narrow its owner's rights
+//! ([`Identity::may`]).
 
 use std::{
     collections::HashMap,
@@ -23,6 +27,16 @@ const LEEWAY_SECONDS: u64 = 5;
 const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Deadline of the calls to auth.
 const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a verifier keeps auth's answer about an API key (valid or not): revocation, and a
+/// change of the owner's role, reach every replica within this.
+pub const API_KEY_CACHE_TTL: Duration = Duration::from_millis(500);
+/// Most API keys a verifier remembers.
+const API_KEY_CACHE_CAPACITY: usize = 100_000;
+/// Every Portico API key starts with this.
+pub const API_KEY_PREFIX: &str = "pk_";
+/// The header (and gRPC metadata key) some clients send an API key in, instead of
+/// `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The claims of a Portico access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,22 +133,93 @@ pub fn keys_from_jwks(jwks: &str) -> Result<HashMap<String, PublicKey>, String> 
     Ok(keys)
 }
 
-/// The caller behind a verified token.
+/// The caller behind a verified token or API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// User id.
+    /// User id (an API key's owner).
     pub user_id: String,
-    /// `user` or `admin`.
+    /// `user` or `admin` (for an API key: its owner's role when auth was last asked).
     pub role: String,
-    /// Token id.
+    /// Token id (empty for API keys and the admin key).
     pub jti: String,
+    /// The API key the caller presented, if it did.
+    pub api_key: Option<ApiKeyGrant>,
+}
+
+/// What an API key grants, as auth verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    /// The key's id (never the secret).
+    pub id: String,
+    /// `chat`, `content:write`, `admin`.
+    pub scopes: Vec<String>,
+    /// Most requests per minute (0: none of its own).
+    pub requests_per_minute: u32,
+    /// Most tokens per budget window (0: no budget).
+    pub token_budget: u64,
+    /// The budget window in seconds.
+    pub budget_window_seconds: u64,
+}
+
+/// What a caller may be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Chat completions, embeddings, models.
+    Chat,
+    /// Content management (admins only).
+    ContentWrite,
+    /// Everything an admin may do.
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name on a key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Chat => "chat",
+            Scope::ContentWrite => "content:write",
+            Scope::Admin => "admin",
+        }
+    }
 }
 
 impl Identity {
+    /// Whether the caller may do what `scope` covers: its role must allow it (chat is for
+    /// everyone, the rest for admins), and an API key must also carry the scope (or `admin`).
+    /// So a key never outranks its owner.
+    pub fn may(&self, scope: Scope) -> bool {
+        let granted = self.api_key.as_ref().is_none_or(|key| {
+            key.scopes
+                .iter()
+                .any(|s| s == scope.name() || s == Scope::Admin.name())
+        });
+        granted && (scope == Scope::Chat || self.role == "admin")
+    }
+
     /// Whether the caller may use admin routes.
     pub fn is_admin(&self) -> bool {
-        self.role == "admin"
+        self.may(Scope::Admin)
     }
+}
+
+/// The caller's credential in `metadata`: `authorization: Bearer …`, else an API key in
+/// `x-api-key`.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| {
+            metadata
+                .get(API_KEY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.starts_with(API_KEY_PREFIX))
+        })
+}
+
+/// Whether `token` is an API key rather than a JWT.
+pub fn is_api_key(token: &str) -> bool {
+    token.starts_with(API_KEY_PREFIX)
 }
 
 /// The cached JWKS and when it was last fetched.
@@ -152,6 +237,8 @@ pub struct Verifier {
     issuer: Arc<str>,
     audience: Arc<str>,
     redis: Option<portico_redis::Redis>,
+    /// Auth's answers about API keys, by the SHA-256 of the key (never the key itself).
+    api_keys: portico_ttlmap::TtlMap<Result<Identity, Refused>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -177,6 +264,7 @@ impl Verifier {
             issuer: issuer.into(),
             audience: audience.into(),
             redis,
+            api_keys: portico_ttlmap::TtlMap::new(API_KEY_CACHE_TTL, API_KEY_CACHE_CAPACITY),
         }
     }
 
@@ -220,8 +308,11 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies `token` (signature, claims, denylist).
+    /// Verifies `token` (signature, claims, denylist), or an API key through auth.
     pub async fn verify(&self, token: &str) -> Result<Identity, Refused> {
+        if is_api_key(token) {
+            return self.verify_api_key(token).await;
+        }
         let kid = decode_header(token)
             .map_err(|e| Refused(format!("malformed token: {e}")))?
             .kid
@@ -242,7 +333,53 @@ impl Verifier {
             user_id: claims.sub,
             role: claims.role,
             jti: claims.jti,
+            api_key: None,
         })
+    }
+
+    /// An API key, as auth last said within [`API_KEY_CACHE_TTL`]. An unreachable auth is a
+    /// refusal that is not remembered.
+    async fn verify_api_key(&self, key: &str) -> Result<Identity, Refused> {
+        use sha2::Digest as _;
+        let digest: String = sha2::Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(answer) = self.api_keys.get(&digest) {
+            return answer;
+        }
+        let mut request = tonic::Request::new(portico_proto::auth::VerifyApiKeyRequest {
+            api_key: key.to_owned(),
+        });
+        request.set_timeout(AUTH_CALL_TIMEOUT);
+        let answer = self
+            .auth
+            .clone()
+            .verify_api_key(request)
+            .await
+            .map_err(|status| Refused(format!("cannot verify the API key: {}", status.message())))?
+            .into_inner();
+        let verdict = match answer.key {
+            Some(record) if answer.valid => Ok(Identity {
+                user_id: record.user_id,
+                role: if answer.role == portico_proto::auth::Role::Admin as i32 {
+                    "admin".into()
+                } else {
+                    "user".into()
+                },
+                jti: String::new(),
+                api_key: Some(ApiKeyGrant {
+                    id: record.id,
+                    scopes: record.scopes,
+                    requests_per_minute: record.requests_per_minute,
+                    token_budget: record.token_budget,
+                    budget_window_seconds: record.budget_window_seconds,
+                }),
+            }),
+            _ => Err(Refused(answer.reason)),
+        };
+        self.api_keys.insert(digest, verdict.clone());
+        verdict
     }
 
     async fn is_denied(&self, token: &str, jti: &str) -> Result<bool, Refused> {
@@ -309,15 +446,11 @@ pub async fn authorize_caller(
             .await
             .map(|_| ());
     }
-    let bearer = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            AdminRefusal::Unauthenticated(
-                "credentials required: a bearer token (callers other than the edge cannot call anonymously)".into(),
-            )
-        })?;
+    let bearer = bearer(metadata).ok_or_else(|| {
+        AdminRefusal::Unauthenticated(
+            "credentials required: a bearer token or API key (callers other than the edge cannot call anonymously)".into(),
+        )
+    })?;
     verifier
         .verify(bearer)
         .await
@@ -329,11 +462,22 @@ pub async fn authorize_caller(
 }
 
 /// Admin access for a service: `x-admin-key` equal to `ADMIN_API_KEY`, or a bearer token whose
-/// role is `admin`.
+/// role is `admin` (an API key also needs the `admin` scope).
 pub async fn authorize_admin(
     metadata: &tonic::metadata::MetadataMap,
     admin_key: Option<&portico_config::SecretString>,
     verifier: &Verifier,
+) -> Result<Identity, AdminRefusal> {
+    authorize_scope(metadata, admin_key, verifier, Scope::Admin).await
+}
+
+/// Access to what `scope` covers: `x-admin-key` equal to `ADMIN_API_KEY`, or credentials whose
+/// [`Identity::may`] allows it.
+pub async fn authorize_scope(
+    metadata: &tonic::metadata::MetadataMap,
+    admin_key: Option<&portico_config::SecretString>,
+    verifier: &Verifier,
+    scope: Scope,
 ) -> Result<Identity, AdminRefusal> {
     if let Some(given) = metadata.get("x-admin-key") {
         let valid = admin_key
@@ -343,6 +487,7 @@ pub async fn authorize_admin(
                 user_id: "admin-key".into(),
                 role: "admin".into(),
                 jti: String::new(),
+                api_key: None,
             })
         } else {
             Err(AdminRefusal::PermissionDenied(
@@ -350,19 +495,20 @@ pub async fn authorize_admin(
             ))
         };
     }
-    let bearer = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            AdminRefusal::Unauthenticated("x-admin-key or an admin bearer token is required".into())
-        })?;
+    let bearer = bearer(metadata).ok_or_else(|| {
+        AdminRefusal::Unauthenticated("x-admin-key or an admin bearer token is required".into())
+    })?;
     let identity = verifier.verify(bearer).await.map_err(|refused| {
         tracing::info!(reason = %refused.0, "admin bearer token refused");
         AdminRefusal::Unauthenticated("the bearer token is invalid, expired or revoked".into())
     })?;
-    if identity.is_admin() {
+    if identity.may(scope) {
         Ok(identity)
+    } else if identity.role == "admin" {
+        Err(AdminRefusal::PermissionDenied(format!(
+            "this API key lacks the `{}` scope",
+            scope.name()
+        )))
     } else {
         Err(AdminRefusal::PermissionDenied("admin role required".into()))
     }
