@@ -6,7 +6,9 @@ final answer) streamed and not against both a real HTTP provider and the built-i
 models.list()/retrieve(), embeddings.create() (the SDK's default base64 and floats), and the
 exception class of each error: BadRequestError 400, AuthenticationError 401, NotFoundError 404
 (model_not_found), RateLimitError 429, APIStatusError 502 and 504. The SDK's api_key is a
-Portico access token.
+Portico access token, then a Portico API key (`pk_…`): answers and streams with it, its token
+budget running out (RateLimitError), its usage, and its revocation (AuthenticationError within a
+second).
 
 It starts its own fake OpenAI-compatible provider and its own `portico serve` (the binary given,
 default target/debug/portico) on free ports, and stops both. Needs `pip install openai`.
@@ -303,6 +305,51 @@ default_model: fake
             for _ in range(100):
                 limited.chat.completions.create(model="echo", messages=hello)
         raises(openai.RateLimitError, exhaust, 429, "rate_limit_exceeded")
+
+        # API keys (issue 14): the SDK with api_key="pk_…", a token budget, revocation.
+        owner = token("keys@example.com")
+
+        def rest(method, path, body=None, bearer=owner, headers=None):
+            request = urllib.request.Request(f"{base}{path}", method=method,
+                                             data=None if body is None else json.dumps(body).encode(),
+                                             headers={"content-type": "application/json", **(headers or {}),
+                                                      **({"authorization": f"Bearer {bearer}"} if bearer else {})})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, (json.load(response) if response.status != 204 else None)
+
+        status, created = rest("POST", "/api/v1/api-keys",
+                               {"name": "sdk check", "scopes": ["chat"], "tokenBudget": 60, "budgetWindow": "1d"})
+        assert status == 201 and created["secret"].startswith("pk_"), created
+        secret, key_id = created["secret"], created["key"]["id"]
+        keyed = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
+        answer = keyed.chat.completions.create(model="fake", messages=messages)
+        assert answer.choices[0].message.content == "hello from the sdk", answer
+        streamed = "".join(p.choices[0].delta.content or "" for p in keyed.chat.completions.create(
+            model="fake", messages=messages, stream=True) if p.choices)
+        assert streamed == "hello from the sdk", streamed
+        status, _ = rest("GET", "/v1/models", bearer=None, headers={"x-api-key": secret})
+        assert status == 200
+        checked.append("api_key=pk_… (whole, stream, x-api-key)")
+
+        def spend():
+            for _ in range(20):
+                keyed.chat.completions.create(model="fake", messages=messages)
+        raises(openai.RateLimitError, spend, 429)
+        _, usage = rest("GET", f"/api/v1/api-keys/{key_id}/usage")
+        assert usage["budget"]["usedTokens"] == usage["totals"]["totalTokens"] >= 60, usage
+        assert usage["rows"][0]["model"] == "fake", usage
+        checked.append("token budget 429 and usage")
+
+        status, _ = rest("DELETE", f"/api/v1/api-keys/{key_id}")
+        assert status == 204
+        revoked_at = time.monotonic()
+        while True:
+            try:
+                keyed.models.list()
+            except openai.AuthenticationError:
+                break
+            assert time.monotonic() - revoked_at < 1.0, "a revoked key was accepted for a second"
+        checked.append("revoked key refused within 1 s")
         print("openai SDK check: ok (" + ", ".join(checked) + ")")
 
         # The Node SDK too, when `node` finds it (NODE_PATH=…/node_modules after `npm install openai`).
