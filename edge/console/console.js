@@ -29,6 +29,17 @@
 
   const time = (date = new Date()) => date.toLocaleTimeString([], { hour12: false });
 
+  /** A duration for people: "14 min 58 s", "2 h 5 min", "0.4 s". */
+  function duration(ms) {
+    const total = Number(ms) || 0;
+    if (total < 1000) return total <= 0 ? 'none' : `${(total / 1000).toFixed(1)} s`;
+    const seconds = Math.ceil(total / 1000);
+    const [h, m, s] = [Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60), seconds % 60];
+    if (h) return `${h} h ${m} min`;
+    if (m) return s ? `${m} min ${s} s` : `${m} min`;
+    return `${s} s`;
+  }
+
   // ---------------------------------------------------------------- session (memory only)
 
   const session = {
@@ -577,6 +588,51 @@
     report(box, `Find ${user}`, result, `${sessions.length} live session(s).`, table);
   }
 
+  const LOCKOUTS_ROUTE = '/api/v1/admin/auth/lockouts';
+
+  /** Lists the lockouts in force (of one email, or of every email when empty). */
+  async function loadLockouts(email = $('lockouts-email').value.trim()) {
+    const body = $('lockouts-table').tBodies[0];
+    loading(body, 5);
+    const query = new URLSearchParams(email ? { email } : {});
+    const result = await call('GET', `${LOCKOUTS_ROUTE}${email ? `?${query}` : ''}`);
+    if (!result.ok) {
+      body.replaceChildren();
+      $('lockouts-note').textContent = '';
+      report($('lockouts-result'), `List lockouts${email ? ` of ${email}` : ''}`, result, '');
+      return;
+    }
+    const lockouts = (result.json && result.json.lockouts) || [];
+    const rows = lockouts.map((lockout) => {
+      const everywhere = lockout.scope === 'account';
+      const from = everywhere ? 'every network' : lockout.network;
+      const unlock = el('button', { type: 'button', 'aria-label': `Unlock ${lockout.email} from ${from}` }, 'Unlock');
+      unlock.addEventListener('click', async () => {
+        // A network's lockout is cleared by one of its addresses (an IPv6 /64 by its prefix).
+        const ip = everywhere ? null : lockout.network.replace(/\/64$/, '');
+        const done = await call('POST', '/api/v1/admin/auth/unlock', { body: ip ? { email: lockout.email, ip } : { email: lockout.email } });
+        const cleared = done.json ? done.json.cleared : 0;
+        report($('lockouts-result'), `Unlock ${lockout.email} from ${from}`, done, `${cleared} lockout entr${cleared === 1 ? 'y' : 'ies'} cleared.`);
+        if (done.ok) await loadLockouts();
+      });
+      return el('tr', {},
+        el('th', { scope: 'row' }, el('code', {}, lockout.email)),
+        el('td', {}, everywhere ? 'every network (the account’s back-off)' : el('code', {}, lockout.network)),
+        el('td', {}, lockout.lockedUntil),
+        el('td', { class: 'remaining' }, duration(lockout.remainingMs)),
+        actionsCell(unlock));
+    });
+    body.replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 5 }, email ? `${email} is not locked out.` : 'No account is locked out.'))]));
+    $('lockouts-note').replaceChildren(`${lockouts.length} lockout(s) in force; remaining times as of ${time()} (list again to update)`,
+      result.json && result.json.truncated ? '; more matched than shown (give an email)' : '', ' · correlation ID ', cidNode(result));
+    log(`List lockouts${email ? ` of ${email}` : ''}`, result);
+  }
+
+  $('lockouts-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    loadLockouts();
+  });
+
   $('unlock-form').addEventListener('submit', async (event) => {
     event.preventDefault();
     const email = $('unlock-email').value.trim();
@@ -586,6 +642,7 @@
     const cleared = result.json ? result.json.cleared : 0;
     report($('unlock-result'), `Unlock ${email}${ip ? ` from ${ip}` : ''}`, result,
       cleared ? `${cleared} lockout entr${cleared === 1 ? 'y' : 'ies'} cleared: ${email} can sign in again.` : `Nothing to clear: ${email} was not locked out${ip ? ` from ${ip}` : ''}.`);
+    if (result.ok) await loadLockouts();
   });
 
   $('revoke-form').addEventListener('submit', async (event) => {
@@ -598,7 +655,7 @@
     report($('revoke-result'), `Revoke ${what}`, result,
       kind === 'userId' ? `${result.json ? result.json.familiesRevoked : 0} session famil${result.json && result.json.familiesRevoked === 1 ? 'y' : 'ies'} revoked.` : 'Token revoked.');
   });
-  loaders.accounts = loadAccounts;
+  loaders.accounts = () => Promise.all([loadAccounts(), loadLockouts()]);
 
   // ---------------------------------------------------------------- rate limits
 
@@ -614,10 +671,8 @@
     body.replaceChildren(...rows);
   }
 
-  $('reset-form').addEventListener('submit', async (event) => {
-    event.preventDefault();
-    const kind = document.querySelector('input[name="reset-kind"]:checked').value;
-    const value = $('reset-value').value.trim();
+  /** Resets one bucket (`key`) or every bucket with a prefix, after a confirmation. */
+  async function resetBuckets(kind, value) {
     if (kind === 'key' && !value) {
       report($('reset-result'), 'Reset', { ok: false, status: 0, message: 'give the key of the bucket, e.g. chat:203.0.113.7', headers: new Headers() }, '');
       return;
@@ -629,6 +684,45 @@
     report($('reset-result'), `Reset ${what}`, result,
       removed ? `${removed} bucket(s) removed: the next request starts from a full bucket.` : 'No bucket matched (a full bucket is not stored; check the key).');
     loadRateLimits();
+  }
+
+  $('reset-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    resetBuckets(document.querySelector('input[name="reset-kind"]:checked').value, $('reset-value').value.trim());
+  });
+
+  /** Reads one bucket ({policy}:{key}) without spending from it. */
+  async function lookupBucket(name) {
+    const box = $('bucket-result');
+    const split = name.indexOf(':');
+    if (split < 1 || split === name.length - 1) {
+      report(box, 'Look up a bucket', { ok: false, status: 0, message: 'give the bucket as {policy}:{key}, e.g. chat:203.0.113.7', headers: new Headers() }, '');
+      return;
+    }
+    const query = new URLSearchParams({ policy: name.slice(0, split), key: name.slice(split + 1) });
+    const result = await call('GET', `/api/v1/admin/ratelimit/buckets?${query}`);
+    const b = result.json || {};
+    let details = null;
+    if (result.ok) {
+      const reset = el('button', { type: 'button', class: 'danger', 'aria-label': `Reset bucket ${name}` }, 'Reset this bucket…');
+      reset.addEventListener('click', () => resetBuckets('key', name));
+      const row = (label, value) => el('tr', {}, el('th', { scope: 'row' }, label), el('td', {}, value));
+      details = el('div', {}, el('div', { class: 'scroll' }, el('table', { id: 'bucket-table' },
+        el('caption', { class: 'visually-hidden' }, `Bucket ${name}`),
+        el('tbody', {},
+          row('Stored as', el('code', {}, b.bucket)),
+          row('Limit', String(b.limit)),
+          row('Remaining', el('span', { id: 'bucket-remaining' }, String(b.remaining))),
+          row('Full again in', duration(b.resetAfterMs)),
+          row('Next token', b.retryAfterMs > 0 ? `in ${duration(b.retryAfterMs)}` : 'available now')))), reset);
+    }
+    report(box, `Look up ${name}`, result,
+      `${b.remaining} of ${b.limit} token(s) left${b.remaining === 0 ? ': callers are refused' : ''}; read at ${time()} without spending from it.`, details);
+  }
+
+  $('bucket-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    lookupBucket($('bucket-value').value.trim());
   });
   loaders.ratelimits = loadRateLimits;
 

@@ -27,6 +27,7 @@ pub mod cors;
 pub mod error;
 pub mod health;
 mod limits;
+mod lookup_routes;
 pub mod response;
 pub mod routes;
 mod server;
@@ -611,6 +612,14 @@ impl Edge {
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id))
             }
+            routes::Handler::RateLimitBucket => self
+                .ratelimit_bucket(request.uri().query(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
+            routes::Handler::Lockouts => self
+                .auth_lockouts(request.uri().query(), context, &forwarded)
+                .await
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
             routes::Handler::RateLimitReset => self
                 .ratelimit_reset(request.into_body(), context, &forwarded)
                 .await

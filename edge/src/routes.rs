@@ -22,6 +22,8 @@ pub enum Handler {
     Jwks,
     /// RateLimitService.Reset (admin).
     RateLimitReset,
+    /// RateLimitService.GetBucket (admin): a bucket read without spending from it.
+    RateLimitBucket,
     /// AuthService.Register.
     Register,
     /// AuthService.Login.
@@ -36,6 +38,8 @@ pub enum Handler {
     Me,
     /// AuthService.UnlockAccount (admin).
     Unlock,
+    /// AuthService.ListLockouts (admin): lockouts in force with their remaining time.
+    Lockouts,
     /// AuthService.RevokeToken (admin).
     Revoke,
     /// AuthService.GetOpenIdConfiguration.
@@ -364,6 +368,12 @@ pub static ROUTES: &[Route] = &[
         "admin",
         "Clear login lockouts of an email (X-Admin-Key or admin JWT)",
     ),
+    get(
+        "/api/v1/admin/auth/lockouts",
+        Handler::Lockouts,
+        "admin",
+        "Login lockouts in force with their remaining time (?email=, ?limit=; X-Admin-Key or admin JWT)",
+    ),
     post(
         "/api/v1/admin/auth/revoke",
         Handler::Revoke,
@@ -451,6 +461,12 @@ pub static ROUTES: &[Route] = &[
         tag: "admin",
         summary: "Delete content (204)",
     },
+    get(
+        "/api/v1/admin/ratelimit/buckets",
+        Handler::RateLimitBucket,
+        "admin",
+        "Read one rate limit bucket without spending from it (?policy=&key=; X-Admin-Key or admin JWT)",
+    ),
     Route {
         path: "/api/v1/admin/ratelimit/reset",
         method: Method::POST,
@@ -589,6 +605,9 @@ pub fn openapi(version: &str) -> Value {
         if let Some(body) = request_body(route.handler) {
             operation["requestBody"] = body;
         }
+        if let Some(query) = query_parameters(route.handler) {
+            operation["parameters"] = query;
+        }
         if route.handler == Handler::Metrics {
             operation["parameters"] = json!([{
                 "name": "x-metrics-secret", "in": "header", "required": false,
@@ -660,6 +679,22 @@ pub fn openapi(version: &str) -> Value {
                 }
             }
         }
+    })
+}
+
+/// The query parameters of the routes that take them (OpenAPI `parameters`).
+fn query_parameters(handler: Handler) -> Option<Value> {
+    let parameter = |name: &str, required: bool, description: &str| json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": "string"}});
+    Some(match handler {
+        Handler::RateLimitBucket => json!([
+            parameter("policy", true, "global, auth or chat"),
+            parameter("key", true, "The bucket's key within the policy: a client IP (IPv6: its /64, e.g. 2001:db8::/64) or a user id")
+        ]),
+        Handler::Lockouts => json!([
+            parameter("email", false, "Only this email's lockouts (default: every email's)"),
+            {"name": "limit", "in": "query", "required": false, "description": "Most lockouts returned (default 100)", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+        ]),
+        _ => return None,
     })
 }
 
@@ -865,6 +900,42 @@ fn responses(handler: Handler) -> Value {
             "401": error_response("X-Admin-Key missing"),
             "403": error_response("X-Admin-Key wrong, or ADMIN_API_KEY not configured"),
             "429": error_response("Rate limited")
+        }),
+        Handler::RateLimitBucket => json!({
+            "200": {"description": "The bucket now; reading it spends nothing", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {
+                    "policy": {"type": "string"}, "key": {"type": "string"},
+                    "bucket": {"type": "string", "description": "The stored key: ratelimit:{policy}:{key}"},
+                    "limit": {"type": "integer"}, "remaining": {"type": "integer", "description": "Whole tokens available now"},
+                    "resetAfterMs": {"type": "integer", "description": "Until the bucket is full again"},
+                    "resetAfterSeconds": {"type": "integer"},
+                    "retryAfterMs": {"type": "integer", "description": "Until one token is available (0 when remaining > 0)"}
+                }
+            }}}},
+            "400": error_response("Unknown policy, missing or oversized key, or an unknown query parameter"),
+            "401": error_response("Admin credentials required"),
+            "403": error_response("Not an admin"),
+            "429": error_response("Rate limited"),
+            "503": error_response("The rate limit store is unreachable")
+        }),
+        Handler::Lockouts => json!({
+            "200": {"description": "Lockouts in force, the latest to end first", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {
+                    "lockouts": {"type": "array", "items": {"type": "object", "properties": {
+                        "email": {"type": "string"},
+                        "scope": {"type": "string", "enum": ["network", "account"], "description": "account: the back-off that spaces attempts from every network"},
+                        "network": {"type": "string", "description": "An IPv4 address, an IPv6 /64, or * (account)"},
+                        "lockedUntil": {"type": "string"},
+                        "remainingMs": {"type": "integer"},
+                        "remainingSeconds": {"type": "integer"}
+                    }}},
+                    "truncated": {"type": "boolean", "description": "More lockouts matched than limit"}
+                }
+            }}}},
+            "400": error_response("Not an email address, a bad limit, or an unknown query parameter"),
+            "401": error_response("Admin credentials required"),
+            "403": error_response("Not an admin"),
+            "503": error_response("The lockout store is unreachable")
         }),
         Handler::Register => json!({
             "201": {"description": "Created", "content": {"application/json": {"schema": {"type": "object", "properties": {

@@ -1118,3 +1118,262 @@ async fn rs256_keys_sign_verify_and_publish_rsa_jwks() {
         .into_inner();
     assert!(answer.valid, "{}", answer.reason);
 }
+
+/// Lockouts in force with their remaining time (`ListLockouts`, `GET /api/v1/admin/auth/lockouts`).
+mod lockouts {
+    use super::*;
+
+    const ADMIN_KEY: &str = "admin-secret-for-tests-0123456789abcdef";
+
+    fn list(email: &str, admin_key: Option<&str>) -> tonic::Request<pb::ListLockoutsRequest> {
+        let mut request = tonic::Request::new(pb::ListLockoutsRequest {
+            email: email.into(),
+            limit: 0,
+        });
+        if let Some(key) = admin_key {
+            request
+                .metadata_mut()
+                .insert("x-admin-key", key.parse().expect("ascii"));
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn lockouts_are_listed_with_the_time_they_have_left_until_they_end() {
+        let clock = portico_limiter::ManualClock::new(1_800_000_000_000_000);
+        let options = portico_auth::Options {
+            clock: clock.clone(),
+            ..Default::default()
+        };
+        let (addr, _db, _stop) = harness::spawn_auth(
+            &[
+                ("AUTH_LOGIN_MAX_ATTEMPTS", "2"),
+                ("AUTH_LOGIN_LOCKOUT_MINUTES", "15"),
+                ("ADMIN_API_KEY", ADMIN_KEY),
+            ],
+            options,
+        )
+        .await;
+        let mut auth = grpc(addr).await;
+        let wrong = |email: &str, ip: &str| {
+            from_ip(
+                pb::LoginRequest {
+                    email: email.into(),
+                    password: "wrong password".into(),
+                },
+                ip,
+            )
+        };
+        // erin: locked out of one IPv4 address now, and of an IPv6 /64 a minute later.
+        for _ in 0..2 {
+            let _ = auth.login(wrong("erin@example.com", "198.51.100.4")).await;
+        }
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..2 {
+            let _ = auth
+                .login(wrong("erin@example.com", "2001:db8:1:2::7"))
+                .await;
+        }
+        // frank: one failure only, so not locked out.
+        let _ = auth.login(wrong("frank@example.com", "198.51.100.9")).await;
+        clock.advance(Duration::from_secs(30));
+
+        let listed = auth
+            .list_lockouts(list("Erin@Example.com", Some(ADMIN_KEY)))
+            .await
+            .expect("list")
+            .into_inner();
+        let seen: Vec<(&str, &str, u64)> = listed
+            .lockouts
+            .iter()
+            .map(|l| (l.email.as_str(), l.network.as_str(), l.remaining_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("erin@example.com", "2001:db8:1:2::/64", 870_000),
+                ("erin@example.com", "198.51.100.4", 810_000),
+            ],
+            "the latest to end first, by the service's clock"
+        );
+        assert!(!listed.truncated);
+        assert!(
+            listed.lockouts[1]
+                .locked_until
+                .starts_with("2027-01-15T08:1"),
+            "{}",
+            listed.lockouts[1].locked_until
+        );
+        let everyone = auth
+            .list_lockouts(list("", Some(ADMIN_KEY)))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(everyone.lockouts.len(), 2, "frank is not locked out");
+
+        // Unlocking one network leaves the other; a lockout that ended is not listed.
+        auth.unlock_account({
+            let mut request = tonic::Request::new(pb::UnlockAccountRequest {
+                email: "erin@example.com".into(),
+                ip: "2001:db8:1:2::1".into(),
+            });
+            request
+                .metadata_mut()
+                .insert("x-admin-key", ADMIN_KEY.parse().expect("ascii"));
+            request
+        })
+        .await
+        .expect("unlock");
+        let left = auth
+            .list_lockouts(list("erin@example.com", Some(ADMIN_KEY)))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(left.lockouts.len(), 1);
+        assert_eq!(left.lockouts[0].network, "198.51.100.4");
+        clock.advance(Duration::from_millis(810_000));
+        let ended = auth
+            .list_lockouts(list("erin@example.com", Some(ADMIN_KEY)))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(ended.lockouts.is_empty(), "{:?}", ended.lockouts);
+    }
+
+    #[tokio::test]
+    async fn listing_lockouts_needs_admin_and_a_valid_email() {
+        let (addr, _db, _stop) = harness::spawn_auth(
+            &[("ADMIN_API_KEY", ADMIN_KEY)],
+            portico_auth::Options::default(),
+        )
+        .await;
+        let mut auth = grpc(addr).await;
+        let status = auth
+            .list_lockouts(list("", None))
+            .await
+            .expect_err("no credentials");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let status = auth
+            .list_lockouts(list("", Some("not the admin key, long enough to be one")))
+            .await
+            .expect_err("wrong key");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let status = auth
+            .list_lockouts(list("not an email", Some(ADMIN_KEY)))
+            .await
+            .expect_err("bad email");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let mut too_many = list("", Some(ADMIN_KEY));
+        too_many.get_mut().limit = 5000;
+        let status = auth.list_lockouts(too_many).await.expect_err("limit");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn the_admin_route_lists_a_locked_account_with_its_remaining_seconds() {
+        let suite = TestSuite::builder()
+            .env("AUTH_LOGIN_MAX_ATTEMPTS", "3")
+            .env("ADMIN_API_KEY", ADMIN_KEY)
+            .env("RATE_LIMIT_AUTH_MAX", "100")
+            .spawn()
+            .await;
+        register_and_login(&suite, "gina@example.com").await;
+        for _ in 0..3 {
+            let r = suite
+                .post(
+                    "/api/v1/auth/login",
+                    json!({"email": "gina@example.com", "password": "wrong password"}),
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let lockouts = |query: &str, key: Option<&str>| {
+            let mut request = suite
+                .http
+                .get(suite.url(&format!("/api/v1/admin/auth/lockouts{query}")));
+            if let Some(key) = key {
+                request = request.header("x-admin-key", key);
+            }
+            request.send()
+        };
+        let response = lockouts("?email=Gina%40Example.com", Some(ADMIN_KEY))
+            .await
+            .expect("edge");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("json");
+        let listed = body["lockouts"].as_array().expect("lockouts");
+        assert_eq!(listed.len(), 1, "{body}");
+        let lockout = &listed[0];
+        assert_eq!(lockout["email"], "gina@example.com");
+        assert_eq!(lockout["network"], "127.0.0.1");
+        assert_eq!(lockout["scope"], "network");
+        let seconds = lockout["remainingSeconds"].as_u64().expect("seconds");
+        assert!((890..=900).contains(&seconds), "{lockout}");
+        assert!(
+            lockout["lockedUntil"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{lockout}"
+        );
+        assert_eq!(body["truncated"], false);
+
+        let all: Value = lockouts("", Some(ADMIN_KEY))
+            .await
+            .expect("edge")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(all["lockouts"].as_array().map(Vec::len), Some(1), "{all}");
+
+        // An admin bearer token works too; a user's does not; no credentials are a 401.
+        let admin = suite.login_admin("ops@example.com").await;
+        let by_admin = suite
+            .http
+            .get(suite.url("/api/v1/admin/auth/lockouts"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(by_admin.status(), StatusCode::OK);
+        let user = suite.login("user@example.com").await;
+        let by_user = suite
+            .http
+            .get(suite.url("/api/v1/admin/auth/lockouts"))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(by_user.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            lockouts("", None).await.expect("edge").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        for bad in [
+            "?email=nope",
+            "?limit=0",
+            "?limit=many",
+            "?mail=gina%40example.com",
+        ] {
+            let response = lockouts(bad, Some(ADMIN_KEY)).await.expect("edge");
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+
+        // After an unlock the list is empty.
+        let unlock = suite
+            .http
+            .post(suite.url("/api/v1/admin/auth/unlock"))
+            .header("x-admin-key", ADMIN_KEY)
+            .json(&json!({"email": "gina@example.com", "ip": "127.0.0.1"}))
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(unlock.status(), StatusCode::OK);
+        let after: Value = lockouts("?email=gina%40example.com", Some(ADMIN_KEY))
+            .await
+            .expect("edge")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(after["lockouts"], json!([]), "{after}");
+    }
+}

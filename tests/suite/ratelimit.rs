@@ -1027,3 +1027,285 @@ async fn the_edge_admitting_ahead_still_spends_every_token_in_the_service() {
     let check = ratelimit.check(request).await.expect("check").into_inner();
     assert!(!check.allowed, "{check:?}");
 }
+
+/// Bucket lookups (`GetBucket`, `GET /api/v1/admin/ratelimit/buckets`): read-only on both
+/// backends.
+mod lookup {
+    use portico_proto::ratelimit::{GetBucketRequest, GetBucketResponse};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::harness::TestSuite;
+
+    const ADMIN_KEY: &str = "admin-secret-for-tests-0123456789abcdef";
+
+    fn get_bucket(
+        policy: &str,
+        key: &str,
+        admin_key: Option<&str>,
+    ) -> tonic::Request<GetBucketRequest> {
+        let mut request = tonic::Request::new(GetBucketRequest {
+            policy: policy.into(),
+            key: key.into(),
+        });
+        if let Some(admin_key) = admin_key {
+            request
+                .metadata_mut()
+                .insert("x-admin-key", admin_key.parse().expect("ascii"));
+        }
+        request
+    }
+
+    async fn bucket(
+        rl: &mut RateLimitServiceClient<Channel>,
+        policy: &str,
+        key: &str,
+    ) -> GetBucketResponse {
+        rl.get_bucket(get_bucket(policy, key, Some(ADMIN_KEY)))
+            .await
+            .expect("get bucket")
+            .into_inner()
+    }
+
+    /// Memory always; Redis too when `TEST_REDIS_URL` is reachable.
+    async fn backends() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+        let mut backends = vec![("memory", Vec::new())];
+        if let Some(url) = harness::shared_redis().await {
+            backends.push(("redis", vec![("REDIS_URL", url)]));
+        }
+        backends
+    }
+
+    #[tokio::test]
+    async fn a_bucket_is_read_without_spending_a_token_on_both_backends() {
+        for (backend, vars) in backends().await {
+            let clock = ManualClock::new(START_MICROS);
+            let mut all: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            all.extend([
+                ("RATE_LIMIT_CAPACITY", "5"),
+                ("RATE_LIMIT_REFILL_RATE", "1"),
+                ("ADMIN_API_KEY", ADMIN_KEY),
+            ]);
+            let (addr, _shutdown) = harness::spawn_ratelimit(&all, clock.clone()).await;
+            let mut rl = client(addr).await;
+
+            let fresh = bucket(&mut rl, "chat", "user-1").await;
+            assert_eq!(
+                (
+                    fresh.limit,
+                    fresh.remaining,
+                    fresh.reset_after_ms,
+                    fresh.retry_after_ms
+                ),
+                (5, 5, 0, 0),
+                "{backend}: a bucket never used is full"
+            );
+            assert_eq!(fresh.bucket, "ratelimit:chat:user-1", "{backend}");
+            for _ in 0..3 {
+                assert!(
+                    rl.check(check("chat", "user-1", 1))
+                        .await
+                        .expect("check")
+                        .into_inner()
+                        .allowed
+                );
+            }
+            let after = bucket(&mut rl, "chat", "user-1").await;
+            assert_eq!(
+                (after.remaining, after.reset_after_ms, after.retry_after_ms),
+                (2, 3000, 0),
+                "{backend}: three spent, three seconds to full"
+            );
+            assert_eq!(
+                bucket(&mut rl, "chat", "user-1").await,
+                after,
+                "{backend}: looking took nothing"
+            );
+
+            for _ in 0..2 {
+                assert!(
+                    rl.check(check("chat", "user-1", 1))
+                        .await
+                        .expect("check")
+                        .into_inner()
+                        .allowed
+                );
+            }
+            let empty = bucket(&mut rl, "chat", "user-1").await;
+            assert_eq!(
+                (empty.remaining, empty.reset_after_ms, empty.retry_after_ms),
+                (0, 5000, 1000),
+                "{backend}: empty, one token in a second"
+            );
+            clock.advance(Duration::from_millis(1500));
+            let refilled = bucket(&mut rl, "chat", "user-1").await;
+            assert_eq!(
+                (
+                    refilled.remaining,
+                    refilled.reset_after_ms,
+                    refilled.retry_after_ms
+                ),
+                (1, 3500, 0),
+                "{backend}: refilled by the clock"
+            );
+            // Exactly the token the lookup reported is there to spend.
+            assert!(
+                rl.check(check("chat", "user-1", 1))
+                    .await
+                    .expect("check")
+                    .into_inner()
+                    .allowed
+            );
+            assert!(
+                !rl.check(check("chat", "user-1", 1))
+                    .await
+                    .expect("check")
+                    .into_inner()
+                    .allowed
+            );
+            assert_eq!(
+                bucket(&mut rl, "chat", "user-2").await.remaining,
+                5,
+                "{backend}: another key is its own bucket"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bucket_lookup_needs_admin_and_a_known_policy_and_key() {
+        let mut rl = spawn(
+            &[("ADMIN_API_KEY", ADMIN_KEY)],
+            ManualClock::new(START_MICROS),
+        )
+        .await;
+        let status = rl
+            .get_bucket(get_bucket("chat", "user-1", None))
+            .await
+            .expect_err("no credentials");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let status = rl
+            .get_bucket(get_bucket("chat", "user-1", Some("wrong")))
+            .await
+            .expect_err("a wrong key");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let status = rl
+            .get_bucket(get_bucket("nope", "user-1", Some(ADMIN_KEY)))
+            .await
+            .expect_err("unknown policy");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("unknown policy `nope`"),
+            "{}",
+            status.message()
+        );
+        let status = rl
+            .get_bucket(get_bucket("chat", "", Some(ADMIN_KEY)))
+            .await
+            .expect_err("empty key");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn the_admin_route_reads_the_bucket_the_edge_spends() {
+        // A small auth bucket (decided synchronously by the edge) that barely refills, so
+        // every spend shows at once and no refill lands between two reads.
+        let suite = TestSuite::builder()
+            .env("RATE_LIMIT_AUTH_MAX", "9")
+            .env("RATE_LIMIT_GLOBAL_WINDOW", "3600s")
+            .env("ADMIN_API_KEY", ADMIN_KEY)
+            .spawn()
+            .await;
+        let lookup = |query: &str, key: Option<&str>| {
+            let mut request = suite
+                .http
+                .get(suite.url(&format!("/api/v1/admin/ratelimit/buckets?{query}")));
+            if let Some(key) = key {
+                request = request.header("x-admin-key", key);
+            }
+            request.send()
+        };
+        let read = || async {
+            let response = lookup("policy=auth&key=127.0.0.1", Some(ADMIN_KEY))
+                .await
+                .expect("edge");
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.expect("json")
+        };
+        let before = read().await;
+        assert_eq!(before["limit"], 9);
+        assert_eq!(before["bucket"], "ratelimit:auth:127.0.0.1");
+        let wrong = suite
+            .post(
+                "/api/v1/auth/login",
+                serde_json::json!({"email": "nobody@example.com", "password": "not the password"}),
+            )
+            .await;
+        assert_eq!(wrong.status(), 401);
+        let after = read().await;
+        let spent = |v: &Value| v["remaining"].as_u64().expect("remaining");
+        assert_eq!(
+            spent(&after),
+            spent(&before) - 1,
+            "the login spent one: {before} {after}"
+        );
+        assert!(
+            after["resetAfterSeconds"].as_u64().is_some_and(|s| s > 0),
+            "{after}"
+        );
+        assert_eq!(
+            read().await["remaining"],
+            after["remaining"],
+            "reading spends nothing"
+        );
+        // The URL-encoded form the console sends decodes to the same bucket.
+        let encoded = lookup("policy=auth&key=127%2E0%2E0%2E1", Some(ADMIN_KEY))
+            .await
+            .expect("edge");
+        assert_eq!(
+            encoded.json::<Value>().await.expect("json")["remaining"],
+            after["remaining"]
+        );
+
+        // An admin bearer token works too; a user's does not; no credentials are a 401.
+        let admin = suite.login_admin("ops@example.com").await;
+        let by_jwt = suite
+            .http
+            .get(suite.url("/api/v1/admin/ratelimit/buckets?policy=global&key=127.0.0.1"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(by_jwt.status(), 200);
+        let user = suite.login("user@example.com").await;
+        let by_user = suite
+            .http
+            .get(suite.url("/api/v1/admin/ratelimit/buckets?policy=global&key=127.0.0.1"))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .expect("edge");
+        assert_eq!(by_user.status(), 403);
+        assert_eq!(
+            lookup("policy=auth&key=127.0.0.1", None)
+                .await
+                .expect("edge")
+                .status(),
+            401
+        );
+        for bad in [
+            "policy=auth",
+            "policy=nope&key=1.2.3.4",
+            "policy=auth&key=1.2.3.4&cost=1",
+        ] {
+            let response = lookup(bad, Some(ADMIN_KEY)).await.expect("edge");
+            assert_eq!(response.status(), 400, "{bad}");
+            let body: Value = response.json().await.expect("json");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{bad}: {body}"
+            );
+        }
+    }
+}

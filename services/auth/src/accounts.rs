@@ -882,7 +882,44 @@ impl Accounts {
         tracing::info!(email, ip, cleared, "account unlocked");
         Ok(cleared)
     }
+
+    /// Admin: the lockouts in force (of `email`, or of every email when empty), the latest to
+    /// end first, at most `limit` (0 = [`DEFAULT_LOCKOUT_LIST`]); with the time they were read
+    /// at (ms), so remaining times agree with the lockout's own clock.
+    pub async fn lockouts(
+        &self,
+        email: &str,
+        limit: u32,
+        caller: &Caller,
+    ) -> Result<(Vec<crate::lockout::Lockout>, bool, i64), Error> {
+        self.require_admin(caller).await?;
+        let email = match email.trim() {
+            "" => None,
+            given => Some(normalize_email(given)?),
+        };
+        let limit = match limit {
+            0 => DEFAULT_LOCKOUT_LIST,
+            n if n <= MAX_LOCKOUT_LIST => n,
+            n => {
+                return Err(Error::InvalidArgument(format!(
+                    "limit {n} is too large: at most {MAX_LOCKOUT_LIST}"
+                )))
+            }
+        };
+        let now = self.now_ms();
+        let (lockouts, truncated) = self
+            .guards
+            .lockouts(email.as_deref(), now, limit as usize)
+            .await
+            .map_err(Error::LockoutStore)?;
+        Ok((lockouts, truncated, now))
+    }
 }
+
+/// Lockouts listed when the caller gives no limit.
+pub const DEFAULT_LOCKOUT_LIST: u32 = 100;
+/// Most lockouts one listing returns.
+pub const MAX_LOCKOUT_LIST: u32 = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -241,6 +241,27 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(pb::UnlockAccountResponse { cleared }))
     }
 
+    async fn list_lockouts(
+        &self,
+        request: Request<pb::ListLockoutsRequest>,
+    ) -> Result<Response<pb::ListLockoutsResponse>, Status> {
+        let caller = caller(&request);
+        let pb::ListLockoutsRequest { email, limit } = request.into_inner();
+        let (lockouts, truncated, now) = self.accounts.lockouts(&email, limit, &caller).await?;
+        Ok(Response::new(pb::ListLockoutsResponse {
+            lockouts: lockouts
+                .into_iter()
+                .map(|lockout| pb::Lockout {
+                    locked_until: portico_telemetry::rfc3339_millis(lockout.until_ms),
+                    remaining_ms: u64::try_from(lockout.until_ms - now).unwrap_or(0),
+                    email: lockout.email,
+                    network: lockout.network,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
+
     async fn request_password_reset(
         &self,
         request: Request<pb::RequestPasswordResetRequest>,

@@ -25,6 +25,8 @@ use portico_redis::{
 
 use crate::store::Store;
 
+/// Most `lockout:` keys one listing reads from Redis.
+pub const MAX_SCANNED_LOCKOUTS: usize = 10_000;
 /// The account-wide row or key suffix (never a network).
 const ACCOUNT: &str = "*";
 /// How long a network the owner logged in from stays exempt from the account ceiling.
@@ -114,6 +116,17 @@ impl Ceiling {
             .saturating_mul(1_i64 << doublings)
             .min(self.cap_ms)
     }
+}
+
+/// One lockout in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    /// The normalised email.
+    pub email: String,
+    /// The network locked out, or `*` for the account-wide back-off.
+    pub network: String,
+    /// When it ends (ms since the epoch, the service's clock).
+    pub until_ms: i64,
 }
 
 /// The outcome of reserving an attempt.
@@ -419,6 +432,66 @@ impl Guards {
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
 
+    /// Lockouts in force at `now`, of `email` or of every email, the latest to end first, at
+    /// most `limit`; the flag is true when more matched. In Redis the `lockout:` keys are
+    /// scanned (at most [`MAX_SCANNED_LOCKOUTS`]), never listed with KEYS.
+    pub async fn lockouts(
+        &self,
+        email: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<(Vec<Lockout>, bool), String> {
+        self.reachable()?;
+        let mut lockouts = match self {
+            Guards::Redis { redis, .. } => {
+                let prefix = match email {
+                    Some(email) => format!("lockout:{email}:"),
+                    None => "lockout:".to_owned(),
+                };
+                let (keys, more) = redis
+                    .scan_prefix(&prefix, MAX_SCANNED_LOCKOUTS)
+                    .await
+                    .map_err(|e| failed(redis, &e))?;
+                let values = redis.get_many(&keys).await.map_err(|e| failed(redis, &e))?;
+                let mut found: Vec<Lockout> = keys
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(key, value)| {
+                        let (email, network) = parse_lockout_key(key)?;
+                        Some(Lockout {
+                            email: email.to_owned(),
+                            network: network.to_owned(),
+                            until_ms: value?.parse().ok()?,
+                        })
+                    })
+                    .filter(|lockout| lockout.until_ms > now)
+                    .collect();
+                found.sort_by(|a, b| {
+                    b.until_ms
+                        .cmp(&a.until_ms)
+                        .then_with(|| (&a.email, &a.network).cmp(&(&b.email, &b.network)))
+                });
+                let truncated = more || found.len() > limit;
+                found.truncate(limit);
+                return Ok((found, truncated));
+            }
+            Guards::Database(store) => store
+                .lockouts(email, now, limit as u64 + 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(email, network, until_ms)| Lockout {
+                    email,
+                    network,
+                    until_ms,
+                })
+                .collect::<Vec<_>>(),
+        };
+        let truncated = lockouts.len() > limit;
+        lockouts.truncate(limit);
+        Ok((lockouts, truncated))
+    }
+
     /// Counts one event of `name` (a counter key, e.g. `password_reset:{email}`) in a fixed
     /// window of `window_ms`; returns the count so far and the milliseconds left in the window.
     pub async fn hit(&self, name: &str, now: i64, window_ms: i64) -> Result<(i64, i64), String> {
@@ -521,6 +594,15 @@ impl Guards {
 fn failed(redis: &Redis, error: &Error) -> String {
     redis.mark_down(error);
     error.to_string()
+}
+
+/// `lockout:{email}:{network}` → (email, network). The network starts at the first `:` after
+/// the email's `@` (a domain has none; an IPv6 network has several).
+fn parse_lockout_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("lockout:")?;
+    let at = rest.rfind('@')?;
+    let split = at + rest[at..].find(':')?;
+    Some((&rest[..split], &rest[split + 1..]))
 }
 
 fn attempt_key(email: &str, ip: &str) -> String {
@@ -742,6 +824,75 @@ mod tests {
                 .filter(|o| matches!(o, Attempt::Allowed(..)))
                 .count();
             assert_eq!(allowed, 1, "{name}: one slot, one winner: {outcomes:?}");
+        }
+    }
+
+    #[test]
+    fn lockout_keys_split_at_the_domain_even_for_ipv6_networks() {
+        assert_eq!(
+            parse_lockout_key("lockout:a@example.com:203.0.113.7"),
+            Some(("a@example.com", "203.0.113.7"))
+        );
+        assert_eq!(
+            parse_lockout_key("lockout:a:b@example.com:2001:db8:1:2::/64"),
+            Some(("a:b@example.com", "2001:db8:1:2::/64"))
+        );
+        assert_eq!(
+            parse_lockout_key("lockout:a@example.com:*"),
+            Some(("a@example.com", "*"))
+        );
+        assert_eq!(parse_lockout_key("lockout:no-at-sign:1.2.3.4"), None);
+        assert_eq!(
+            parse_lockout_key("login_attempt:a@example.com:1.2.3.4"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn lockouts_in_force_are_listed_with_their_end_on_both_stores() {
+        for (name, guards) in stores().await {
+            let now = 1_800_000_000_000;
+            guards
+                .lock("a@example.com", "203.0.113.7", now, now + 60_000)
+                .await
+                .expect("lock");
+            guards
+                .lock("a@example.com", "2001:db8:1:2::/64", now, now + 120_000)
+                .await
+                .expect("lock");
+            guards
+                .lock("b@example.com", "198.51.100.1", now, now + 30_000)
+                .await
+                .expect("lock");
+            guards
+                .lock("c@example.com", "198.51.100.2", now - 10_000, now - 1)
+                .await
+                .expect("an ended lockout");
+
+            let (all, truncated) = guards.lockouts(None, now, 100).await.expect("list");
+            let seen: Vec<(&str, &str, i64)> = all
+                .iter()
+                .map(|l| (l.email.as_str(), l.network.as_str(), l.until_ms - now))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("a@example.com", "2001:db8:1:2::/64", 120_000),
+                    ("a@example.com", "203.0.113.7", 60_000),
+                    ("b@example.com", "198.51.100.1", 30_000),
+                ],
+                "{name}: the latest to end first, ended ones left out"
+            );
+            assert!(!truncated, "{name}");
+            let (one, truncated) = guards
+                .lockouts(Some("b@example.com"), now, 100)
+                .await
+                .expect("list");
+            assert_eq!(one.len(), 1, "{name}");
+            assert!(!truncated, "{name}");
+            let (first, truncated) = guards.lockouts(None, now, 1).await.expect("list");
+            assert_eq!(first.len(), 1, "{name}");
+            assert!(truncated, "{name}: more than the limit");
         }
     }
 

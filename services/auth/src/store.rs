@@ -725,6 +725,40 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Lockouts in force at `now` (of `email` only, when given), the latest to end first:
+    /// `(email, network or "*", locked_until)`, at most `limit`.
+    pub async fn lockouts(
+        &self,
+        email: Option<&str>,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<(String, String, i64)>, DbErr> {
+        let (filter, mut values): (&str, Vec<Value>) = match email {
+            Some(email) => ("AND email = ? ", vec![now.into(), email.into()]),
+            None => ("", vec![now.into()]),
+        };
+        values.push((limit as i64).into());
+        let rows = self
+            .db
+            .query_all(
+                &format!(
+                    "SELECT email, ip, locked_until FROM lockouts WHERE locked_until > ? {filter}\
+                     ORDER BY locked_until DESC, email, ip LIMIT ?"
+                ),
+                values,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("", "email")?,
+                    row.try_get("", "ip")?,
+                    row.try_get("", "locked_until")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Forgets the attempts of `email`+`ip` (or of every network; known networks stay known).
     pub async fn clear_attempts(&self, email: &str, ip: Option<&str>) -> Result<u64, DbErr> {
         match ip {

@@ -14,7 +14,10 @@ pub enum Error {
     /// The admin credentials are wrong or admin access is not configured.
     #[error("{0}")]
     PermissionDenied(String),
-    /// Redis failed during an operation that has no fallback (reset).
+    /// Redis is known to be down and the operation has no fallback (a bucket lookup).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Redis failed during an operation that has no fallback (reset, a bucket lookup).
     #[error("redis: {0}")]
     Redis(portico_redis::fred::error::Error),
     /// `RATE_LIMIT_DESCRIPTORS_FILE` or `REDIS_URL` is unusable.
@@ -31,6 +34,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(message) => Status::invalid_argument(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::Unavailable(message) => Status::unavailable(message),
             Error::Redis(error) => {
                 tracing::error!(%error, "redis error");
                 Status::unavailable("the rate limit store is unavailable; retry shortly")

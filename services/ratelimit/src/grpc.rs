@@ -120,6 +120,27 @@ impl RateLimitService for RateLimitGrpc {
         tracing::info!(removed, "rate limit buckets reset");
         Ok(Response::new(pb::ResetResponse { removed }))
     }
+
+    async fn get_bucket(
+        &self,
+        request: Request<pb::GetBucketRequest>,
+    ) -> Result<Response<pb::GetBucketResponse>, Status> {
+        self.require_admin(&request).await?;
+        let pb::GetBucketRequest { policy, key } = request.into_inner();
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Status::invalid_argument(format!(
+                "key must be 1 to {MAX_KEY_LEN} bytes"
+            )));
+        }
+        let (d, bucket) = self.limiter.peek(&policy, &key).await?;
+        Ok(Response::new(pb::GetBucketResponse {
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after_ms: d.reset_after_ms,
+            retry_after_ms: d.retry_after_ms,
+            bucket,
+        }))
+    }
 }
 
 #[tonic::async_trait]

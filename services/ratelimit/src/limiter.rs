@@ -99,6 +99,15 @@ impl RateLimiter {
         }
     }
 
+    /// The shape of the policy called `name`.
+    fn policy(&self, name: &str) -> Result<Limit, Error> {
+        self.policies.get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown policy `{name}`: expected global, auth or chat"
+            ))
+        })
+    }
+
     /// Whether `ip` is never limited.
     pub fn is_whitelisted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.whitelist.iter().any(|net| net.contains(&ip)))
@@ -117,11 +126,7 @@ impl RateLimiter {
         cost: u32,
         client_ip: Option<IpAddr>,
     ) -> Result<Outcome, Error> {
-        let limit = self.policies.get(policy).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "unknown policy `{policy}`: expected global, auth or chat"
-            ))
-        })?;
+        let limit = self.policy(policy)?;
         if cost > limit.capacity {
             return Err(Error::InvalidArgument(format!(
                 "cost {cost} exceeds the `{policy}` bucket's capacity of {}",
@@ -184,6 +189,32 @@ impl RateLimiter {
             decision,
             degraded: true,
         }
+    }
+
+    /// Reads `policy`'s bucket for `key` without taking a token: from Redis when it is
+    /// configured (the buckets every replica shares), else from memory. The bucket's stored key
+    /// comes back with it.
+    pub async fn peek(&self, policy: &str, key: &str) -> Result<(Decision, String), Error> {
+        let limit = self.policy(policy)?;
+        let bucket = bucket_key(policy, key);
+        let decision = match &self.redis {
+            None => self.memory.peek(&bucket, limit),
+            Some(redis) => {
+                if !redis.redis().is_up() {
+                    return Err(Error::Unavailable(
+                        "the rate limit store is unreachable; retry shortly".into(),
+                    ));
+                }
+                match redis.peek(&bucket, limit, self.clock.as_ref()).await {
+                    Ok(decision) => decision,
+                    Err(error) => {
+                        redis.redis().mark_down(&error);
+                        return Err(Error::Redis(error));
+                    }
+                }
+            }
+        };
+        Ok((decision, bucket))
     }
 
     /// Removes one bucket (`{policy}:{key}`); returns how many were removed.

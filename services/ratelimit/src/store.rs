@@ -6,12 +6,18 @@ use portico_limiter::{Clock, Decision, Limit};
 use portico_redis::{fred, Redis};
 
 const GCRA: &str = include_str!("gcra.lua");
+/// Reads a bucket without writing: its stored TAT ("" when absent) and the server's `TIME`.
+const PEEK: &str = r#"
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[1]) or '', t[1], t[2]}
+"#;
 
 /// Buckets in Redis, shared by every replica.
 #[derive(Debug, Clone)]
 pub struct RedisBuckets {
     redis: Redis,
     script: Script,
+    peek: Script,
 }
 
 impl RedisBuckets {
@@ -20,6 +26,7 @@ impl RedisBuckets {
         Self {
             redis,
             script: Script::from_lua(GCRA),
+            peek: Script::from_lua(PEEK),
         }
     }
 
@@ -65,6 +72,44 @@ impl RedisBuckets {
             reset_after_ms: u64::try_from(reset_after_ms).unwrap_or(0),
             retry_after_ms: u64::try_from(retry_after_ms).unwrap_or(0),
         })
+    }
+
+    /// Bucket `bucket` (unprefixed key) as it is now, without taking a token: one read-only
+    /// script, "now" from Redis's `TIME` unless `clock` is injected (as in [`Self::check`]).
+    pub async fn peek(
+        &self,
+        bucket: &str,
+        limit: Limit,
+        clock: &dyn Clock,
+    ) -> Result<Decision, Error> {
+        let reply: Vec<String> = self
+            .peek
+            .evalsha_with_reload(
+                self.redis.client(),
+                vec![self.redis.key(bucket)],
+                Vec::<String>::new(),
+            )
+            .await?;
+        let [stored, seconds, micros] = &reply[..] else {
+            return Err(Error::new(
+                ErrorKind::Parse,
+                format!("unexpected script reply {reply:?}"),
+            ));
+        };
+        let number = |text: &str| {
+            text.parse::<f64>()
+                .map_err(|_| Error::new(ErrorKind::Parse, format!("unexpected number `{text}`")))
+        };
+        let now = if clock.is_system() {
+            number(seconds)? * 1_000_000.0 + number(micros)?
+        } else {
+            clock.now_micros() as f64
+        };
+        let tat = match stored.as_str() {
+            "" => None,
+            text => Some(number(text)?),
+        };
+        Ok(portico_limiter::peek(tat, now, limit))
     }
 
     /// Deletes one bucket; returns how many keys were removed.

@@ -161,6 +161,17 @@ pub fn decide(tat: Option<f64>, now: f64, limit: Limit, cost: u32) -> (Decision,
     }
 }
 
+/// A bucket's state at `now` without taking from it: `remaining` whole tokens, `reset_after_ms`
+/// until full, `retry_after_ms` until one token is available. `tat` as in [`decide`]; nothing
+/// is stored, so reading a bucket never changes a later decision.
+pub fn peek(tat: Option<f64>, now: f64, limit: Limit) -> Decision {
+    let (state, _) = decide(tat, now, limit, 0);
+    Decision {
+        retry_after_ms: decide(tat, now, limit, 1).0.retry_after_ms,
+        ..state
+    }
+}
+
 /// Time source of the limiter, injectable so tests can move time without sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Microseconds since the Unix epoch.
@@ -272,6 +283,35 @@ mod tests {
         assert_eq!(d.remaining, 3, "a refused request takes nothing");
         assert_eq!(d.retry_after_ms, 1000);
         assert!(decide(tat, NOW, limit, 3).0.allowed);
+    }
+
+    #[test]
+    fn peeking_reads_the_bucket_and_changes_nothing() {
+        let limit = Limit::per_window(5, Duration::from_secs(5)); // one token per second
+        let fresh = peek(None, NOW, limit);
+        assert_eq!(
+            (fresh.remaining, fresh.reset_after_ms, fresh.retry_after_ms),
+            (5, 0, 0)
+        );
+        let mut tat = None;
+        for _ in 0..5 {
+            tat = decide(tat, NOW, limit, 1).1;
+        }
+        let empty = peek(tat, NOW, limit);
+        assert_eq!(
+            (empty.remaining, empty.reset_after_ms, empty.retry_after_ms),
+            (0, 5000, 1000)
+        );
+        assert_eq!(
+            peek(tat, NOW, limit),
+            empty,
+            "a second look sees the same bucket"
+        );
+        let later = peek(tat, NOW + 2_500_000.0, limit);
+        assert_eq!(
+            (later.remaining, later.reset_after_ms, later.retry_after_ms),
+            (2, 2500, 0)
+        );
     }
 
     #[test]

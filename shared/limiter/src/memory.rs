@@ -84,6 +84,12 @@ impl MemoryStore {
         decision.unwrap_or_else(|| decide(None, now, limit, cost).0)
     }
 
+    /// Bucket `key` as it is now, without taking a token (see [`crate::peek`]).
+    pub fn peek(&self, key: &str, limit: Limit) -> Decision {
+        let now = self.clock.now_micros() as f64;
+        crate::peek(self.buckets.get(key).map(|bucket| bucket.tat), now, limit)
+    }
+
     /// Forgets bucket `key`; returns how many were removed (0 or 1).
     pub fn reset_key(&self, key: &str) -> u64 {
         u64::from(self.buckets.remove(key).is_some())

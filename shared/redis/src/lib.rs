@@ -166,6 +166,44 @@ impl Redis {
         Ok(removed)
     }
 
+    /// The keys under `REDIS_KEY_PREFIX` + `prefix` (SCAN, never KEYS), without
+    /// `REDIS_KEY_PREFIX`, at most `max` of them; the flag is true when more exist.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<(Vec<String>, bool), Error> {
+        use fred::types::scan::Scanner as _;
+        use futures_util::TryStreamExt as _;
+
+        let pattern = format!("{}*", escape_glob(&self.key(prefix)));
+        let mut pages = self.client.scan(pattern, Some(500), None);
+        let mut keys = Vec::new();
+        while let Some(mut page) = pages.try_next().await? {
+            for key in page.take_results().unwrap_or_default() {
+                let Some(key) = key.as_str() else { continue };
+                if keys.len() == max {
+                    return Ok((keys, true));
+                }
+                keys.push(key.strip_prefix(&*self.prefix).unwrap_or(key).to_owned());
+            }
+        }
+        Ok((keys, false))
+    }
+
+    /// The string values of `keys` (each under `REDIS_KEY_PREFIX`) in one pipeline; `None`
+    /// for a key that is gone.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        for key in keys {
+            let () = pipeline.get(self.key(key)).await?;
+        }
+        pipeline.all().await
+    }
+
     /// PING with the command timeout.
     pub async fn ping(&self) -> bool {
         matches!(
