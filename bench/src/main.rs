@@ -11,6 +11,7 @@
 //! run and prints both lines plus their ratio. `scenario faults` (module [`faults`]) rehearses
 //! dependency outages under load.
 
+mod apikey;
 mod faults;
 mod tls;
 
@@ -128,6 +129,12 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// What an API key costs at the edge over a JWT (same run, same suite): `GET /v1/models`
+    /// and a chat completion to a fake provider, with each credential.
+    Apikey {
+        #[command(flatten)]
+        load: Load,
+    },
     /// Dependency outages under load (Redis killed, PostgreSQL cut, the LLM provider gone,
     /// SIGTERM): failures, their latency, recovery time and stale reads, one line each.
     Faults(faults::FaultArgs),
@@ -185,6 +192,14 @@ enum Target {
         /// HTTPS with this client configuration (ALPN http/1.1), verifying `host`.
         tls: Option<Arc<portico_tls::rustls::ClientConfig>>,
     },
+    /// HTTP/1.1 with an `Authorization` header: a GET, or a POST of `body`.
+    Authed {
+        addr: SocketAddr,
+        path: String,
+        host: String,
+        authorization: http::HeaderValue,
+        body: Option<Bytes>,
+    },
     GrpcUnary(tonic::transport::Channel),
     GrpcStream(tonic::transport::Channel),
     GrpcCheck(tonic::transport::Channel),
@@ -236,6 +251,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Tls { load },
         } => tls::scenario(&load).await?,
+        Command::Scenario {
+            scenario: Scenario::Apikey { load },
+        } => apikey::scenario(&load).await?,
     }
     Ok(())
 }
@@ -444,6 +462,14 @@ impl Connection {
                 };
                 Ok(Connection::Http(sender, None))
             }
+            Target::Authed { addr, .. } => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Ok(Connection::Http(sender, None))
+            }
             Target::GrpcUnary(channel) | Target::GrpcStream(channel) => {
                 Ok(Connection::Grpc(HealthClient::new(channel.clone())))
             }
@@ -467,6 +493,33 @@ impl Connection {
                         .header(http::header::HOST, host.as_str())
                         .body(Full::new(Bytes::new()))?,
                 };
+                let response = sender.send_request(request).await?;
+                let ok = response.status().is_success();
+                response.into_body().collect().await?;
+                anyhow::ensure!(ok, "non-2xx");
+                Ok(())
+            }
+            (
+                Connection::Http(sender, _),
+                Target::Authed {
+                    path,
+                    host,
+                    authorization,
+                    body,
+                    ..
+                },
+            ) => {
+                sender.ready().await?;
+                let request = match body {
+                    Some(body) => http::Request::post(path.as_str())
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(body.clone())),
+                    None => http::Request::get(path.as_str()).body(Full::new(Bytes::new())),
+                };
+                let mut request = request?;
+                let headers = request.headers_mut();
+                headers.insert(http::header::HOST, http::HeaderValue::from_str(host)?);
+                headers.insert(http::header::AUTHORIZATION, authorization.clone());
                 let response = sender.send_request(request).await?;
                 let ok = response.status().is_success();
                 response.into_body().collect().await?;
