@@ -237,6 +237,7 @@
 
   function endSession(message, result) {
     clearSession();
+    hideSecret();
     signedInChrome(false);
     stopLive();
     showOnly('page-signin');
@@ -298,6 +299,7 @@
     const result = await call('POST', '/api/v1/auth/logout', { body: { refreshToken: session.refresh }, retry: false });
     const who = session.me ? session.me.email : '';
     clearSession();
+    hideSecret();
     signedInChrome(false);
     stopLive();
     showOnly('page-signin');
@@ -540,11 +542,84 @@
         'Not available: this Portico has no admin route that finds an account by email (none is listed in /api/openapi.json). ',
         'Unlock works by email below; revoking needs the user ID, which the user can read from GET /api/v1/auth/me (id).'));
     }
-    const keys = Object.keys(known).filter((p) => /api[-_]?keys/i.test(p));
-    $('apikeys-note').textContent = keys.length
-      ? `This Portico has API-key routes (${keys.join(', ')}), which this console does not manage yet.`
-      : 'Portico has no API keys yet (no such route in /api/openapi.json); they will be managed here once they exist.';
+    const keys = Boolean(known[API_KEYS_ROUTE] && known[API_KEYS_ROUTE].get && known[API_KEY_ROUTE] && known[API_KEY_ROUTE].delete);
+    $('apikeys-area').hidden = !keys;
+    $('apikeys-note').textContent = keys ? ''
+      : 'Not available: this Portico has no API-key routes (none in /api/openapi.json).';
   }
+
+  // ---------------------------------------------------------------- API keys (Accounts page)
+
+  const API_KEYS_ROUTE = '/api/v1/api-keys';
+  const API_KEY_ROUTE = '/api/v1/api-keys/{id}';
+
+  /** Forgets a secret shown after a creation (on sign-out, or when another account is listed). */
+  function hideSecret() {
+    $('apikey-secret').hidden = true;
+    $('apikey-secret').replaceChildren();
+  }
+
+  async function listKeys(user = $('apikeys-user').value.trim()) {
+    const body = $('apikeys-table').tBodies[0];
+    if (!user) {
+      body.replaceChildren();
+      return;
+    }
+    loading(body, 8);
+    const result = await call('GET', `${API_KEYS_ROUTE}?${new URLSearchParams({ user })}`);
+    const keys = (result.ok && result.json && result.json.keys) || [];
+    const rows = keys.map((key) => {
+      const status = key.revokedAt ? 'revoked' : key.expiresAt && Date.parse(key.expiresAt) <= Date.now() ? 'expired' : 'live';
+      const actions = [];
+      if (status === 'live') {
+        const revoke = el('button', { type: 'button', class: 'danger', 'aria-label': `Revoke key ${key.name}` }, 'Revoke…');
+        revoke.addEventListener('click', async () => {
+          if (!(await confirmAction(`Revoke ${key.name}?`, `The key ${key.prefix}… (“${key.name}”) of ${user} is refused everywhere within a second. This cannot be undone.`, 'Revoke key'))) return;
+          const done = await call('DELETE', API_KEY_ROUTE.replace('{id}', encodeURIComponent(key.id)));
+          report($('apikeys-result'), `Revoke key ${key.name} of ${user}`, done, `${key.prefix}… revoked.`);
+          if (done.ok) await listKeys(user);
+        });
+        actions.push(revoke);
+      }
+      return el('tr', {},
+        el('th', { scope: 'row' }, key.name), el('td', {}, el('code', {}, `${key.prefix}…`)), el('td', {}, (key.scopes || []).join(', ')),
+        el('td', {}, key.createdAt || '—'), el('td', {}, key.lastUsedAt || 'never'), el('td', {}, key.expiresAt || 'never'),
+        el('td', {}, el('span', { class: `badge ${status === 'live' ? 'ok' : 'bad'}` }, status)), actionsCell(...actions));
+    });
+    body.replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: 8 }, result.ok ? `${user} has no API keys.` : '—'))]));
+    report($('apikeys-result'), `List API keys of ${user}`, result, `${keys.length} key(s).`);
+  }
+
+  $('apikeys-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    hideSecret();
+    listKeys();
+  });
+
+  $('apikey-new-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const user = $('apikeys-user').value.trim();
+    const name = $('apikey-name').value.trim();
+    const scopes = [...document.querySelectorAll('input[name="apikey-scope"]:checked')].map((box) => box.value);
+    const expiresIn = $('apikey-expires').value.trim();
+    if (!user || !scopes.length) {
+      report($('apikeys-result'), 'Create an API key', { ok: false, status: 0, message: !user ? 'give the account (email or user ID) above first' : 'choose at least one scope', headers: new Headers() }, '');
+      return;
+    }
+    const body = { user, name, scopes, ...(expiresIn ? { expiresIn } : {}) };
+    const result = await call('POST', API_KEYS_ROUTE, { body });
+    report($('apikeys-result'), `Create key ${name} for ${user}`, result, `Key ${name} created (${scopes.join(', ')}).`);
+    if (!result.ok || !result.json) return;
+    const box = $('apikey-secret');
+    box.replaceChildren(
+      el('p', {}, el('strong', {}, `The secret of ${name}, shown this once:`)),
+      el('p', {}, el('code', { id: 'apikey-secret-value' }, result.json.secret)),
+      el('p', {}, 'Copy it now into the program that uses it: Portico keeps only a hash and cannot show it again. It is forgotten by this page when you sign out or list another account.'));
+    box.hidden = false;
+    $('apikey-name').value = '';
+    await listKeys(user);
+    box.focus();
+  });
 
   async function lookup(user) {
     const box = $('lookup-result');

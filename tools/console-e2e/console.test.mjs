@@ -387,6 +387,48 @@ step('an account is found by email and its sessions listed (when the edge has th
   check(await countButtons(d, 'End session ') === sessions - 1, 'the ended session left the table');
 });
 
+step('an account\'s API keys are listed, one created (its secret shown once) and revoked after confirmation', async ({ d, s, shot }) => {
+  await nav(d, 'accounts');
+  await d.visible('#apikeys-form');
+  await d.fill('#apikeys-user', CHATTER.email);
+  await pressButton(d, 'List keys');
+  await d.until(() => /0 key\(s\)/.test(document.getElementById('apikeys-result').textContent));
+  await d.fill('#apikey-name', 'nightly-report');
+  await pressButton(d, 'Create key');
+  await d.visible('#apikey-secret');
+  const secret = await d.text('#apikey-secret-value');
+  check(/^pk_[A-Za-z0-9_-]{43}$/.test(secret), `the secret: ${secret}`);
+  const me = await s.api('GET', '/api/v1/auth/me', { token: secret });
+  check(me.status === 200 && me.json.email === CHATTER.email, `the key acts for its owner: ${me.status} ${me.text}`);
+  await d.until(() => /1 key\(s\)/.test(document.getElementById('apikeys-result').textContent));
+  const row = await d.text('#apikeys-table tbody tr');
+  check(row.includes('nightly-report') && row.includes(`${secret.slice(0, 9)}…`) && row.includes('live') && !row.includes(secret), `the listed key: ${row}`);
+  await shot('accounts-apikeys');
+  await pressButton(d, 'Revoke key nightly-report');
+  await d.visible('#confirm');
+  check((await d.text('#confirm-text')).includes('nightly-report'), 'the dialog names the key');
+  await d.click('#confirm-ok');
+  await d.until(() => /revoked\./.test(document.getElementById('apikeys-result').textContent));
+  await d.until(() => /revoked/.test(document.querySelector('#apikeys-table tbody tr')?.textContent || ''));
+  // Refused everywhere within a second (verifiers cache a key at most that long).
+  const deadline = Date.now() + 5000;
+  let refused = await s.api('GET', '/api/v1/auth/me', { token: secret });
+  while (refused.status !== 401 && Date.now() < deadline) {
+    await sleep(200);
+    refused = await s.api('GET', '/api/v1/auth/me', { token: secret });
+  }
+  check(refused.status === 401, `the revoked key: ${refused.status}`);
+  await d.click('#sign-out');
+  await d.visible('#page-signin');
+  check(await d.eval(() => document.getElementById('apikey-secret').hidden && !document.getElementById('apikey-secret-value')), 'the secret is forgotten on sign-out');
+  await d.fill('#signin-email', ADMIN.email);
+  await d.fill('#signin-password', ADMIN.password);
+  await d.click('#signin-form button[type="submit"]');
+  // Signed in again on the page the address names (still Accounts).
+  await d.visible('#page-accounts');
+  check(await d.eval(() => !document.getElementById('nav').hidden), 'signed in again');
+});
+
 /** Looks a bucket up on the Rate limits page (typing its name, Enter) and returns what it shows. */
 async function lookUpBucket(d, name, expectedRemaining) {
   await d.fill('#bucket-value', name);
