@@ -343,7 +343,7 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
 mod tests {
     use portico_proto::ratelimit::{
         rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
-        ResetRequest, ResetResponse,
+        GetBucketRequest, GetBucketResponse, ResetRequest, ResetResponse,
     };
     use tokio::sync::{mpsc, Mutex};
 
@@ -372,6 +372,13 @@ mod tests {
             &self,
             _: tonic::Request<ResetRequest>,
         ) -> Result<tonic::Response<ResetResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not scripted"))
+        }
+
+        async fn get_bucket(
+            &self,
+            _: tonic::Request<GetBucketRequest>,
+        ) -> Result<tonic::Response<GetBucketResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented("not scripted"))
         }
     }
