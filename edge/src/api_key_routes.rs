@@ -172,6 +172,16 @@ fn usage_json(usage: &chat_pb::GetUsageResponse) -> Value {
     })
 }
 
+/// What the API key routes read of the request besides its body.
+pub(crate) struct KeyRequest<'a> {
+    /// The `{id}` path parameter (empty when the route has none).
+    pub id: String,
+    /// The query string.
+    pub query: Option<&'a str>,
+    /// The request's headers (the admin usage route checks the credentials here).
+    pub headers: &'a http::HeaderMap,
+}
+
 /// Makes `x-api-key: pk_…` an `Authorization: Bearer pk_…` (unless `Authorization` is there
 /// already, which wins), so every route and service reads one credential. Anything else in
 /// `x-api-key` is refused.
@@ -209,9 +219,7 @@ impl Edge {
     pub(crate) async fn api_keys<B>(
         &self,
         handler: Handler,
-        id: String,
-        query: Option<&str>,
-        headers: &http::HeaderMap,
+        http_request: KeyRequest<'_>,
         body: B,
         context: &RequestContext,
         forwarded: &Forwarded,
@@ -222,6 +230,7 @@ impl Edge {
     {
         let backend = &self.inner.backends.auth;
         let mut auth = AuthServiceClient::new(backend.channel.clone());
+        let KeyRequest { id, query, headers } = http_request;
         let params = query_params(query);
         let id = percent_decode(&id);
         match handler {

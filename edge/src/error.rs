@@ -122,6 +122,10 @@ impl ApiError {
                 error.openai_code = Some("model_not_found");
                 error
             }
+            Some(portico_proto::REASON_TOKEN_BUDGET) => {
+                error.openai_code = Some("insufficient_quota");
+                error
+            }
             _ => error,
         }
     }

@@ -600,11 +600,14 @@ impl Edge {
                     .unwrap_or_default();
                 let query = request.uri().query().map(str::to_owned);
                 let headers = request.headers().clone();
+                let http_request = api_key_routes::KeyRequest {
+                    id,
+                    query: query.as_deref(),
+                    headers: &headers,
+                };
                 self.api_keys(
                     route.handler,
-                    id,
-                    query.as_deref(),
-                    &headers,
+                    http_request,
                     request.into_body(),
                     context,
                     &forwarded,

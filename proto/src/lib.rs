@@ -62,3 +62,6 @@ pub const REASON_OVERLOADED: &str = "overloaded";
 /// Reason: the request named a model alias the chat gateway does not serve (NOT_FOUND; OpenAI's
 /// `model_not_found`).
 pub const REASON_MODEL_NOT_FOUND: &str = "model-not-found";
+/// Reason: the caller's API key has spent its token budget for the window (RESOURCE_EXHAUSTED;
+/// OpenAI's `insufficient_quota`).
+pub const REASON_TOKEN_BUDGET: &str = "token-budget";

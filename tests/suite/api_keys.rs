@@ -581,6 +581,7 @@ async fn budget_holds_under_concurrent_streams(redis_url: &str) {
             StatusCode::TOO_MANY_REQUESTS => {
                 let error: Value = serde_json::from_str(&body).expect("json");
                 assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
+                assert_eq!(error["error"]["code"], "insufficient_quota", "{error}");
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .expect("time")
@@ -785,12 +786,16 @@ async fn keys_are_never_logged_or_put_on_spans() {
 
     let fake = FakeLlm::start(Reply::Answer("fine")).await;
     let suite = suite_with(&fake, &[]).await;
-    // Tests on other threads (no subscriber) may have cached a callsite as uninteresting while
-    // this one registered: ask every callsite again.
-    tracing::callsite::rebuild_interest_cache();
+    // Tests on other threads (no subscriber) may cache a callsite as uninteresting while this
+    // one runs: every step asks the callsites again first.
+    let fresh = tracing::callsite::rebuild_interest_cache;
+    fresh();
     let token = suite.login("secretive@example.com").await;
+    fresh();
     let (id, secret) = new_key(&suite, &token, json!({"name": "quiet", "scopes": ["chat"]})).await;
+    fresh();
     chat(&suite.base_url, &suite.http, &secret, false).await;
+    fresh();
     chat(&suite.base_url, &suite.http, &secret, true)
         .await
         .text()
@@ -808,6 +813,7 @@ async fn keys_are_never_logged_or_put_on_spans() {
     let last = wrong.len() - 1;
     wrong[last] = if wrong[last] == b'A' { b'B' } else { b'A' };
     let wrong = String::from_utf8(wrong).expect("ascii");
+    fresh();
     assert_eq!(
         chat(&suite.base_url, &suite.http, &wrong, false)
             .await
@@ -821,6 +827,7 @@ async fn keys_are_never_logged_or_put_on_spans() {
         .send()
         .await
         .expect("edge");
+    fresh();
     get(&suite, "/api/v1/auth/me", &secret).await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().expect("logs")).into_owned();

@@ -124,7 +124,7 @@ impl Metering {
                 Ok(reservation) => Some(reservation),
                 Err(exceeded) => {
                     usage::count("budget_exceeded");
-                    return Err(portico_grpc::retryable_status(
+                    let mut status = portico_grpc::retryable_status(
                         tonic::Code::ResourceExhausted,
                         format!(
                             "this API key's token budget of {} per {} s is spent; it renews when the window ends",
@@ -132,7 +132,14 @@ impl Metering {
                         ),
                         REASON_BUDGET_EXCEEDED,
                         std::time::Duration::from_secs(exceeded.retry_after),
-                    ));
+                    );
+                    status.metadata_mut().insert(
+                        portico_proto::ERROR_REASON_KEY,
+                        tonic::metadata::MetadataValue::from_static(
+                            portico_proto::REASON_TOKEN_BUDGET,
+                        ),
+                    );
+                    return Err(status);
                 }
             }
         } else {
@@ -205,7 +212,7 @@ impl Meter {
                 };
                 match item {
                     Some(Ok(mut chunk)) => {
-                        if let Some(usage) = chunk.usage.clone() {
+                        if let Some(usage) = chunk.usage {
                             reported = Some(usage);
                             if !caller_wants_usage {
                                 match without_usage(&chunk.openai_json) {

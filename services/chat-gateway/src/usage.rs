@@ -99,12 +99,15 @@ pub struct Row {
     pub completion_tokens: u64,
 }
 
+/// What is not written yet, by (day, key id, model).
+type Pending = HashMap<(String, String, String), Delta>;
+
 /// The ledger and its table.
 #[derive(Clone)]
 pub struct Usage {
     db: Db,
     /// (day, key id, model) → what is not written yet.
-    pending: Arc<Mutex<HashMap<(String, String, String), Delta>>>,
+    pending: Arc<Mutex<Pending>>,
     /// One write at a time, so a read that flushes waits for a write already under way.
     writing: Arc<tokio::sync::Mutex<()>>,
 }
@@ -139,7 +142,7 @@ impl Usage {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Delta>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -484,7 +484,7 @@ fn read_telemetry(r: &mut Reader<'_>) -> TelemetrySettings {
 
 /// Default `CORS_ALLOW_HEADERS`: Portico's own request headers, W3C trace context, and what the
 /// official OpenAI SDKs send from a browser (`x-stainless-*`, `openai-*`, `idempotency-key`).
-pub const CORS_ALLOW_HEADERS_DEFAULT: &str = "authorization, content-type, accept, if-match, if-none-match, x-admin-key, x-correlation-id, x-metrics-secret, traceparent, tracestate, idempotency-key, openai-*, x-stainless-*";
+pub const CORS_ALLOW_HEADERS_DEFAULT: &str = "authorization, content-type, accept, if-match, if-none-match, x-admin-key, x-api-key, x-correlation-id, x-metrics-secret, traceparent, tracestate, idempotency-key, openai-*, x-stainless-*";
 /// Default `CORS_EXPOSE_HEADERS`: what Portico's responses carry for scripts to read.
 pub const CORS_EXPOSE_HEADERS_DEFAULT: &str =
     "x-correlation-id, etag, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
