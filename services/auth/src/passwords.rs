@@ -127,7 +127,11 @@ fn lower_priority() {
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
         );
         if let Err(error) = result {
-            tracing::warn!(?error, "cannot lower the password hashing threads' priority");
+            tracing::warn!(
+                ?error,
+                nice = HASH_THREAD_NICE,
+                "cannot lower the password hashing threads' priority"
+            );
         }
     }
 }
