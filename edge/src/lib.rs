@@ -233,7 +233,8 @@ impl Edge {
         };
         let span = tracing::info_span!(
             "http.request",
-            otel.name = %format!("{method} {route_label}"),
+            // Only the OpenTelemetry layer reads it: not formatted when nothing exports.
+            otel.name = portico_telemetry::otlp_enabled().then(|| format!("{method} {route_label}")),
             otel.kind = "server",
             http.request.method = %method,
             http.route = route_label,

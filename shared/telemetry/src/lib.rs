@@ -13,6 +13,7 @@ use tracing_subscriber::{
 };
 
 pub mod context;
+pub mod logs;
 pub mod metrics;
 
 pub use context::{RequestContext, CORRELATION_HEADER};
@@ -44,6 +45,8 @@ pub enum TelemetryError {
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
     provider: Option<sdktrace::SdkTracerProvider>,
+    /// Dropped last: writes out the log lines still queued.
+    log_worker: Option<logs::WriterGuard>,
 }
 
 impl TelemetryGuard {
@@ -63,10 +66,13 @@ impl Drop for TelemetryGuard {
             // Shutdown exports what is still queued; errors only mean the collector is gone.
             let _ = provider.shutdown();
         }
+        // Then the log lines still queued (the shutdown above may have logged).
+        drop(self.log_worker.take());
     }
 }
 
-/// Installs the global subscriber: logs to stdout (JSON or pretty), filtered by `LOG_LEVEL`,
+/// Installs the global subscriber: logs to stdout (JSON or pretty, through a background writer:
+/// see [`logs`]), filtered by `LOG_LEVEL`,
 /// plus an OpenTelemetry layer when an OTLP endpoint is configured. `component` names the
 /// process (`edge`, `auth`, … or `suite`) and defaults `service.name` to `portico-<component>`.
 ///
@@ -107,17 +113,22 @@ fn init_with(
             .with_tracer(provider.tracer("portico"))
             .with_filter(EnvFilter::new("info"))
     });
+    let mut log_worker = None;
     let fmt_layer = log_filter.map(|filter| {
+        let (writer, worker) = logs::background_stdout();
+        log_worker = Some(worker);
         if settings.log_json {
             tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .with_target(true)
+                .event_format(logs::JsonLines)
+                .fmt_fields(logs::JsonSpanFields)
+                .with_writer(writer)
                 .with_filter(filter)
                 .boxed()
         } else {
-            tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_filter(filter)
+                .boxed()
         }
     });
     let installed = tracing_subscriber::registry()
@@ -130,6 +141,7 @@ fn init_with(
     }
     Ok(TelemetryGuard {
         provider: provider.filter(|_| installed),
+        log_worker: log_worker.filter(|_| installed),
     })
 }
 
