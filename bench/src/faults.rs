@@ -500,7 +500,7 @@ async fn start_suite(
 
 /// Polls `/readyz` until it is 200 with `"status":"ok"`, within [`START_DEADLINE`]; a child
 /// that exits meanwhile fails at once.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     edge: SocketAddr,
     mut child: Option<&mut tokio::process::Child>,
 ) -> anyhow::Result<()> {
@@ -556,13 +556,13 @@ fn postgres_server(url: &str) -> anyhow::Result<(String, SocketAddr)> {
 }
 
 /// A port nobody listens on right now (for servers that must come back on the same one).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

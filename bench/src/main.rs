@@ -13,6 +13,7 @@
 
 mod apikey;
 mod faults;
+mod shipped;
 mod tls;
 
 use std::{
@@ -77,6 +78,16 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// A server answering every request with a fixed JSON body (the baselines of `scenario
+    /// shipped`, run as a process of their own).
+    #[command(hide = true)]
+    ServeFixed {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// `healthz` (the edge's liveness bytes) or `chat` (a chat completion).
+        #[arg(long)]
+        answer: String,
+    },
     /// A benchmark with its same-run baseline.
     Scenario {
         #[command(subcommand)]
@@ -135,6 +146,13 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// Every row of issue 15 on the README's defaults (`portico serve` as shipped, JSON logs to a
+    /// file): /healthz vs a bare hyper server, memory after a sign-up burst and logins, logins vs
+    /// raw Argon2id, /healthz p99 during a login flood, chat vs the provider direct (c16, c1).
+    Shipped(shipped::ShippedArgs),
+    /// Resident memory of `portico serve` sampled through minutes of mixed traffic and a sign-up
+    /// burst.
+    Soak(shipped::SoakArgs),
     /// Dependency outages under load (Redis killed, PostgreSQL cut, the LLM provider gone,
     /// SIGTERM): failures, their latency, recovery time and stale reads, one line each.
     Faults(faults::FaultArgs),
@@ -245,6 +263,21 @@ async fn main() -> anyhow::Result<()> {
                     load,
                 },
         } => chat_scenario(requests, whitelisted, &load).await?,
+        Command::ServeFixed { addr, answer } => {
+            let body = match answer.as_str() {
+                "healthz" => shipped::HEALTHZ_ANSWER,
+                "chat" => shipped::CHAT_ANSWER,
+                other => anyhow::bail!("--answer {other}: healthz or chat"),
+            };
+            let listener = TcpListener::bind(addr).await?;
+            serve_fixed(listener, Bytes::from_static(body)).await;
+        }
+        Command::Scenario {
+            scenario: Scenario::Shipped(args),
+        } => shipped::scenario(args).await?,
+        Command::Scenario {
+            scenario: Scenario::Soak(args),
+        } => shipped::soak(args).await?,
         Command::Scenario {
             scenario: Scenario::Faults(args),
         } => faults::run(args).await?,
@@ -583,33 +616,36 @@ async fn bare_server() -> anyhow::Result<SocketAddr> {
 async fn fixed_server(body: Bytes) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
-            TokioExecutor::new(),
-        ));
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let builder = builder.clone();
-            let body = body.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let body = body.clone();
-                    async move {
-                        let mut response = http::Response::new(Full::new(body));
-                        response.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_fixed(listener, body));
     Ok(addr)
+}
+
+/// Answers every request on `listener` with `body` (JSON), until the process ends.
+async fn serve_fixed(listener: TcpListener, body: Bytes) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_request| {
+                let body = body.clone();
+                async move {
+                    let mut response = http::Response::new(Full::new(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 async fn healthz_scenario(load: &Load) -> anyhow::Result<()> {
