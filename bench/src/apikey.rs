@@ -3,7 +3,9 @@
 //! `Authorization: Bearer pk_…`: `GET /v1/models` (the edge verifies the credential and asks
 //! the chat gateway for its list; nothing else looks at the credential), and a chat completion
 //! to a fake provider (the key's path adds the gateway's verification, budget reservation and
-//! settlement, and usage record). Rows alternate JWT and key so drift hits both.
+//! settlement, and usage record). Without Redis a JWT's denylist check is a call to auth on
+//! every request, while a key's verification is cached for 500 ms; with `--redis-url` the
+//! denylist is one Redis `EXISTS` and the budget a Redis script.
 
 use std::net::SocketAddr;
 
@@ -43,7 +45,7 @@ async fn call(
 }
 
 /// Runs the scenario and prints each row and a summary line.
-pub async fn scenario(load: &Load) -> anyhow::Result<()> {
+pub async fn scenario(redis_url: Option<String>, load: &Load) -> anyhow::Result<()> {
     let provider = fixed_server(Bytes::from_static(
         br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A short answer of a few words."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#,
     ))
@@ -61,6 +63,14 @@ pub async fn scenario(load: &Load) -> anyhow::Result<()> {
         ("RATE_LIMIT_CAPACITY", "10000000".into()),
         ("RATE_LIMIT_REFILL_RATE", "1000000".into()),
     ];
+    let mut extra = extra.to_vec();
+    if let Some(url) = &redis_url {
+        extra.push(("REDIS_URL", url.clone()));
+        extra.push((
+            "REDIS_KEY_PREFIX",
+            format!("bench-apikey-{}:", std::process::id()),
+        ));
+    }
     let suite =
         portico::Suite::start(portico_config::Settings::from_source(&suite_vars(&extra))?).await?;
     let edge = suite.edge_addr;
@@ -122,6 +132,7 @@ pub async fn scenario(load: &Load) -> anyhow::Result<()> {
                 "scenario": "apikey",
                 "route": route,
                 "rate": load.rate,
+                "redis": redis_url.is_some(),
                 "jwt_p50_ms": jwt_row.p50_ms,
                 "key_p50_ms": key_row.p50_ms,
                 "added_p50_ms": key_row.p50_ms - jwt_row.p50_ms,

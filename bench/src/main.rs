@@ -143,6 +143,10 @@ enum Scenario {
     /// What an API key costs at the edge over a JWT (same run, same suite): `GET /v1/models`
     /// and a chat completion to a fake provider, with each credential.
     Apikey {
+        /// Redis for the suite (the JWT denylist and the token budget live there; unset: the
+        /// denylist is asked of auth, the budget kept in memory).
+        #[arg(long)]
+        redis_url: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -285,8 +289,8 @@ async fn main() -> anyhow::Result<()> {
             scenario: Scenario::Tls { load },
         } => tls::scenario(&load).await?,
         Command::Scenario {
-            scenario: Scenario::Apikey { load },
-        } => apikey::scenario(&load).await?,
+            scenario: Scenario::Apikey { redis_url, load },
+        } => apikey::scenario(redis_url, &load).await?,
     }
     Ok(())
 }

@@ -605,8 +605,12 @@ pub fn openapi(version: &str) -> Value {
         if let Some(body) = request_body(route.handler) {
             operation["requestBody"] = body;
         }
-        if let Some(query) = query_parameters(route.handler) {
-            operation["parameters"] = query;
+        if let (Some(Value::Array(query)), Some(parameters)) = (
+            query_parameters(route.handler),
+            operation["parameters"].as_array_mut(),
+        ) {
+            // After the path's own parameters (`{id}`).
+            parameters.extend(query);
         }
         if route.handler == Handler::Metrics {
             operation["parameters"] = json!([{
@@ -689,6 +693,21 @@ fn query_parameters(handler: Handler) -> Option<Value> {
         Handler::RateLimitBucket => json!([
             parameter("policy", true, "global, auth or chat"),
             parameter("key", true, "The bucket's key within the policy: a client IP (IPv6: its /64, e.g. 2001:db8::/64) or a user id")
+        ]),
+        Handler::ApiKeyList => json!([parameter(
+            "user",
+            false,
+            "Admins: the account (id or email) whose keys to list (default: the caller's)"
+        )]),
+        Handler::ApiKeyUsage => json!([
+            parameter("from", false, "First day, YYYY-MM-DD (UTC; default: no lower bound)"),
+            parameter("to", false, "Last day, YYYY-MM-DD (UTC; default: no upper bound)")
+        ]),
+        Handler::AdminUsage => json!([
+            parameter("user", false, "An account id: every key of it (user, key or both)"),
+            parameter("key", false, "One API key's id"),
+            parameter("from", false, "First day, YYYY-MM-DD (UTC)"),
+            parameter("to", false, "Last day, YYYY-MM-DD (UTC)")
         ]),
         Handler::Lockouts => json!([
             parameter("email", false, "Only this email's lockouts (default: every email's)"),

@@ -285,6 +285,39 @@ async fn keys_are_created_shown_once_listed_used_and_revoked() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_describes_the_key_routes_and_their_parameters() {
+    let suite = TestSuite::spawn().await;
+    let spec: Value = suite
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let usage = &spec["paths"]["/api/v1/api-keys/{id}/usage"]["get"];
+    let names: Vec<(&str, &str)> = usage["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or(""),
+                p["in"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("id", "path"), ("from", "query"), ("to", "query")]);
+    let create = &spec["paths"]["/api/v1/api-keys"]["post"];
+    assert!(
+        create["requestBody"]["content"]["application/json"]["schema"]["properties"]["tokenBudget"]
+            .is_object()
+    );
+    assert!(create["responses"]["201"].is_object());
+    assert!(spec["components"]["schemas"]["ApiKey"]["properties"]["scopes"].is_object());
+    assert!(spec["paths"]["/api/v1/api-keys/{id}"]["delete"].is_object());
+    assert!(spec["paths"]["/api/v1/admin/usage"]["get"]["parameters"].is_array());
+}
+
+#[tokio::test]
 async fn admins_manage_any_accounts_keys() {
     let suite = TestSuite::builder()
         .env("ADMIN_API_KEY", ADMIN_KEY)
