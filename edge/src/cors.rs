@@ -89,6 +89,19 @@ impl Cors {
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
+    /// The request headers [`Cors::apply`] reads (`Origin`, `Access-Control-Request-Headers`),
+    /// copied out so the request can go on; empty, with no allocation, without an `Origin`.
+    pub fn request_part(headers: &HeaderMap) -> HeaderMap {
+        let mut part = HeaderMap::new();
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            part.insert(header::ORIGIN, origin.clone());
+            for value in headers.get_all(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+                part.append(header::ACCESS_CONTROL_REQUEST_HEADERS, value.clone());
+            }
+        }
+        part
+    }
+
     /// Adds the CORS headers for a request with these headers to `response_headers`.
     pub fn apply(&self, request: &HeaderMap, response_headers: &mut HeaderMap, preflight: bool) {
         response_headers.append(header::VARY, HeaderValue::from_static("Origin"));

@@ -244,11 +244,12 @@ impl Edge {
             trace_id = Empty,
         );
         let context = RequestContext::attach(span.clone(), request.headers());
-        let request_headers = request.headers().clone();
-        let preflight = cors::Cors::is_preflight(&method, &request_headers);
+        let preflight = cors::Cors::is_preflight(&method, request.headers());
         let credentials = CREDENTIAL_HEADERS
             .iter()
-            .any(|name| request_headers.contains_key(*name));
+            .any(|name| request.headers().contains_key(*name));
+        // What CORS reads once the response is ready (nothing to copy without an Origin).
+        let cors_request = cors::Cors::request_part(request.headers());
 
         let mut response = async {
             let response = if preflight {
@@ -262,11 +263,12 @@ impl Edge {
                     .scope(openai, self.route(request, peer, matched, &context))
                     .await
             };
+            // The access log line. Method and route are the span's (`http.request.method`,
+            // `http.route`), printed once with it; the latency is rounded to the microsecond.
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::info!(
-                method = %method,
-                route = route_label,
                 status = response.status().as_u16(),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = micros as f64 / 1000.0,
                 "request"
             );
             response
@@ -296,7 +298,7 @@ impl Edge {
         }
         self.inner
             .cors
-            .apply(&request_headers, response.headers_mut(), preflight);
+            .apply(&cors_request, response.headers_mut(), preflight);
         if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
         }

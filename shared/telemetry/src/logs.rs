@@ -207,7 +207,11 @@ pub struct JsonLines;
 pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         let mut visitor = JsonVisitor::new(&mut writer);
         fields.record(&mut visitor);
         visitor.result
@@ -489,7 +493,10 @@ mod tests {
         drop(guard);
         let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
         let expected: String = (0..1000).map(|n| format!("line {n}\n")).collect();
-        assert_eq!(text, expected, "every line, in order, written by the time the guard is gone");
+        assert_eq!(
+            text, expected,
+            "every line, in order, written by the time the guard is gone"
+        );
 
         // Past the bound a line is dropped and counted, not queued (no thread drains this one).
         let mut writer = BackgroundWriter {
@@ -497,7 +504,9 @@ mod tests {
         };
         let big = vec![b'x'; QUEUE_BYTES / 2 + 1];
         writer.write_all(&big).expect("write");
-        writer.write_all(&big).expect("a dropped line is not an error");
+        writer
+            .write_all(&big)
+            .expect("a dropped line is not an error");
         writer.write_all(b"small\n").expect("write");
         assert_eq!(writer.shared.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(lock(&writer.shared.pending).bytes.len(), big.len() + 6);
