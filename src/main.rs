@@ -8,6 +8,15 @@ use portico_config::{ExposeSecret as _, Settings};
 use portico_migrations::Owner;
 use tokio_util::sync::CancellationToken;
 
+// The allocator (README Benchmarks): jemalloc by default, measured against glibc's malloc and
+// mimalloc on the shipped rows; the features exist to re-measure.
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for invalid configuration (like sysexits' EX_USAGE family: fix the input).
 const EXIT_CONFIG: u8 = 2;
 

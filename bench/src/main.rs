@@ -87,6 +87,9 @@ enum Command {
         /// `healthz` (the edge's liveness bytes) or `chat` (a chat completion).
         #[arg(long)]
         answer: String,
+        /// Milliseconds to wait before each answer (a provider's own latency).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// A benchmark with its same-run baseline.
     Scenario {
@@ -267,14 +270,23 @@ async fn main() -> anyhow::Result<()> {
                     load,
                 },
         } => chat_scenario(requests, whitelisted, &load).await?,
-        Command::ServeFixed { addr, answer } => {
+        Command::ServeFixed {
+            addr,
+            answer,
+            delay_ms,
+        } => {
             let body = match answer.as_str() {
                 "healthz" => shipped::HEALTHZ_ANSWER,
                 "chat" => shipped::CHAT_ANSWER,
                 other => anyhow::bail!("--answer {other}: healthz or chat"),
             };
             let listener = TcpListener::bind(addr).await?;
-            serve_fixed(listener, Bytes::from_static(body)).await;
+            serve_fixed(
+                listener,
+                Bytes::from_static(body),
+                Duration::from_millis(delay_ms),
+            )
+            .await;
         }
         Command::Scenario {
             scenario: Scenario::Shipped(args),
@@ -620,12 +632,12 @@ async fn bare_server() -> anyhow::Result<SocketAddr> {
 async fn fixed_server(body: Bytes) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(serve_fixed(listener, body));
+    tokio::spawn(serve_fixed(listener, body, Duration::ZERO));
     Ok(addr)
 }
 
-/// Answers every request on `listener` with `body` (JSON), until the process ends.
-async fn serve_fixed(listener: TcpListener, body: Bytes) {
+/// Answers every request on `listener` with `body` (JSON) after `delay`, until the process ends.
+async fn serve_fixed(listener: TcpListener, body: Bytes, delay: Duration) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
@@ -637,6 +649,9 @@ async fn serve_fixed(listener: TcpListener, body: Bytes) {
             let service = hyper::service::service_fn(move |_request| {
                 let body = body.clone();
                 async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let mut response = http::Response::new(Full::new(body));
                     response.headers_mut().insert(
                         http::header::CONTENT_TYPE,

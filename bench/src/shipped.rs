@@ -32,6 +32,9 @@ const RAISED_LIMITS: [(&str, &str); 5] = [
 
 const PASSWORD: &str = "correct horse battery";
 
+/// The latency of the second fake provider (see the chat rows).
+const SLOW_PROVIDER_MS: u64 = 20;
+
 /// The fake provider's answer (a short completion with usage).
 pub const CHAT_ANSWER: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A short answer of a few words."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
 
@@ -172,6 +175,10 @@ struct FixedServer {
 
 impl FixedServer {
     async fn start(answer: &str) -> anyhow::Result<Self> {
+        Self::start_delayed(answer, 0).await
+    }
+
+    async fn start_delayed(answer: &str, delay_ms: u64) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::faults::free_port()?).parse()?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .args([
@@ -181,6 +188,7 @@ impl FixedServer {
                 "--answer",
                 answer,
             ])
+            .args(["--delay-ms", &delay_ms.to_string()])
             .kill_on_drop(true)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -439,11 +447,37 @@ pub async fn scenario(args: ShippedArgs) -> anyhow::Result<()> {
     .await?;
     let edge_rate = run(
         "edge -> chat-gateway -> fake provider, 1000 req/s over 16 connections",
-        post(edge, "/v1/chat/completions", chat_body),
+        post(edge, "/v1/chat/completions", chat_body.clone()),
         &at_rate,
     )
     .await?;
     let end = portico.rss_mib();
+    portico.stop().await;
+
+    // The c16 ratio once more against a provider that takes SLOW_PROVIDER_MS to answer, as every
+    // real one does (tens of milliseconds at the very least): the same suite, its own process.
+    let slow = FixedServer::start_delayed("chat", SLOW_PROVIDER_MS).await?;
+    let mut slow_extra = extra.clone();
+    for (name, value) in &mut slow_extra {
+        if *name == "LLM_BASE_URL" {
+            *value = format!("http://{}/v1", slow.addr);
+        }
+    }
+    let slow_portico = Portico::start(&args.portico, &slow_extra).await?;
+    let direct_slow = run(
+        &format!("fake provider direct ({SLOW_PROVIDER_MS} ms), c16"),
+        post(slow.addr, "/v1/chat/completions", chat_body.clone()),
+        &load(16),
+    )
+    .await?;
+    let edge_slow = run(
+        &format!("edge -> chat-gateway -> fake provider ({SLOW_PROVIDER_MS} ms), c16"),
+        post(slow_portico.edge, "/v1/chat/completions", chat_body.clone()),
+        &load(16),
+    )
+    .await?;
+    slow_portico.stop().await;
+    slow.stop().await;
 
     for report in [
         &logins_row,
@@ -457,6 +491,8 @@ pub async fn scenario(args: ShippedArgs) -> anyhow::Result<()> {
         &edge_1,
         &direct_rate,
         &edge_rate,
+        &direct_slow,
+        &edge_slow,
     ] {
         print(report)?;
     }
@@ -511,6 +547,13 @@ pub async fn scenario(args: ShippedArgs) -> anyhow::Result<()> {
         ">= 0.9",
         chat_ratio >= 0.9,
     );
+    let slow_ratio = ratio(edge_slow.throughput_rps, direct_slow.throughput_rps);
+    row(
+        &format!("chat c16 vs a provider taking {SLOW_PROVIDER_MS} ms (throughput ratio)"),
+        slow_ratio,
+        ">= 0.9",
+        slow_ratio >= 0.9,
+    );
     let added_p50 = edge_1.p50_ms - direct_1.p50_ms;
     let added_p99 = edge_1.p99_ms - direct_1.p99_ms;
     row(
@@ -548,12 +591,13 @@ pub async fn scenario(args: ShippedArgs) -> anyhow::Result<()> {
         + direct_1.errors
         + edge_1.errors
         + direct_rate.errors
-        + edge_rate.errors;
+        + edge_rate.errors
+        + direct_slow.errors
+        + edge_slow.errors;
     println!(
         "{}",
         serde_json::json!({"scenario": "shipped", "smoke": args.smoke, "errors": errors})
     );
-    portico.stop().await;
     provider.stop().await;
     bare.stop().await;
     anyhow::ensure!(errors == 0, "{errors} requests failed");

@@ -110,8 +110,14 @@ async fn get(suite: &TestSuite, path: &str, bearer: &str) -> reqwest::Response {
 /// The worst case `metering::chat_worst_case` reserves for [`chat_body`]: the JSON size of its
 /// messages / 3 rounded up, 16 tokens of overhead, and `max_tokens`.
 fn reservation_of_chat_body() -> u64 {
-    let messages = serde_json::to_string(&chat_body(false)["messages"]).expect("json");
-    (messages.len() as u64).div_ceil(3) + 16 + 10
+    // The gateway's estimate: the request as it forwards it (without `model` and `stream`, which
+    // it owns) at 3 bytes a token plus 16, and `max_tokens`.
+    let mut body = chat_body(false);
+    let map = body.as_object_mut().expect("object");
+    map.remove("model");
+    map.remove("stream");
+    let bytes = serde_json::to_string(&body).expect("json").len() as u64;
+    bytes.div_ceil(3) + 16 + 10
 }
 
 /// A second edge replica in front of `suite`'s services.
@@ -659,44 +665,62 @@ async fn a_token_budget_holds_under_20_concurrent_streams_on_redis() {
     budget_holds_under_concurrent_streams(&redis.url).await;
 }
 
+async fn key_usage(suite: &TestSuite, token: &str, id: &str) -> Value {
+    get(suite, &format!("/api/v1/api-keys/{id}/usage"), token)
+        .await
+        .json()
+        .await
+        .expect("json")
+}
+
 #[tokio::test]
 async fn failed_upstream_calls_refund_their_reservation() {
     let fake = FakeLlm::start(Reply::Status(500, None)).await;
     // The failures must not open the circuit: the later calls are to reach the provider.
     let suite = suite_with(&fake, &[("LLM_CB_FAILURE_THRESHOLD", "1000")]).await;
     let token = suite.login("refunded@example.com").await;
-    // Room for one reservation: if failures kept theirs, the second request would be refused.
-    let budget = reservation_of_chat_body();
+    // Room for two reservations: if failures kept theirs, the third request would be refused.
+    let reservation = reservation_of_chat_body();
     let (id, secret) = new_key(
         &suite,
         &token,
-        json!({"name": "refunds", "scopes": ["chat"], "tokenBudget": budget}),
+        json!({"name": "refunds", "scopes": ["chat"], "tokenBudget": 2 * reservation}),
     )
     .await;
     for stream in [false, true, false] {
         let failed = chat(&suite.base_url, &suite.http, &secret, stream).await;
         assert_eq!(failed.status(), StatusCode::BAD_GATEWAY, "stream {stream}");
     }
-    // A stream that breaks after it started refunds too.
+    let after_failures = key_usage(&suite, &token, &id).await;
+    assert_eq!(
+        after_failures["budget"]["usedTokens"], 0,
+        "{after_failures}"
+    );
+    assert_eq!(
+        after_failures["totals"]["requests"], 3,
+        "failures are counted, not charged"
+    );
+    // And the budget is whole: a real answer fits, charged what the provider reported.
+    fake.set_default(Reply::Answer("now it works"));
+    let ok = chat(&suite.base_url, &suite.http, &secret, false).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let answered = key_usage(&suite, &token, &id).await["budget"]["usedTokens"]
+        .as_u64()
+        .expect("used");
+    assert!(answered > 0 && answered < reservation);
+    // A stream that breaks after part of the answer reached the caller is not a refund (the
+    // provider made those tokens): with no usage reported, its reservation stays charged.
     fake.set_default(Reply::Stream(&["half", "an"], End::Break));
     let broken = chat(&suite.base_url, &suite.http, &secret, true).await;
     assert_eq!(broken.status(), StatusCode::OK);
     let body = broken.text().await.expect("body");
-    assert!(!body.contains("[DONE]"), "{body}");
-    let usage: Value = get(&suite, &format!("/api/v1/api-keys/{id}/usage"), &token)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(usage["budget"]["usedTokens"], 0, "{usage}");
+    assert!(body.contains("half") && !body.contains("[DONE]"), "{body}");
+    let after_break = key_usage(&suite, &token, &id).await;
     assert_eq!(
-        usage["totals"]["requests"], 4,
-        "failures are counted, not charged"
+        after_break["budget"]["usedTokens"],
+        json!(answered + reservation),
+        "{after_break}"
     );
-    // And the budget is whole: a real answer fits.
-    fake.set_default(Reply::Answer("now it works"));
-    let ok = chat(&suite.base_url, &suite.http, &secret, false).await;
-    assert_eq!(ok.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -45,15 +45,34 @@ pub fn prompt_estimate(parts: &[Option<&Value>]) -> u64 {
     (bytes as u64).div_ceil(PROMPT_BYTES_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS
 }
 
-/// The most a chat request can cost: its prompt estimate plus `max_tokens` (or
-/// `max_completion_tokens`) for each of its `n` choices.
+/// Tokens reserved for each non-text content part (an image, audio or a file), whose cost its
+/// JSON size does not tell: about what OpenAI charges for the largest high-detail image.
+pub const MEDIA_PART_TOKENS: u64 = 1_500;
+
+/// The most a chat request can cost: a prompt estimate from the size of the whole request (every
+/// field reaches the provider: messages, tools, a response schema…) plus [`MEDIA_PART_TOKENS`] per
+/// image, audio or file part, plus the larger of `max_tokens` and `max_completion_tokens` (a
+/// provider may honour either) for each of its `n` choices.
 pub fn chat_worst_case(body: &Map<String, Value>, default_max_tokens: u32) -> u64 {
     let completion = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|field| body.get(*field).and_then(Value::as_u64))
+        .filter_map(|field| body.get(*field).and_then(Value::as_u64))
+        .max()
         .unwrap_or(u64::from(default_max_tokens));
     let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    prompt_estimate(&[body.get("messages"), body.get("tools")]) + completion * choices
+    let media = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str) != Some("text"))
+        .count() as u64;
+    let whole = Value::Object(body.clone());
+    prompt_estimate(&[Some(&whole)])
+        .saturating_add(media.saturating_mul(MEDIA_PART_TOKENS))
+        .saturating_add(completion.saturating_mul(choices))
 }
 
 /// Budgets and usage of API keys.
@@ -171,7 +190,7 @@ impl Meter {
         self.end("ok", tokens, charged).await;
     }
 
-    /// The call failed before any answer: everything is given back.
+    /// The call failed before any answer reached the caller: everything is given back.
     pub async fn failed(self) {
         self.end("failed", Tokens::default(), 0).await;
     }
@@ -202,6 +221,7 @@ impl Meter {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut reported: Option<pb::Usage> = None;
+            let mut relayed = false;
             loop {
                 let item = tokio::select! {
                     () = tx.closed() => {
@@ -229,9 +249,16 @@ impl Meter {
                             drop(chunks);
                             return self.cancelled().await;
                         }
+                        relayed = true;
                     }
                     Some(Err(status)) => {
-                        self.failed().await;
+                        if relayed {
+                            // Part of the answer reached the caller: what the provider said
+                            // it used, or else the worst case, stays charged.
+                            self.completed(reported.as_ref()).await;
+                        } else {
+                            self.failed().await;
+                        }
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
@@ -276,18 +303,45 @@ mod tests {
 
     #[test]
     fn the_worst_case_is_the_prompt_estimate_plus_max_tokens_per_choice() {
-        let body =
-            json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, "n": 2});
-        let Value::Object(body) = body else {
-            unreachable!()
+        let object = |value: Value| match value {
+            Value::Object(map) => map,
+            _ => unreachable!(),
         };
-        let prompt = prompt_estimate(&[body.get("messages")]);
-        assert!(prompt >= 7, "above what providers report for one word");
-        assert_eq!(chat_worst_case(&body, 4096), prompt + 20);
+        let body = object(
+            json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 10, "n": 2}),
+        );
+        let prompt =
+            |body: &Map<String, Value>| prompt_estimate(&[Some(&Value::Object(body.clone()))]);
+        assert!(
+            prompt(&body) >= 7,
+            "above what providers report for one word"
+        );
+        assert_eq!(chat_worst_case(&body, 4096), prompt(&body) + 20);
         let mut bare = body.clone();
         bare.remove("max_tokens");
         bare.remove("n");
-        assert_eq!(chat_worst_case(&bare, 50), prompt + 50);
+        assert_eq!(chat_worst_case(&bare, 50), prompt(&bare) + 50);
+
+        // Both limits: the larger one counts (a provider may honour either).
+        let both = object(json!({"messages": [{"role": "user", "content": "hi"}],
+            "max_completion_tokens": 1, "max_tokens": 4096}));
+        assert_eq!(chat_worst_case(&both, 50), prompt(&both) + 4096);
+
+        // Every field is prompt: a large response schema raises the estimate.
+        let schema = object(
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"description": "y".repeat(30_000)}}}}),
+        );
+        assert!(chat_worst_case(&schema, 50) > 10_000);
+
+        // A media part costs what its URL's length does not say.
+        let image = object(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}], "max_tokens": 1}));
+        assert_eq!(
+            chat_worst_case(&image, 50),
+            prompt(&image) + MEDIA_PART_TOKENS + 1
+        );
     }
 
     #[test]

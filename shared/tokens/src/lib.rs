@@ -352,6 +352,7 @@ impl Verifier {
             api_key: key.to_owned(),
         });
         request.set_timeout(AUTH_CALL_TIMEOUT);
+        let asked = std::time::Instant::now();
         let answer = self
             .auth
             .clone()
@@ -378,7 +379,11 @@ impl Verifier {
             }),
             _ => Err(Refused(answer.reason)),
         };
-        self.api_keys.insert(digest, verdict.clone());
+        // The answer is as old as the question: one that took longer than the cache's lifetime
+        // is not kept, so a key revoked while auth was slow is refused within twice the TTL.
+        if asked.elapsed() < API_KEY_CACHE_TTL {
+            self.api_keys.insert(digest, verdict.clone());
+        }
         verdict
     }
 
