@@ -588,7 +588,10 @@ step('signing out revokes the session', async ({ d, s, state }) => {
   await d.visible('#page-signin');
   const result = await d.text('#signin-result');
   check(result.includes('Signed out') && /correlation ID/.test(result), result);
-  const after = await s.api('GET', '/api/v1/auth/me', { token });
+  // The token the logout call itself carried: the one the console held when it signed out (a
+  // renewal may have replaced the earlier one, which then stays valid until it expires).
+  const held = state.lastBearer;
+  const after = await s.api('GET', '/api/v1/auth/me', { token: held });
   check(after.status === 401, `the console's access token after sign-out: ${after.status}`);
   check(await d.eval(() => document.getElementById('nav').hidden), 'navigation hidden');
 });
