@@ -1058,25 +1058,6 @@ async fn reqwest_free_post(
     Ok(response.status().as_u16())
 }
 
-/// This process's resident memory in MiB (Linux).
-fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow::Result<()> {
     anyhow::ensure!(
         load.rate.is_some(),
@@ -1150,7 +1131,7 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
         duration: 5.0,
         ..load.clone()
     };
-    let before = resident_mib();
+    let before = shipped::resident_mib(std::process::id());
     let mut sent = 0;
     let mut errors = 0;
     while sent < requests {
@@ -1158,7 +1139,7 @@ async fn chat_scenario(requests: u64, whitelisted: bool, load: &Load) -> anyhow:
         sent += report.requests;
         errors += report.errors;
     }
-    let after = resident_mib();
+    let after = shipped::resident_mib(std::process::id());
     println!(
         "{}",
         serde_json::json!({

@@ -149,22 +149,32 @@ fn verify_in_place(password: &[u8], hash: &PasswordHash<'_>) -> Option<bool> {
     let mut salt = [0u8; 64];
     let salt = hash.salt?.decode_b64(&mut salt).ok()?;
     let mut out = vec![0u8; expected.len()];
-    let blocks = params.block_count();
-    MEMORY
-        .with(|memory| {
-            let mut memory = memory.borrow_mut();
-            if memory.len() < blocks {
-                memory.resize(blocks, Block::new());
-            }
-            Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
-                password,
-                salt,
-                &mut out,
-                &mut memory[..blocks],
-            )
-        })
-        .ok()?;
+    hash_in_place(
+        &Argon2::new(algorithm, version, params),
+        password,
+        salt,
+        &mut out,
+    )
+    .ok()?;
     Some(bool::from(out.ct_eq(expected.as_bytes())))
+}
+
+/// Hashes `password` with `argon2` into `out`, in this thread's reusable memory (grown to what
+/// the parameters need, never shrunk).
+fn hash_in_place(
+    argon2: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let blocks = argon2.params().block_count();
+    MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::new());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
+    })
 }
 
 /// OWASP's minimum for Argon2id: 19 MiB, 2 iterations, 1 lane.
@@ -279,22 +289,13 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, String> {
         .decode_b64(&mut raw_salt)
         .map_err(|e| e.to_string())?;
     let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    let blocks = params.block_count();
-    MEMORY
-        .with(|memory| {
-            let mut memory = memory.borrow_mut();
-            if memory.len() < blocks {
-                memory.resize(blocks, Block::new());
-            }
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-                .hash_password_into_with_memory(
-                    password.as_bytes(),
-                    raw_salt,
-                    &mut out,
-                    &mut memory[..blocks],
-                )
-        })
-        .map_err(|e| e.to_string())?;
+    hash_in_place(
+        &Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone()),
+        password.as_bytes(),
+        raw_salt,
+        &mut out,
+    )
+    .map_err(|e| e.to_string())?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
