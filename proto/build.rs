@@ -6,14 +6,30 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "proto/google/api/http.proto",
+    "proto/google/api/annotations.proto",
+    "proto/portico/api/v1/http.proto",
     "proto/portico/auth/v1/auth.proto",
     "proto/portico/content/v1/content.proto",
     "proto/portico/chat/v1/chat.proto",
     "proto/portico/ratelimit/v1/ratelimit.proto",
 ];
 
+/// Compiled into a descriptor set of their own (see `portico_proto::testing`).
+const TEST_PROTOS: &[&str] = &["proto/portico/testing/v1/greeter.proto"];
+
+/// The files of `set` under `prefix` (their imports were compiled with the main set already).
+fn only(
+    mut set: prost_types::FileDescriptorSet,
+    prefix: &str,
+) -> prost_types::FileDescriptorSet {
+    set.file
+        .retain(|file| file.name.as_deref().is_some_and(|n| n.starts_with(prefix)));
+    set
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain(TEST_PROTOS) {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(PROTOS, ["proto"])?;
@@ -30,9 +46,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("envoy_rls_descriptor.bin"),
         envoy.encode_to_vec(),
     )?;
+    // A test-only service: the edge's tests serve it to show that an annotated RPC is exposed
+    // over REST and in the OpenAPI with no edge code. Its own descriptor set, so that the
+    // suite's never lists it.
+    let testing = protox::compile(TEST_PROTOS, ["proto"])?;
+    std::fs::write(
+        out_dir.join("testing_descriptor.bin"),
+        testing.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(only(testing, "portico/testing/"))?;
     Ok(())
 }

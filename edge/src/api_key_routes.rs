@@ -1,7 +1,8 @@
-//! The API key routes (issue 14): `POST/GET /api/v1/api-keys`, `GET/DELETE
-//! /api/v1/api-keys/{id}`, `GET /api/v1/api-keys/{id}/usage` and the admin usage route. Keys are
-//! the auth service's (it checks who may manage which); usage is the chat gateway's, which the
-//! edge asks only after auth said the caller may see the key.
+//! The API key hooks: `POST /api/v1/api-keys` (durations as text, the secret shown once),
+//! `GET /api/v1/api-keys/{id}/usage` and the admin usage route; listing, reading and revoking
+//! keys are plain bindings the transcoder serves. Keys are the auth service's (it checks who
+//! may manage which); usage is the chat gateway's, which the edge asks only after auth said the
+//! caller may see the key.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -208,12 +209,6 @@ pub(crate) fn api_key_as_bearer(headers: &mut http::HeaderMap) -> Result<(), Api
     Ok(())
 }
 
-fn no_content() -> Response {
-    let mut response = http::Response::new(response::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    response
-}
-
 impl Edge {
     /// Answers one of the API key routes.
     pub(crate) async fn api_keys<B>(
@@ -268,44 +263,6 @@ impl Edge {
                     http::HeaderValue::from_static("no-store"),
                 );
                 Ok(response)
-            }
-            Handler::ApiKeyList => {
-                let request = pb::ListApiKeysRequest {
-                    user: param(&params, "user"),
-                };
-                let listed = finish(
-                    backend,
-                    "ListApiKeys",
-                    auth.list_api_keys(self.call(request, context, forwarded))
-                        .await,
-                )?;
-                let keys: Vec<Value> = listed.keys.iter().map(key_json).collect();
-                Ok(response::json_response(
-                    StatusCode::OK,
-                    &json!({ "keys": keys }),
-                ))
-            }
-            Handler::ApiKeyGet => {
-                let key = finish(
-                    backend,
-                    "GetApiKey",
-                    auth.get_api_key(self.call(pb::GetApiKeyRequest { id }, context, forwarded))
-                        .await,
-                )?;
-                Ok(response::json_response(StatusCode::OK, &key_json(&key)))
-            }
-            Handler::ApiKeyRevoke => {
-                finish(
-                    backend,
-                    "RevokeApiKey",
-                    auth.revoke_api_key(self.call(
-                        pb::RevokeApiKeyRequest { id },
-                        context,
-                        forwarded,
-                    ))
-                    .await,
-                )?;
-                Ok(no_content())
             }
             Handler::ApiKeyUsage => {
                 // Auth decides whether the caller may see this key; the usage is asked for

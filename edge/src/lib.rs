@@ -27,10 +27,11 @@ pub mod cors;
 pub mod error;
 pub mod health;
 mod limits;
-mod lookup_routes;
+pub mod openapi;
 pub mod response;
 pub mod routes;
 mod server;
+pub mod transcoder;
 
 pub use error::{http_status, ApiError};
 pub use response::{Body, Response};
@@ -100,6 +101,10 @@ pub struct Edge {
 struct Inner {
     settings: EdgeSettings,
     backends: backends::Backends,
+    /// The generic REST ↔ gRPC path and the bindings it serves.
+    transcoder: transcoder::Transcoder,
+    /// The edge's routes and every binding.
+    routes: routes::RouteTable,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
     database: portico_migrations::Db,
@@ -154,6 +159,9 @@ impl Edge {
             (_, None) => None,
         };
         let backends = backends::Backends::new(&settings.edge, &tls)?;
+        let transcoder = transcoder::Transcoder::portico(&backends);
+        let routes = routes::RouteTable::new(transcoder.bindings())
+            .map_err(|error| EdgeError::Config(error.to_string()))?;
         let verifier = portico_tokens::Verifier::new(
             backends.auth.channel.inner(),
             &settings.auth.issuer,
@@ -171,6 +179,8 @@ impl Edge {
         let edge = Self {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
+                transcoder,
+                routes,
                 limiter,
                 backends,
                 cors: cors::Cors::new(
@@ -219,7 +229,7 @@ impl Edge {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let matched = routes::find(
+        let matched = self.inner.routes.find(
             if method == Method::HEAD {
                 &Method::GET
             } else {
@@ -328,7 +338,7 @@ impl Edge {
         &self,
         request: http::Request<B>,
         peer: SocketAddr,
-        matched: routes::Match,
+        matched: routes::Match<'_>,
         context: &RequestContext,
     ) -> Response
     where
@@ -378,7 +388,7 @@ impl Edge {
                 .into_response(correlation_id);
             }
         };
-        if self.inner.settings.maintenance_mode && !route.handler.is_operational() {
+        if self.inner.settings.maintenance_mode && !route.is_operational() {
             return ApiError::new(Code::Unavailable, "Portico is in maintenance; retry later")
                 .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
                 .into_response(correlation_id);
@@ -389,11 +399,11 @@ impl Edge {
             &self.inner.settings.trusted_proxies,
         );
         let mut granted: Option<portico_limiter::Decision> = None;
-        if !route.handler.is_operational() {
+        if !route.is_operational() {
             // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
             let ip = portico_limiter::client_network(client_ip);
             let limiter = &self.inner.limiter;
-            let extra = route.handler.extra_policy();
+            let extra = route.extra_policy();
             let bearer = request.headers().contains_key(http::header::AUTHORIZATION);
             let outcomes = match extra {
                 // A chat caller's token is verified only after `global` admitted the request,
@@ -463,7 +473,20 @@ impl Edge {
             request.headers(),
             self.inner.signer.clone(),
         );
-        let mut response = match route.handler {
+        let handler = match &route.target {
+            routes::Target::Rpc(binding) => {
+                let mut response = self
+                    .transcode(binding, &params, request, context, &forwarded)
+                    .await
+                    .unwrap_or_else(|error| error.into_response(correlation_id));
+                if let Some(decision) = &granted {
+                    limits::apply_headers(response.headers_mut(), decision);
+                }
+                return response;
+            }
+            routes::Target::Native(handler) | routes::Target::Hook(handler, _) => *handler,
+        };
+        let mut response = match handler {
             routes::Handler::Live => {
                 response::json_response(StatusCode::OK, &health::liveness(self))
             }
@@ -482,47 +505,21 @@ impl Edge {
                 response::json_response(status, &body)
             }
             routes::Handler::Metrics => self.metrics(request.headers(), client_ip, correlation_id),
-            routes::Handler::OpenApi => {
-                response::json_response(StatusCode::OK, &routes::openapi(env!("CARGO_PKG_VERSION")))
-            }
+            routes::Handler::OpenApi => response::json_response(
+                StatusCode::OK,
+                &openapi::document(
+                    &self.inner.routes,
+                    self.inner.transcoder.pool(),
+                    env!("CARGO_PKG_VERSION"),
+                ),
+            ),
             routes::Handler::Jwks => self.jwks(context, &forwarded).await,
-            routes::Handler::Register
-            | routes::Handler::Login
-            | routes::Handler::Refresh
-            | routes::Handler::Logout
-            | routes::Handler::VerifyEmail
-            | routes::Handler::Me
-            | routes::Handler::Unlock
-            | routes::Handler::Revoke
-            | routes::Handler::OpenIdConfiguration
-            | routes::Handler::PasswordReset
-            | routes::Handler::PasswordResetConfirm
-            | routes::Handler::ChangePassword
-            | routes::Handler::Sessions
-            | routes::Handler::SessionRevoke
-            | routes::Handler::SessionsRevokeAll
-            | routes::Handler::DeleteMe
-            | routes::Handler::AdminSessions
-            | routes::Handler::AdminSessionRevoke
-            | routes::Handler::AdminSessionsRevokeAll
-            | routes::Handler::AdminDeleteUser => {
-                let headers = request.headers().clone();
-                let http_request = auth_routes::AuthRequest {
-                    params: &params,
-                    headers: &headers,
-                };
-                self.auth(
-                    route.handler,
-                    http_request,
-                    request.into_body(),
-                    context,
-                    &forwarded,
-                )
+            routes::Handler::OpenIdConfiguration => self
+                .openid_configuration(request.headers(), context, &forwarded)
                 .await
-                .unwrap_or_else(|error| error.into_response(correlation_id))
-            }
+                .unwrap_or_else(|error| error.into_response(correlation_id)),
             routes::Handler::Chat | routes::Handler::ChatCompletions => {
-                let dialect = if route.handler == routes::Handler::Chat {
+                let dialect = if handler == routes::Handler::Chat {
                     chat_routes::Dialect::Portico
                 } else {
                     chat_routes::Dialect::OpenAi
@@ -571,7 +568,7 @@ impl Edge {
                 let query = request.uri().query().map(str::to_owned);
                 let headers = request.headers().clone();
                 self.content(
-                    route.handler,
+                    handler,
                     slug,
                     query,
                     headers,
@@ -591,9 +588,6 @@ impl Edge {
                 )
             }
             routes::Handler::ApiKeyCreate
-            | routes::Handler::ApiKeyList
-            | routes::Handler::ApiKeyGet
-            | routes::Handler::ApiKeyRevoke
             | routes::Handler::ApiKeyUsage
             | routes::Handler::AdminUsage => {
                 let id = params
@@ -609,7 +603,7 @@ impl Edge {
                     headers: &headers,
                 };
                 self.api_keys(
-                    route.handler,
+                    handler,
                     http_request,
                     request.into_body(),
                     context,
@@ -618,18 +612,6 @@ impl Edge {
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id))
             }
-            routes::Handler::RateLimitBucket => self
-                .ratelimit_bucket(request.uri().query(), context, &forwarded)
-                .await
-                .unwrap_or_else(|error| error.into_response(correlation_id)),
-            routes::Handler::Lockouts => self
-                .auth_lockouts(request.uri().query(), context, &forwarded)
-                .await
-                .unwrap_or_else(|error| error.into_response(correlation_id)),
-            routes::Handler::RateLimitReset => self
-                .ratelimit_reset(request.into_body(), context, &forwarded)
-                .await
-                .unwrap_or_else(|error| error.into_response(correlation_id)),
         };
         if let Some(decision) = &granted {
             limits::apply_headers(response.headers_mut(), decision);
@@ -637,9 +619,12 @@ impl Edge {
         response
     }
 
-    async fn ratelimit_reset<B>(
+    /// Reads the body (when the binding has one) and answers through the transcoder.
+    async fn transcode<B>(
         &self,
-        body: B,
+        binding: &transcoder::Binding,
+        params: &[(String, String)],
+        request: http::Request<B>,
         context: &RequestContext,
         forwarded: &backends::Forwarded,
     ) -> Result<Response, ApiError>
@@ -647,44 +632,25 @@ impl Edge {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        use portico_proto::ratelimit::{
-            rate_limit_service_client::RateLimitServiceClient, reset_request::Target, ResetRequest,
+        let (parts, body) = request.into_parts();
+        let body = if binding.body == transcoder::BodyRule::None {
+            Bytes::new()
+        } else {
+            read_body(body).await?
         };
-
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Body {
-            key: Option<String>,
-            prefix: Option<String>,
-        }
-        let body: Body = parse_json(&read_body(body).await?)?;
-        let target = match (body.key, body.prefix) {
-            (Some(key), None) => Target::Key(key),
-            (None, Some(prefix)) => Target::Prefix(prefix),
-            _ => {
-                return Err(ApiError::new(
-                    Code::InvalidArgument,
-                    "give exactly one of `key` or `prefix`",
-                ))
-            }
-        };
-        let backend = &self.inner.backends.ratelimit;
-        let request = backends::request(
-            ResetRequest {
-                target: Some(target),
-            },
-            context,
-            forwarded,
-            self.inner.settings.request_timeout,
-        );
-        let reset = RateLimitServiceClient::new(backend.channel.clone())
-            .reset(request)
-            .await;
-        let removed = finish(backend, "Reset", reset)?.removed;
-        Ok(response::json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "removed": removed }),
-        ))
+        self.inner
+            .transcoder
+            .call(
+                binding,
+                params,
+                parts.uri.query(),
+                &parts.headers,
+                &body,
+                context,
+                forwarded,
+                self.inner.settings.request_timeout,
+            )
+            .await
     }
 
     fn metrics(

@@ -23,6 +23,11 @@ pub mod ratelimit {
     tonic::include_proto!("portico.ratelimit.v1");
 }
 
+/// `portico.testing.v1`: a service only tests serve (see `TESTING_FILE_DESCRIPTOR_SET`).
+pub mod testing {
+    tonic::include_proto!("portico.testing.v1");
+}
+
 /// Envoy's rate limit service v3, wire-compatible with Envoy proxies.
 pub mod envoy_rls {
     pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3 as common;
@@ -33,6 +38,11 @@ pub mod envoy_rls {
 /// Encoded `FileDescriptorSet` of every Portico proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/portico_descriptor.bin"));
+
+/// Encoded `FileDescriptorSet` of the test-only `portico.testing.v1` service (and what it
+/// imports): the edge's tests serve it to show that an annotated RPC is exposed over REST.
+pub const TESTING_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/testing_descriptor.bin"));
 
 /// The encoded descriptors of Envoy's `envoy.service.ratelimit.v3.RateLimitService` and what it
 /// imports (vendored under `proto/envoy`), for server reflection.

@@ -251,11 +251,21 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(pb::ListLockoutsResponse {
             lockouts: lockouts
                 .into_iter()
-                .map(|lockout| pb::Lockout {
-                    locked_until: portico_telemetry::rfc3339_millis(lockout.until_ms),
-                    remaining_ms: u64::try_from(lockout.until_ms - now).unwrap_or(0),
-                    email: lockout.email,
-                    network: lockout.network,
+                .map(|lockout| {
+                    let remaining_ms = u64::try_from(lockout.until_ms - now).unwrap_or(0);
+                    pb::Lockout {
+                        locked_until: portico_telemetry::rfc3339_millis(lockout.until_ms),
+                        remaining_ms,
+                        remaining_seconds: remaining_ms.div_ceil(1000),
+                        scope: if lockout.network == crate::lockout::ACCOUNT {
+                            "account"
+                        } else {
+                            "network"
+                        }
+                        .to_owned(),
+                        email: lockout.email,
+                        network: lockout.network,
+                    }
                 })
                 .collect(),
             truncated,
@@ -270,7 +280,9 @@ impl AuthService for AuthGrpc {
         self.accounts
             .request_password_reset(&request.get_ref().email, &caller)
             .await?;
-        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+        Ok(Response::new(pb::RequestPasswordResetResponse {
+            status: "accepted".to_owned(),
+        }))
     }
 
     async fn confirm_password_reset(

@@ -28,7 +28,7 @@ use crate::store::Store;
 /// Most `lockout:` keys one listing reads from Redis.
 pub const MAX_SCANNED_LOCKOUTS: usize = 10_000;
 /// The account-wide row or key suffix (never a network).
-const ACCOUNT: &str = "*";
+pub(crate) const ACCOUNT: &str = "*";
 /// How long a network the owner logged in from stays exempt from the account ceiling.
 const KNOWN_NETWORK_MS: i64 = 30 * 24 * 3600 * 1000;
 /// The back-off's first gap.

@@ -137,8 +137,11 @@ impl RateLimitService for RateLimitGrpc {
             limit: d.limit,
             remaining: d.remaining,
             reset_after_ms: d.reset_after_ms,
+            reset_after_seconds: d.reset_after_ms.div_ceil(1000),
             retry_after_ms: d.retry_after_ms,
             bucket,
+            policy,
+            key,
         }))
     }
 }
