@@ -28,16 +28,30 @@ fn only(
     set
 }
 
+/// The descriptors of `files` (imports and comments included), decoded and as encoded bytes.
+fn compile(
+    files: &[&str],
+) -> Result<(prost_types::FileDescriptorSet, Vec<u8>), Box<dyn std::error::Error>> {
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(files)?;
+    Ok((
+        compiler.file_descriptor_set(),
+        compiler.encode_file_descriptor_set(),
+    ))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS.iter().chain(TEST_PROTOS) {
         println!("cargo:rerun-if-changed={proto}");
     }
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("portico_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    // Encoded by the compiler itself: prost's `FileDescriptorSet` would drop the custom
+    // options (`google.api.http`, `portico.api.v1.route`) that the edge reads.
+    let (descriptors, encoded) = compile(PROTOS)?;
+    std::fs::write(out_dir.join("portico_descriptor.bin"), encoded)?;
     // Envoy's RLS: the Rust types come from envoy-types, which ships no descriptor set; these
     // vendored files give reflection (grpcurl describe) the same messages. No code is generated.
     println!("cargo:rerun-if-changed=envoy");
@@ -49,11 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A test-only service: the edge's tests serve it to show that an annotated RPC is exposed
     // over REST and in the OpenAPI with no edge code. Its own descriptor set, so that the
     // suite's never lists it.
-    let testing = protox::compile(TEST_PROTOS, ["proto"])?;
-    std::fs::write(
-        out_dir.join("testing_descriptor.bin"),
-        testing.encode_to_vec(),
-    )?;
+    let (testing, encoded) = compile(TEST_PROTOS)?;
+    std::fs::write(out_dir.join("testing_descriptor.bin"), encoded)?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -187,11 +187,15 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
             parameters.push(json!({"name": variable, "in": "path", "required": true, "schema": {"type": "string"}}));
         }
     }
+    for (name, what) in &binding.route.hook_query {
+        parameters.push(json!({"name": name, "in": "query", "required": false,
+            "description": what, "schema": {"type": "string"}}));
+    }
     let bound: Vec<&str> = binding.path_fields.iter().map(|f| f.name()).collect();
     let mut request_body = None;
     match &binding.body {
         BodyRule::None | BodyRule::Field(_) => {
-            for field in input.fields() {
+            for field in input.fields().filter(|_| hook.is_none()) {
                 let in_body = matches!(&binding.body, BodyRule::Field(body) if *body == field);
                 if bound.contains(&field.name()) || in_body {
                     continue;
@@ -211,11 +215,17 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
             }
         }
         BodyRule::All => {
-            request_body = Some(if hook.is_some() {
-                // A hook reads its own JSON (OpenAI's dialect, durations as text).
-                json!({"type": "object"})
-            } else {
-                schemas.body_of(&input, &bound)
+            request_body = Some(match hook {
+                // These hooks read their own JSON (OpenAI's dialect, content's fields).
+                Some(
+                    Handler::Chat
+                    | Handler::ChatCompletions
+                    | Handler::Embeddings
+                    | Handler::AdminLlmProviderUpdate
+                    | Handler::AdminContentCreate
+                    | Handler::AdminContentUpdate,
+                ) => json!({"type": "object"}),
+                _ => schemas.body_of(&input, &bound),
             });
         }
     }
@@ -302,6 +312,8 @@ fn code_by_name(name: &str) -> Option<tonic::Code> {
 /// The message schemas referenced so far, and the descriptors' comments.
 struct Schemas<'a> {
     pool: &'a DescriptorPool,
+    /// Message names that more than one package uses: those schemas take the full name.
+    ambiguous: std::collections::HashSet<String>,
     shape: rules::JsonShape,
     done: BTreeMap<String, Value>,
     pending: Vec<MessageDescriptor>,
@@ -310,8 +322,15 @@ struct Schemas<'a> {
 impl<'a> Schemas<'a> {
     fn new(pool: &'a DescriptorPool) -> Self {
         let extensions = rules::Extensions::of(pool);
+        let mut seen = std::collections::HashSet::new();
+        let ambiguous = pool
+            .all_messages()
+            .filter(|message| !seen.insert(message.name().to_owned()))
+            .map(|message| message.name().to_owned())
+            .collect();
         Self {
             pool,
+            ambiguous,
             shape: rules::JsonShape::of(pool, &extensions),
             done: BTreeMap::new(),
             pending: Vec::new(),
@@ -324,19 +343,30 @@ impl<'a> Schemas<'a> {
                 continue;
             }
             let schema = self.object(&message, &[]);
-            self.done.insert(message.full_name().to_owned(), schema);
+            let name = self.name_of(&message);
+            self.done.insert(name, schema);
         }
         self.done.into_iter().collect()
+    }
+
+    /// The schema's name: the message's own, or its full name where two packages share it.
+    fn name_of(&self, message: &MessageDescriptor) -> String {
+        if self.ambiguous.contains(message.name()) {
+            message.full_name().to_owned()
+        } else {
+            message.name().to_owned()
+        }
     }
 
     fn reference(&mut self, message: &MessageDescriptor) -> Value {
         if let Some(schema) = well_known(message) {
             return schema;
         }
-        if !self.done.contains_key(message.full_name()) {
+        let name = self.name_of(message);
+        if !self.done.contains_key(&name) {
             self.pending.push(message.clone());
         }
-        json!({"$ref": format!("#/components/schemas/{}", message.full_name())})
+        json!({"$ref": format!("#/components/schemas/{name}")})
     }
 
     /// A request body: the message's fields less those the path binds; no others.

@@ -302,6 +302,19 @@ impl RouteTable {
         Ok(table)
     }
 
+    /// The table of Portico's own descriptors: what every edge serves.
+    pub fn portico() -> Self {
+        let pool = prost_reflect::DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptor set decodes");
+        let extensions = crate::transcoder::rules::Extensions::of(&pool);
+        let bindings: Vec<_> = crate::transcoder::rules::bindings(&pool, &extensions)
+            .expect("the compiled-in annotations are valid")
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        Self::new(&bindings).expect("the compiled-in routes do not conflict")
+    }
+
     fn insert(&mut self, route: Route) -> Result<(), TableError> {
         if let Ok(found) = self.router.at(route.path) {
             // The same template (matchit gives its index for the literal path too).
@@ -366,15 +379,7 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        let pool = prost_reflect::DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET)
-            .expect("pool");
-        let extensions = crate::transcoder::rules::Extensions::of(&pool);
-        let bindings: Vec<_> = crate::transcoder::rules::bindings(&pool, &extensions)
-            .expect("bindings")
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        RouteTable::new(&bindings).expect("table")
+        RouteTable::portico()
     }
 
     #[test]

@@ -313,10 +313,13 @@ async fn the_openapi_document_describes_the_key_routes_and_their_parameters() {
         .collect();
     assert_eq!(names, [("id", "path"), ("from", "query"), ("to", "query")]);
     let create = &spec["paths"]["/api/v1/api-keys"]["post"];
-    assert!(
-        create["requestBody"]["content"]["application/json"]["schema"]["properties"]["tokenBudget"]
-            .is_object()
-    );
+    // The body's schema is the request message's, by reference.
+    let body = &create["requestBody"]["content"]["application/json"]["schema"];
+    let name = body["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        .expect("a schema reference");
+    assert!(spec["components"]["schemas"][name]["properties"]["tokenBudget"].is_object());
     assert!(create["responses"]["201"].is_object());
     assert!(spec["components"]["schemas"]["ApiKey"]["properties"]["scopes"].is_object());
     assert!(spec["paths"]["/api/v1/api-keys/{id}"]["delete"].is_object());

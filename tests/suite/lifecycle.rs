@@ -975,7 +975,7 @@ async fn a_token_verifies_with_nothing_but_the_issuer_url() {
         ("/api/v1/auth/password", "post"),
         ("/api/v1/auth/sessions", "get"),
         ("/api/v1/auth/sessions", "delete"),
-        ("/api/v1/auth/sessions/{id}", "delete"),
+        ("/api/v1/auth/sessions/{session_id}", "delete"),
         ("/api/v1/auth/me", "delete"),
         ("/api/v1/admin/auth/users/{user}", "delete"),
         ("/api/v1/admin/auth/users/{user}/sessions", "get"),

@@ -42,12 +42,14 @@ pub fn request(
                     }
                 }
             }
+            check_known(&json, &input, "")?;
             to_proto_names(&mut json, &input, shape);
             deserialize(&input, json)?
         }
         BodyRule::Field(field) => {
             let mut json = parse(body)?;
             if let Kind::Message(message) = field.kind() {
+                check_known(&json, &message, "")?;
                 to_proto_names(&mut json, &message, shape);
             }
             let wrapped = serde_json::json!({ field.json_name(): json });
@@ -98,6 +100,38 @@ fn parse(body: &[u8]) -> Result<Value, ApiError> {
     } else {
         Err(bad_request("invalid JSON body: expected an object"))
     }
+}
+
+/// Refuses a key that names no field (by JSON or proto name) with a 400 that names it and
+/// says where (`messages[2].colour`); well-known types and maps take any key.
+fn check_known(json: &Value, message: &MessageDescriptor, at: &str) -> Result<(), ApiError> {
+    let Value::Object(fields) = json else {
+        return Ok(());
+    };
+    if message.full_name().starts_with("google.protobuf.") {
+        return Ok(());
+    }
+    for (key, value) in fields {
+        let field = message
+            .get_field_by_json_name(key)
+            .or_else(|| message.get_field_by_name(key))
+            .ok_or_else(|| bad_request(format!("invalid JSON body: unknown field `{at}{key}`")))?;
+        let Kind::Message(nested) = field.kind() else {
+            continue;
+        };
+        if field.is_map() {
+            continue;
+        }
+        match value {
+            Value::Array(items) if field.is_list() => {
+                for (index, item) in items.iter().enumerate() {
+                    check_known(item, &nested, &format!("{at}{key}[{index}]."))?;
+                }
+            }
+            value => check_known(value, &nested, &format!("{at}{key}."))?,
+        }
+    }
+    Ok(())
 }
 
 fn deserialize(input: &MessageDescriptor, json: Value) -> Result<DynamicMessage, ApiError> {

@@ -71,6 +71,8 @@ pub struct RouteOptions {
     pub errors: Vec<String>,
     /// Admin only.
     pub admin: bool,
+    /// Query parameters a hook reads itself: (name, what).
+    pub hook_query: Vec<(String, String)>,
 }
 
 /// Why a descriptor set's annotations cannot be served.
@@ -261,6 +263,16 @@ fn text(message: &DynamicMessage, field: &str) -> String {
         .unwrap_or_default()
 }
 
+fn strings(message: &DynamicMessage, field: &str) -> Vec<String> {
+    match message.get_field_by_name(field).as_deref() {
+        Some(Value::List(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn read_route(route: &DynamicMessage) -> RouteOptions {
     let flag = |name: &str| {
         route
@@ -283,14 +295,15 @@ fn read_route(route: &DynamicMessage) -> RouteOptions {
         policy: (!policy.is_empty()).then(|| intern(&policy)),
         no_store: flag("no_store"),
         hook: (!hook.is_empty()).then_some(hook),
-        errors: match route.get_field_by_name("errors").as_deref() {
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(|item| item.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        },
+        errors: strings(route, "errors"),
         admin: flag("admin"),
+        hook_query: strings(route, "hook_query")
+            .into_iter()
+            .map(|line| {
+                let (name, what) = line.split_once(':').unwrap_or((&line, ""));
+                (name.trim().to_owned(), what.trim().to_owned())
+            })
+            .collect(),
     }
 }
 
