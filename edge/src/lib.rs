@@ -388,7 +388,8 @@ impl Edge {
             request.headers(),
             &self.inner.settings.trusted_proxies,
         );
-        let mut granted: Option<portico_limiter::Decision> = None;
+        // Every policy's decision, in the order asked: the rate limit headers describe them.
+        let mut verdicts: Vec<limits::Verdict> = Vec::new();
         if !route.handler.is_operational() {
             // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
             let ip = portico_limiter::client_network(client_ip);
@@ -438,24 +439,25 @@ impl Edge {
                         .await,
                 );
             }
+            let mut refused: Option<limits::Refusal> = None;
             for outcome in outcomes {
                 match outcome {
-                    // The headers describe the tightest bucket.
-                    Ok(Some(decision))
-                        if granted.is_none_or(|g| decision.remaining < g.remaining) =>
-                    {
-                        granted = Some(decision);
-                    }
-                    Ok(_) => {}
+                    Ok(verdict) => verdicts.extend(verdict),
                     Err(refusal) => {
-                        refusal.count();
-                        let mut response = refusal.error.into_response(correlation_id);
-                        if let Some(decision) = &refusal.decision {
-                            limits::apply_headers(response.headers_mut(), decision);
-                        }
-                        return response;
+                        verdicts.extend(refusal.decision);
+                        // The first refusal is the one answered (and counted).
+                        refused.get_or_insert(refusal);
                     }
                 }
+            }
+            if let Some(refusal) = refused {
+                refusal.count();
+                let described = refusal.decision.is_some();
+                let mut response = refusal.error.into_response(correlation_id);
+                if described {
+                    limiter.apply_headers(response.headers_mut(), &verdicts);
+                }
+                return response;
             }
         }
         let forwarded = backends::Forwarded::from_headers(
@@ -631,9 +633,9 @@ impl Edge {
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id)),
         };
-        if let Some(decision) = &granted {
-            limits::apply_headers(response.headers_mut(), decision);
-        }
+        self.inner
+            .limiter
+            .apply_headers(response.headers_mut(), &verdicts);
         response
     }
 
