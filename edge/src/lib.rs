@@ -22,6 +22,7 @@ pub mod backends;
 mod chat_routes;
 pub mod client_ip;
 pub mod console;
+mod content_revision;
 mod content_routes;
 pub mod cors;
 pub mod error;
@@ -40,7 +41,8 @@ pub use server::{serve, EdgeHandle};
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
 const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
-/// How long the edge keeps a public item (each use is also checked against the revision).
+/// How long the edge keeps a public item (each use is also checked against the content
+/// revision it follows: see `content_revision`).
 const CONTENT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most public items the edge keeps.
 const CONTENT_CACHE_CAPACITY: usize = 10_000;
@@ -71,9 +73,6 @@ pub enum EdgeError {
     /// A backend URL is invalid.
     #[error("backend URL: {0}")]
     Backend(#[from] tonic::transport::Error),
-    /// The database URL could not be used.
-    #[error("DATABASE_URL: {0}")]
-    Database(#[from] sea_orm::DbErr),
     /// The Redis URL could not be used.
     #[error("REDIS_URL: {0}")]
     Redis(#[from] portico_redis::fred::error::Error),
@@ -102,7 +101,6 @@ struct Inner {
     backends: backends::Backends,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
-    database: portico_migrations::Db,
     /// Signs forwarded client IPs on plaintext hops (see `portico_tls::PeerKey`).
     signer: Option<portico_tls::PeerKey>,
     redis: Option<portico_redis::Redis>,
@@ -112,10 +110,9 @@ struct Inner {
     chat_timeout: std::time::Duration,
     /// `ADMIN_API_KEY`, for the admin routes the edge answers itself.
     admin_key: Option<portico_config::SecretString>,
-    /// The content service's address when `CONTENT_GRPC_URL` names one (it may run in this
-    /// process: see portico-revision).
-    content_addr: Option<SocketAddr>,
-    /// Public items read through this edge, validated by the content service's revision.
+    /// The epoch of the edge's content copies, following ContentService.WatchRevision.
+    content_revision: Arc<content_revision::ContentRevision>,
+    /// Public items read through this edge, each tagged with the epoch it was read under.
     content_cache: portico_ttlmap::TtlMap<Arc<content_routes::CachedItem>>,
     started_at: Instant,
     started: AtomicBool,
@@ -124,16 +121,13 @@ struct Inner {
 }
 
 impl Edge {
-    /// Builds the edge's state: lazy gRPC channels, a lazy database pool for readiness, and a
-    /// Redis client when `REDIS_URL` is set.
+    /// Builds the edge's state: lazy gRPC channels (the content revision followed on one), and
+    /// a Redis client when `REDIS_URL` is set. The edge has no database: the services' gRPC
+    /// health reports theirs.
     pub async fn new(
         settings: &Settings,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Self, EdgeError> {
-        let database = portico_migrations::Db::new(
-            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
-        );
-        health::watch_database(database.clone(), shutdown.clone());
         let redis = portico_redis::Redis::connect_optional(
             settings.storage.redis_url.as_ref(),
             &settings.storage.redis_key_prefix,
@@ -181,20 +175,11 @@ impl Edge {
                     &settings.edge.cors_allow_headers,
                     &settings.edge.cors_expose_headers,
                 ),
-                database,
                 verifier,
                 allow_anonymous_chat: settings.chat.allow_anonymous,
                 chat_timeout: settings.chat.timeout + CHAT_DEADLINE_MARGIN,
                 admin_key: settings.admin_api_key.clone(),
-                content_addr: settings
-                    .edge
-                    .content_url
-                    .parse::<http::Uri>()
-                    .ok()
-                    .and_then(|uri| {
-                        let host = uri.host()?.trim_matches(['[', ']']).parse().ok()?;
-                        Some(SocketAddr::new(host, uri.port_u16()?))
-                    }),
+                content_revision: Arc::default(),
                 content_cache: portico_ttlmap::TtlMap::new(
                     CONTENT_CACHE_TTL,
                     CONTENT_CACHE_CAPACITY,
@@ -206,6 +191,11 @@ impl Edge {
                 readiness: health::ReadinessCache::default(),
             }),
         };
+        content_revision::follow(
+            edge.inner.backends.content.channel.clone(),
+            Arc::clone(&edge.inner.content_revision),
+            shutdown.clone(),
+        );
         health::watch_backends(edge.clone(), shutdown);
         Ok(edge)
     }
@@ -562,6 +552,7 @@ impl Edge {
             }
             routes::Handler::ContentList
             | routes::Handler::ContentGet
+            | routes::Handler::AdminContentGet
             | routes::Handler::AdminContentList
             | routes::Handler::AdminContentCreate
             | routes::Handler::AdminContentUpdate

@@ -84,6 +84,8 @@ pub enum Handler {
     ContentList,
     /// ContentService.GetContent.
     ContentGet,
+    /// ContentService.GetContent with drafts (admin): `ETag`, `Last-Modified`.
+    AdminContentGet,
     /// ContentService.ListContent with drafts (admin).
     AdminContentList,
     /// ContentService.CreateContent (admin).
@@ -447,12 +449,18 @@ pub static ROUTES: &[Route] = &[
         "admin",
         "Create content (201)",
     ),
+    get(
+        "/api/v1/admin/content/{slug}",
+        Handler::AdminContentGet,
+        "admin",
+        "One item, drafts included, with the ETag that PUT and DELETE take in If-Match (X-Admin-Key or admin JWT)",
+    ),
     Route {
         path: "/api/v1/admin/content/{slug}",
         method: Method::PUT,
         handler: Handler::AdminContentUpdate,
         tag: "admin",
-        summary: "Replace content; If-Match carries the version you edited (409 when it changed)",
+        summary: "Replace content; If-Match carries the ETag you edited, or * (412 when it changed, 428 without)",
     },
     Route {
         path: "/api/v1/admin/content/{slug}",
@@ -1032,16 +1040,25 @@ fn responses(handler: Handler) -> Value {
             "403": error_response("Not an admin"),
             "404": error_response("No such published content")
         }),
+        Handler::AdminContentGet => json!({
+            "200": {"description": "The item, drafts included (ETag, Last-Modified, Cache-Control: private, no-store)", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "304": {"description": "Not modified (If-None-Match)"},
+            "401": error_response("Admin credentials required"),
+            "403": error_response("Not an admin"),
+            "404": error_response("No such content")
+        }),
         Handler::AdminContentCreate | Handler::AdminContentUpdate | Handler::AdminContentDelete => {
             json!({
-                "200": {"description": "The item", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {"description": "The item (ETag, Last-Modified)", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "201": {"description": "Created"},
                 "204": {"description": "Deleted"},
-                "400": error_response("Invalid field, or If-Match missing"),
+                "400": error_response("Invalid field, or an If-Match that is not a list of entity tags"),
                 "401": error_response("Admin credentials required"),
                 "403": error_response("Not an admin"),
                 "404": error_response("No such content"),
-                "409": error_response("Slug taken, or the version changed since you read it")
+                "409": error_response("Slug taken"),
+                "412": error_response("If-Match does not match the item's current ETag (someone changed it since you read it)"),
+                "428": error_response("PUT without If-Match")
             })
         }
         Handler::ApiKeyCreate => json!({
