@@ -19,10 +19,7 @@ const PROTOS: &[&str] = &[
 const TEST_PROTOS: &[&str] = &["proto/portico/testing/v1/greeter.proto"];
 
 /// The files of `set` under `prefix` (their imports were compiled with the main set already).
-fn only(
-    mut set: prost_types::FileDescriptorSet,
-    prefix: &str,
-) -> prost_types::FileDescriptorSet {
+fn only(mut set: prost_types::FileDescriptorSet, prefix: &str) -> prost_types::FileDescriptorSet {
     set.file
         .retain(|file| file.name.as_deref().is_some_and(|n| n.starts_with(prefix)));
     set

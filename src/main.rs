@@ -1,4 +1,4 @@
-//! `portico`: the one binary of the suite. The subcommand picks what runs (DESIGN §1).
+//! `portico`: the one binary of the suite. The subcommand picks what runs (docs/CONTRACT.md §1).
 
 use std::process::ExitCode;
 

@@ -332,7 +332,7 @@ impl Edge {
         headers: &http::HeaderMap,
         client_ip: std::net::IpAddr,
         context: &RequestContext,
-    ) -> Result<Option<portico_limiter::Decision>, crate::limits::Refusal> {
+    ) -> Result<Option<crate::limits::Verdict>, crate::limits::Refusal> {
         let Some(key) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -1,5 +1,5 @@
 //! The gRPC channels from the edge to the four services, and the metadata every call carries
-//! (DESIGN §3): correlation ID, W3C trace context, client IP, caller's bearer token, deadline.
+//! (docs/CONTRACT.md §3): correlation ID, W3C trace context, client IP, caller's bearer token, deadline.
 
 use std::{net::IpAddr, time::Duration};
 

@@ -1,4 +1,4 @@
-//! CORS (DESIGN §5): an exact allowlist; `*` only when configured and never with credentials;
+//! CORS (docs/CONTRACT.md §5): an exact allowlist; `*` only when configured and never with credentials;
 //! preflights answered at the edge with 204; a disallowed origin gets no `Access-Control-*`
 //! headers; `Vary: Origin` on every response. A preflight is allowed the requested headers
 //! that `CORS_ALLOW_HEADERS` lists (names, or prefixes such as `x-stainless-*`), and only those;

@@ -1,4 +1,4 @@
-//! The edge's one error → HTTP mapping (DESIGN §4): gRPC codes follow grpc-gateway's table,
+//! The edge's one error → HTTP mapping (docs/CONTRACT.md §4): gRPC codes follow grpc-gateway's table,
 //! except an LLM provider failure (502, with `Retry-After` while a circuit is open) and an LLM
 //! timeout (504), which the chat gateway marks with the `x-portico-error` metadata key.
 
@@ -175,7 +175,7 @@ impl ApiError {
             .map_or(serde_json::Value::Null, |first| first["field"].clone())
     }
 
-    /// The JSON error response (DESIGN §4; OpenAI's shape on the OpenAI routes).
+    /// The JSON error response (docs/CONTRACT.md §4; OpenAI's shape on the OpenAI routes).
     pub fn into_response(self, correlation_id: &str) -> Response {
         let openai = OPENAI_SHAPE.try_with(|openai| *openai).unwrap_or(false);
         let body = if openai {

@@ -1,7 +1,8 @@
-//! Liveness, startup and readiness (DESIGN §4, §6). Readiness asks every service over the
-//! gRPC health protocol with a short deadline, pings the database and the cache, and
+//! Liveness, startup and readiness (README, REST contract; docs/RUNBOOK.md §1). Readiness asks
+//! every service over the gRPC health protocol with a short deadline, pings the cache, and
 //! aggregates: a critical dependency down → 503 `unhealthy`; a non-critical one → 200
-//! `degraded`.
+//! `degraded`. The edge has no database of its own: a service whose database is down answers
+//! NOT_SERVING (shared/grpc's `watch_database`), which is that service's check failing.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,10 +16,13 @@ use tonic_health::pb::{
 
 use crate::{backends::Backend, Edge};
 
+/// How often the edge asks its backends' health in the background (`dependency_up`).
+const BACKEND_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The outcome of one check.
 #[derive(Debug, Clone)]
 pub struct Check {
-    /// `auth`, `database`, …
+    /// `auth`, `cache`, …
     pub name: &'static str,
     /// Whether readiness is unhealthy when this fails.
     pub critical: bool,
@@ -164,35 +168,13 @@ async fn check_chat(edge: &Edge, context: &RequestContext, timeout: Duration) ->
     check
 }
 
-/// A background probe keeps the database's state, so while it is known down a `/readyz` flood
-/// neither waits for timeouts nor opens connections to a struggling database; the probe is
-/// what notices its return.
-pub(crate) fn watch_database(
-    database: portico_migrations::Db,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(portico_migrations::PROBE_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            // Probe while up too: an outage is noticed before a readiness call pays for it.
-            let up = database.probe(portico_migrations::PROBE_INTERVAL).await;
-            portico_telemetry::metrics::dependency_up("edge", "database", up);
-        }
-    });
-}
-
 /// Asks every backend's health (its full service name) each probe interval and keeps
 /// `dependency_up{component="edge",dependency=<backend>}`, so an alert sees a service go down
 /// without anyone calling `/readyz`. A backend's own optional dependency (ratelimit's Redis) is
 /// that backend's `dependency_up`, not this one.
 pub(crate) fn watch_backends(edge: Edge, shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(portico_migrations::PROBE_INTERVAL);
+        let mut ticker = tokio::time::interval(BACKEND_PROBE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let context = RequestContext::attach(tracing::Span::none(), &http::HeaderMap::new());
         let timeout = edge.inner.settings.health_check_timeout;
@@ -213,26 +195,6 @@ pub(crate) fn watch_backends(edge: Edge, shutdown: tokio_util::sync::Cancellatio
             .await;
         }
     });
-}
-
-async fn check_database(edge: &Edge, timeout: Duration) -> Check {
-    let started = Instant::now();
-    let database = &edge.inner.database;
-    // Known down: answer at once; the background probe flips it back.
-    let ok = database.is_up() && database.probe(timeout).await;
-    portico_telemetry::metrics::dependency_up("edge", "database", ok);
-    if !ok {
-        portico_telemetry::metrics::http().database_errors.inc();
-    }
-    Check {
-        name: "database",
-        critical: true,
-        ok,
-        detail: json!({
-            "status": if ok { "ok" } else { "unhealthy" },
-            "latencyMs": started.elapsed().as_millis() as u64,
-        }),
-    }
 }
 
 async fn check_cache(edge: &Edge, timeout: Duration) -> Check {
@@ -285,18 +247,20 @@ async fn check_everything(edge: &Edge, context: &RequestContext) -> (StatusCode,
     let timeout = edge.inner.settings.health_check_timeout;
     let backends = edge.inner.backends.all();
     let backend_checks = join_all(backends.iter().map(|b| async move {
-        if b.name == "chat" {
-            check_chat(edge, context, timeout).await
-        } else {
-            check_backend(b, context, timeout).await
+        match b.name {
+            "chat" => check_chat(edge, context, timeout).await,
+            "content" => {
+                let mut check = check_backend(b, context, timeout).await;
+                // Whether this edge answers public reads from its own copies now: only while
+                // it follows ContentService.WatchRevision (README, Content).
+                let following = edge.inner.content_revision.current().is_some();
+                check.detail["edgeCache"] = json!(if following { "on" } else { "off" });
+                check
+            }
+            _ => check_backend(b, context, timeout).await,
         }
     }));
-    let (mut checks, database, cache) = tokio::join!(
-        backend_checks,
-        check_database(edge, timeout),
-        check_cache(edge, timeout)
-    );
-    checks.push(database);
+    let (mut checks, cache) = tokio::join!(backend_checks, check_cache(edge, timeout));
     checks.push(cache);
     aggregate(&checks)
 }

@@ -22,6 +22,7 @@ pub mod backends;
 mod chat_routes;
 pub mod client_ip;
 pub mod console;
+mod content_revision;
 mod content_routes;
 pub mod cors;
 pub mod error;
@@ -41,7 +42,8 @@ pub use server::{serve, EdgeHandle};
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
 const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
-/// How long the edge keeps a public item (each use is also checked against the revision).
+/// How long the edge keeps a public item (each use is also checked against the content
+/// revision it follows: see `content_revision`).
 const CONTENT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Most public items the edge keeps.
 const CONTENT_CACHE_CAPACITY: usize = 10_000;
@@ -72,9 +74,6 @@ pub enum EdgeError {
     /// A backend URL is invalid.
     #[error("backend URL: {0}")]
     Backend(#[from] tonic::transport::Error),
-    /// The database URL could not be used.
-    #[error("DATABASE_URL: {0}")]
-    Database(#[from] sea_orm::DbErr),
     /// The Redis URL could not be used.
     #[error("REDIS_URL: {0}")]
     Redis(#[from] portico_redis::fred::error::Error),
@@ -107,7 +106,6 @@ struct Inner {
     routes: routes::RouteTable,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
-    database: portico_migrations::Db,
     /// Signs forwarded client IPs on plaintext hops (see `portico_tls::PeerKey`).
     signer: Option<portico_tls::PeerKey>,
     redis: Option<portico_redis::Redis>,
@@ -117,10 +115,9 @@ struct Inner {
     chat_timeout: std::time::Duration,
     /// `ADMIN_API_KEY`, for the admin routes the edge answers itself.
     admin_key: Option<portico_config::SecretString>,
-    /// The content service's address when `CONTENT_GRPC_URL` names one (it may run in this
-    /// process: see portico-revision).
-    content_addr: Option<SocketAddr>,
-    /// Public items read through this edge, validated by the content service's revision.
+    /// The epoch of the edge's content copies, following ContentService.WatchRevision.
+    content_revision: Arc<content_revision::ContentRevision>,
+    /// Public items read through this edge, each tagged with the epoch it was read under.
     content_cache: portico_ttlmap::TtlMap<Arc<content_routes::CachedItem>>,
     started_at: Instant,
     started: AtomicBool,
@@ -129,16 +126,13 @@ struct Inner {
 }
 
 impl Edge {
-    /// Builds the edge's state: lazy gRPC channels, a lazy database pool for readiness, and a
-    /// Redis client when `REDIS_URL` is set.
+    /// Builds the edge's state: lazy gRPC channels (the content revision followed on one), and
+    /// a Redis client when `REDIS_URL` is set. The edge has no database: the services' gRPC
+    /// health reports theirs.
     pub async fn new(
         settings: &Settings,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Self, EdgeError> {
-        let database = portico_migrations::Db::new(
-            portico_migrations::connect_lazy(settings.storage.database_url.expose_secret()).await?,
-        );
-        health::watch_database(database.clone(), shutdown.clone());
         let redis = portico_redis::Redis::connect_optional(
             settings.storage.redis_url.as_ref(),
             &settings.storage.redis_key_prefix,
@@ -191,20 +185,11 @@ impl Edge {
                     &settings.edge.cors_allow_headers,
                     &settings.edge.cors_expose_headers,
                 ),
-                database,
                 verifier,
                 allow_anonymous_chat: settings.chat.allow_anonymous,
                 chat_timeout: settings.chat.timeout + CHAT_DEADLINE_MARGIN,
                 admin_key: settings.admin_api_key.clone(),
-                content_addr: settings
-                    .edge
-                    .content_url
-                    .parse::<http::Uri>()
-                    .ok()
-                    .and_then(|uri| {
-                        let host = uri.host()?.trim_matches(['[', ']']).parse().ok()?;
-                        Some(SocketAddr::new(host, uri.port_u16()?))
-                    }),
+                content_revision: Arc::default(),
                 content_cache: portico_ttlmap::TtlMap::new(
                     CONTENT_CACHE_TTL,
                     CONTENT_CACHE_CAPACITY,
@@ -216,6 +201,11 @@ impl Edge {
                 readiness: health::ReadinessCache::default(),
             }),
         };
+        content_revision::follow(
+            edge.inner.backends.content.channel.clone(),
+            Arc::clone(&edge.inner.content_revision),
+            shutdown.clone(),
+        );
         health::watch_backends(edge.clone(), shutdown);
         Ok(edge)
     }
@@ -398,7 +388,8 @@ impl Edge {
             request.headers(),
             &self.inner.settings.trusted_proxies,
         );
-        let mut granted: Option<portico_limiter::Decision> = None;
+        // Every policy's decision, in the order asked: the rate limit headers describe them.
+        let mut verdicts: Vec<limits::Verdict> = Vec::new();
         if !route.is_operational() {
             // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
             let ip = portico_limiter::client_network(client_ip);
@@ -448,24 +439,25 @@ impl Edge {
                         .await,
                 );
             }
+            let mut refused: Option<limits::Refusal> = None;
             for outcome in outcomes {
                 match outcome {
-                    // The headers describe the tightest bucket.
-                    Ok(Some(decision))
-                        if granted.is_none_or(|g| decision.remaining < g.remaining) =>
-                    {
-                        granted = Some(decision);
-                    }
-                    Ok(_) => {}
+                    Ok(verdict) => verdicts.extend(verdict),
                     Err(refusal) => {
-                        refusal.count();
-                        let mut response = refusal.error.into_response(correlation_id);
-                        if let Some(decision) = &refusal.decision {
-                            limits::apply_headers(response.headers_mut(), decision);
-                        }
-                        return response;
+                        verdicts.extend(refusal.decision);
+                        // The first refusal is the one answered (and counted).
+                        refused.get_or_insert(refusal);
                     }
                 }
+            }
+            if let Some(refusal) = refused {
+                refusal.count();
+                let described = refusal.decision.is_some();
+                let mut response = refusal.error.into_response(correlation_id);
+                if described {
+                    limiter.apply_headers(response.headers_mut(), &verdicts);
+                }
+                return response;
             }
         }
         let forwarded = backends::Forwarded::from_headers(
@@ -479,9 +471,9 @@ impl Edge {
                     .transcode(binding, &params, request, context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id));
-                if let Some(decision) = &granted {
-                    limits::apply_headers(response.headers_mut(), decision);
-                }
+                self.inner
+                    .limiter
+                    .apply_headers(response.headers_mut(), &verdicts);
                 return response;
             }
             routes::Target::Native(handler) | routes::Target::Hook(handler, _) => *handler,
@@ -557,6 +549,7 @@ impl Edge {
             }
             routes::Handler::ContentList
             | routes::Handler::ContentGet
+            | routes::Handler::AdminContentGet
             | routes::Handler::AdminContentList
             | routes::Handler::AdminContentCreate
             | routes::Handler::AdminContentUpdate
@@ -613,9 +606,9 @@ impl Edge {
                 .unwrap_or_else(|error| error.into_response(correlation_id))
             }
         };
-        if let Some(decision) = &granted {
-            limits::apply_headers(response.headers_mut(), decision);
-        }
+        self.inner
+            .limiter
+            .apply_headers(response.headers_mut(), &verdicts);
         response
     }
 

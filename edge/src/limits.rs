@@ -1,10 +1,12 @@
-//! Rate limit enforcement at the edge (DESIGN §5, §8): every non-operational route through the
-//! `global` policy keyed by client IP. The decision is the ratelimit service's, asked with a
-//! tight deadline; when the service cannot answer in time the fail mode applies here too —
-//! `open` decides with this edge's own in-memory buckets (a ceiling, not a free pass), `closed`
-//! refuses with 503.
+//! Rate limit enforcement at the edge (README, Rate limiting; docs/CONTRACT.md §5, §8): every
+//! non-operational route through the `global` policy keyed by client IP. The decision is the
+//! ratelimit service's, asked with a tight deadline; when the service cannot answer in time the
+//! fail mode applies here too — `open` decides with this edge's own in-memory buckets (a ceiling,
+//! not a free pass), `closed` refuses with 503. The decisions become the `RateLimit-Policy` and
+//! `RateLimit` fields, or the legacy three (`RATE_LIMIT_LEGACY_HEADERS`).
 
 use std::{
+    fmt::Write as _,
     net::IpAddr,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -13,10 +15,10 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use portico_config::RateLimitSettings;
-use portico_limiter::{bucket_key, Decision, MemoryStore, Policies, SystemClock};
+use portico_limiter::{bucket_key, Decision, Limit, MemoryStore, Policies, SystemClock};
 use portico_proto::ratelimit::{
     rate_limit_service_client::RateLimitServiceClient, CheckRequest, CheckResponse,
 };
@@ -50,6 +52,20 @@ pub struct EdgeLimiter {
     timeout: std::time::Duration,
     /// Buckets with room, as last seen (see [`EdgeLimiter::ahead`]).
     views: TtlMap<Arc<View>>,
+    /// `RATE_LIMIT_LEGACY_HEADERS`: the three draft-06 fields instead of the current two.
+    legacy_headers: bool,
+}
+
+/// One policy's decision, as the response headers describe it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// The policy whose bucket decided: `global`, `auth`, `chat` or `apikey`.
+    pub policy: &'static str,
+    /// The policy's window in whole seconds (its capacity over its refill rate, at least 1),
+    /// `RateLimit-Policy`'s `w`; `None` when the edge does not know the policy's shape.
+    pub window_seconds: Option<u64>,
+    /// The bucket's decision.
+    pub decision: Decision,
 }
 
 /// A refusal: the error to answer with and the decision whose headers it carries.
@@ -57,8 +73,8 @@ pub struct EdgeLimiter {
 pub struct Refusal {
     /// 429 or 503.
     pub error: ApiError,
-    /// The decision, for `RateLimit-*` headers (absent when no decision could be made).
-    pub decision: Option<Decision>,
+    /// The decision, for the rate limit headers (absent when no decision could be made).
+    pub decision: Option<Verdict>,
     /// The policy that refused (a 429), counted in `rate_limit_exceeded_total` once per
     /// response by [`Refusal::count`].
     pub policy: Option<String>,
@@ -95,6 +111,7 @@ impl EdgeLimiter {
             fail_open: settings.fail_open,
             timeout: settings.check_timeout,
             views: TtlMap::new(VIEW_TTL, VIEW_MAX_KEYS),
+            legacy_headers: settings.legacy_headers,
         }
     }
 
@@ -105,7 +122,7 @@ impl EdgeLimiter {
         key: &str,
         client_ip: IpAddr,
         context: &RequestContext,
-    ) -> Result<Option<Decision>, Refusal> {
+    ) -> Result<Option<Verdict>, Refusal> {
         self.check_shaped(policy, key, None, client_ip, context)
             .await
     }
@@ -116,13 +133,21 @@ impl EdgeLimiter {
         &self,
         policy: &'static str,
         key: &str,
-        shape: Option<portico_limiter::Limit>,
+        shape: Option<Limit>,
         client_ip: IpAddr,
         context: &RequestContext,
-    ) -> Result<Option<Decision>, Refusal> {
+    ) -> Result<Option<Verdict>, Refusal> {
         if self.whitelist.iter().any(|net| net.contains(&client_ip)) {
             return Ok(None);
         }
+        let window = shape
+            .or_else(|| self.policies.get(policy))
+            .map(window_seconds);
+        let verdict = |decision| Verdict {
+            policy,
+            window_seconds: window,
+            decision,
+        };
         let (capacity, window_ms) = shape.map_or((0, 0), |limit| {
             (
                 limit.capacity,
@@ -139,7 +164,7 @@ impl EdgeLimiter {
         };
         let bucket = bucket_key(policy, key);
         if let Some(decision) = self.ahead(&bucket, &message, context, client_ip) {
-            return Ok(Some(decision));
+            return Ok(Some(verdict(decision)));
         }
         let answer = ask(
             self.channel.clone(),
@@ -190,10 +215,10 @@ impl EdgeLimiter {
                     view.reset_after_ms
                         .store(decision.reset_after_ms, Ordering::SeqCst);
                     let pending = view.pending.load(Ordering::SeqCst);
-                    return Ok(Some(Decision {
+                    return Ok(Some(verdict(Decision {
                         remaining: decision.remaining.saturating_sub(pending),
                         ..decision
-                    }));
+                    })));
                 }
                 None => self.views.insert(
                     bucket,
@@ -206,7 +231,7 @@ impl EdgeLimiter {
                     }),
                 ),
             }
-            return Ok(Some(decision));
+            return Ok(Some(verdict(decision)));
         }
         self.views.remove(&bucket);
         Err(Refusal {
@@ -214,8 +239,8 @@ impl EdgeLimiter {
                 Code::ResourceExhausted,
                 format!("rate limit `{policy}` exceeded; retry after the time in Retry-After"),
             )
-            .with_retry_after(decision.retry_after_ms.div_ceil(1000).max(1)),
-            decision: Some(decision),
+            .with_retry_after(retry_after_seconds(&decision)),
+            decision: Some(verdict(decision)),
             policy: Some(policy.to_owned()),
         })
     }
@@ -329,14 +354,111 @@ struct View {
     unsent: AtomicU32,
 }
 
-/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
-pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
-    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+/// `RateLimit-Policy`: each policy's quota and window.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: what is left of each policy's quota.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// `RateLimit-Limit` (`RATE_LIMIT_LEGACY_HEADERS=true` only).
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining` (`RATE_LIMIT_LEGACY_HEADERS=true` only).
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset` (`RATE_LIMIT_LEGACY_HEADERS=true` only).
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+impl EdgeLimiter {
+    /// Adds the rate limit fields that describe `verdicts` (the request's decisions, in the
+    /// order they were asked; the refusing one included on a 429): the current two fields by
+    /// default ([`current_headers`]), the draft-06 three with `RATE_LIMIT_LEGACY_HEADERS=true`
+    /// ([`legacy_headers`]).
+    pub fn apply_headers(&self, headers: &mut HeaderMap, verdicts: &[Verdict]) {
+        if self.legacy_headers {
+            legacy_headers(headers, verdicts);
+        } else {
+            current_headers(headers, verdicts);
+        }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` as draft-ietf-httpapi-ratelimit-headers-11 (§3, §4)
+/// defines them: RFC 8941 lists with one member per policy that decided, named by the policy,
+/// e.g. `RateLimit-Policy: "global";q=100;w=60` and `RateLimit: "global";r=42;t=18`.
+/// `q` is the bucket's capacity, `w` its window, `r` the tokens left. `t` is the seconds until
+/// the bucket is full again, except on a refusal: there it is the seconds until the next token,
+/// the same as `Retry-After`, which §6 says should not point before the effective window ends.
+pub fn current_headers(headers: &mut HeaderMap, verdicts: &[Verdict]) {
+    if verdicts.is_empty() {
+        return;
+    }
+    let mut policy = String::new();
+    let mut limit = String::new();
+    for verdict in verdicts {
+        let separator = if policy.is_empty() { "" } else { ", " };
+        let decision = &verdict.decision;
+        // Policy names are Portico's own lower-case identifiers: nothing in them needs escaping
+        // inside an sf-string.
+        let _ = write!(
+            policy,
+            "{separator}\"{}\";q={}",
+            verdict.policy, decision.limit
+        );
+        if let Some(window) = verdict.window_seconds {
+            let _ = write!(policy, ";w={window}");
+        }
+        let effective = if decision.allowed {
+            decision.reset_after_ms.div_ceil(1000)
+        } else {
+            retry_after_seconds(decision)
+        };
+        let _ = write!(
+            limit,
+            "{separator}\"{}\";r={};t={effective}",
+            verdict.policy, decision.remaining
+        );
+    }
+    for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, limit)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the bucket is
+/// full again), draft-ietf-httpapi-ratelimit-headers-06's fields, which carry one policy: the
+/// refusing one, else the one with the fewest tokens left (the first of those).
+pub fn legacy_headers(headers: &mut HeaderMap, verdicts: &[Verdict]) {
+    let described = verdicts
+        .iter()
+        .find(|verdict| !verdict.decision.allowed)
+        .or_else(|| {
+            verdicts.iter().reduce(|tightest, verdict| {
+                if verdict.decision.remaining < tightest.decision.remaining {
+                    verdict
+                } else {
+                    tightest
+                }
+            })
+        });
+    let Some(Verdict { decision, .. }) = described else {
+        return;
+    };
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(
-        "ratelimit-reset",
+        RATELIMIT_RESET,
         HeaderValue::from(decision.reset_after_ms.div_ceil(1000)),
     );
+}
+
+/// Whole seconds until a refused request could be admitted (at least 1): `Retry-After`.
+fn retry_after_seconds(decision: &Decision) -> u64 {
+    decision.retry_after_ms.div_ceil(1000).max(1)
+}
+
+/// A bucket's window in whole seconds: the time it takes to refill from empty (at least 1).
+fn window_seconds(limit: Limit) -> u64 {
+    (f64::from(limit.capacity) / limit.refill_per_second)
+        .round()
+        .max(1.0) as u64
 }
 
 #[cfg(test)]
@@ -439,7 +561,7 @@ mod tests {
             .expect("task")
             .expect("admitted")
             .expect("limited route");
-        assert_eq!(first.remaining, 99);
+        assert_eq!(first.decision.remaining, 99);
 
         // 99 left: admitted before the service answers, and the service is still asked.
         let second = limiter
@@ -447,7 +569,7 @@ mod tests {
             .await
             .expect("admitted")
             .expect("limited route");
-        assert_eq!(second.remaining, 98);
+        assert_eq!(second.decision.remaining, 98);
         let spent = calls
             .recv()
             .await

@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use prost_reflect::{
-    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
-};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -18,11 +16,17 @@ use crate::{
 
 /// The statuses every non-operational route can answer, whatever the RPC.
 const COMMON: &[(&str, &str)] = &[
-    ("400", "Invalid JSON, an unknown field or parameter, or a refused value"),
+    (
+        "400",
+        "Invalid JSON, an unknown field or parameter, or a refused value",
+    ),
     ("413", "The body is larger than the limit"),
     ("429", "Rate limited (RateLimit and Retry-After headers)"),
     ("431", "A forwarded header is larger than the limit"),
-    ("503", "Maintenance mode, or a service is unreachable (Retry-After)"),
+    (
+        "503",
+        "Maintenance mode, or a service is unreachable (Retry-After)",
+    ),
 ];
 
 /// The document.
@@ -132,19 +136,34 @@ fn native_operation(route: &Route, handler: Handler) -> Value {
             responses.insert("200".into(), json!({"description": "Prometheus exposition; OpenMetrics when the Accept header asks for it", "content": {
                 "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
                 "application/openmetrics-text; version=1.0.0; charset=utf-8": {"schema": {"type": "string"}}}}));
-            responses.insert("401".into(), error_response("The metrics secret is missing or wrong"));
-            responses.insert("403".into(), error_response("The client is not in METRICS_ALLOW"));
-            responses.insert("404".into(), error_response("Metrics are off at the edge (METRICS_GUARD=off)"));
+            responses.insert(
+                "401".into(),
+                error_response("The metrics secret is missing or wrong"),
+            );
+            responses.insert(
+                "403".into(),
+                error_response("The client is not in METRICS_ALLOW"),
+            );
+            responses.insert(
+                "404".into(),
+                error_response("Metrics are off at the edge (METRICS_GUARD=off)"),
+            );
         }
         Handler::OpenApi => {
             responses.insert("200".into(), json!({"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}));
         }
         _ => {
-            responses.insert("200".into(), json!({"description": "The page or one of its files", "content": {
+            responses.insert(
+                "200".into(),
+                json!({"description": "The page or one of its files", "content": {
                 "text/html; charset=utf-8": {"schema": {"type": "string"}},
                 "text/javascript; charset=utf-8": {"schema": {"type": "string"}},
-                "text/css; charset=utf-8": {"schema": {"type": "string"}}}}));
-            responses.insert("304".into(), json!({"description": "Not modified (If-None-Match)"}));
+                "text/css; charset=utf-8": {"schema": {"type": "string"}}}}),
+            );
+            responses.insert(
+                "304".into(),
+                json!({"description": "Not modified (If-None-Match)"}),
+            );
             responses.insert("404".into(), error_response("No such console file"));
         }
     }
@@ -200,14 +219,18 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
                 if bound.contains(&field.name()) || in_body {
                     continue;
                 }
-                if rules::is_scalar(&field) || (field.is_list() && !matches!(field.kind(), Kind::Message(_))) {
+                if rules::is_scalar(&field)
+                    || (field.is_list() && !matches!(field.kind(), Kind::Message(_)))
+                {
                     let schema = if field.is_list() {
                         json!({"type": "array", "items": schemas.scalar(&field)})
                     } else {
                         schemas.scalar(&field)
                     };
-                    parameters.push(json!({"name": field.json_name(), "in": "query", "required": false,
-                        "description": schemas.comment_of_field(&field), "schema": schema}));
+                    parameters.push(
+                        json!({"name": field.json_name(), "in": "query", "required": false,
+                        "description": schemas.comment_of_field(&field), "schema": schema}),
+                    );
                 }
             }
             if let BodyRule::Field(field) = &binding.body {
@@ -242,10 +265,16 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         let mut content = Map::new();
         content.insert("application/json".into(), json!({"schema": schema}));
         if matches!(hook, Some(Handler::Chat | Handler::ChatCompletions)) {
-            content.insert("text/event-stream".into(), json!({"schema": {"type": "string"}}));
+            content.insert(
+                "text/event-stream".into(),
+                json!({"schema": {"type": "string"}}),
+            );
         }
         if matches!(hook, Some(Handler::ContentGet | Handler::ContentList)) {
-            responses.insert("304".into(), json!({"description": "Not modified (If-None-Match)"}));
+            responses.insert(
+                "304".into(),
+                json!({"description": "Not modified (If-None-Match)"}),
+            );
         }
         json!({"description": binding.route.summary, "content": content})
     };
@@ -284,7 +313,8 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         "responses": responses,
     });
     if let Some(schema) = request_body {
-        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        operation["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": schema}}});
     }
     operation
 }
@@ -471,7 +501,11 @@ impl<'a> Schemas<'a> {
         self.comment_at(field.parent_file().file_descriptor_proto(), field.path())
     }
 
-    fn comment_at(&self, file: &prost_reflect::prost_types::FileDescriptorProto, path: &[i32]) -> String {
+    fn comment_at(
+        &self,
+        file: &prost_reflect::prost_types::FileDescriptorProto,
+        path: &[i32],
+    ) -> String {
         let _ = self.pool;
         file.source_code_info
             .as_ref()

@@ -46,6 +46,8 @@ pub enum Handler {
     ContentList,
     /// Hook `content_get`: the public item through the edge's cache (ETag, 304).
     ContentGet,
+    /// Hook `admin_content_get`: one item, drafts included, with the ETag `If-Match` takes.
+    AdminContentGet,
     /// Hook `admin_content_list`: drafts included.
     AdminContentList,
     /// Hook `admin_content_create`.
@@ -77,6 +79,7 @@ impl Handler {
             "llm_provider_update" => Self::AdminLlmProviderUpdate,
             "content_list" => Self::ContentList,
             "content_get" => Self::ContentGet,
+            "admin_content_get" => Self::AdminContentGet,
             "admin_content_list" => Self::AdminContentList,
             "admin_content_create" => Self::AdminContentCreate,
             "admin_content_update" => Self::AdminContentUpdate,
@@ -182,8 +185,18 @@ pub static NATIVE: &[NativeRoute] = &[
         "health",
         "Startup: 200 once every service answered SERVING",
     ),
-    native("/ready", Handler::Ready, "health", "Readiness with dependency checks"),
-    native("/readyz", Handler::Ready, "health", "Readiness with dependency checks"),
+    native(
+        "/ready",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
+    native(
+        "/readyz",
+        Handler::Ready,
+        "health",
+        "Readiness with dependency checks",
+    ),
     native(
         "/api/health/ready",
         Handler::Ready,
@@ -396,7 +409,10 @@ mod tests {
             table.find(&Method::GET, "/api/v1/api-keys/abc/extra"),
             Match::NotFound
         ));
-        assert!(matches!(table.find(&Method::GET, "/healthz/"), Match::NotFound));
+        assert!(matches!(
+            table.find(&Method::GET, "/healthz/"),
+            Match::NotFound
+        ));
     }
 
     #[test]

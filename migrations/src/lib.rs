@@ -1,6 +1,6 @@
 //! Database migrations, one migrator per service. Each migrator keeps its own migration
 //! table (`seaql_migrations_<service>`), so services migrate independently and never touch
-//! another service's tables (DESIGN §9). The same schema runs on SQLite and PostgreSQL;
+//! another service's tables (docs/CONTRACT.md §9). The same schema runs on SQLite and PostgreSQL;
 //! times are stored as Unix milliseconds (`BIGINT`) so both engines compare them the same way.
 
 use std::time::Duration;

@@ -567,7 +567,14 @@ async fn a_keys_own_request_rate_is_enforced_per_key() {
     let limited = chat(&suite.base_url, &suite.http, &slow, false).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers().contains_key("retry-after"));
-    assert_eq!(limited.headers()["ratelimit-limit"], "2");
+    let policy = crate::ratelimit::fields::member(&limited, "ratelimit-policy", "apikey");
+    assert_eq!(
+        (policy.param("q"), policy.param("w")),
+        (Some(2), Some(60)),
+        "the key's own rate: 2 per minute"
+    );
+    let limit = crate::ratelimit::fields::member(&limited, "ratelimit", "apikey");
+    assert_eq!(limit.param("r"), Some(0));
     // Another key of the same owner has its own bucket.
     assert_eq!(
         chat(&suite.base_url, &suite.http, &other, false)

@@ -1,11 +1,15 @@
 //! The content service: CRUD over REST and gRPC, validation, drafts, keyset pagination under
-//! concurrent inserts, optimistic concurrency, ETag/304, admin by key and by JWT, two replicas
-//! sharing Redis, and Redis outages.
+//! concurrent inserts, optimistic concurrency, ETag/304, RFC 9110 conditional writes (412,
+//! 428, `If-Match: *`, Last-Modified), admin by key and by JWT, two replicas sharing Redis,
+//! Redis outages, and the edge's copies following ContentService.WatchRevision.
+
+use std::time::Duration;
 
 use portico::Component;
 use portico_proto::content::{self as pb, content_service_client::ContentServiceClient};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::harness::{self, PrivateRedis, TestSuite};
@@ -36,6 +40,79 @@ fn article(slug: &str, status: &str) -> Value {
     json!({"slug": slug, "title": format!("Title of {slug}"), "body": "# Hello", "tags": ["news"], "status": status})
 }
 
+/// How long the edge may take to see a revision or lose its stream.
+const NOTICE: Duration = Duration::from_secs(10);
+
+/// Waits, bounded by [`NOTICE`], until the readiness at `readyz` reports the edge's content
+/// copies `on` (it follows WatchRevision) or `off`.
+async fn edge_cache(http: &reqwest::Client, readyz: &str, want: &str) {
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let body: Value = http
+            .get(readyz)
+            .send()
+            .await
+            .expect("edge")
+            .json()
+            .await
+            .expect("json");
+        if body["checks"]["content"]["edgeCache"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge's content copies never turned {want}: {body}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The `version` a read of `url` answers.
+async fn version_at(http: &reqwest::Client, url: &str) -> i64 {
+    let item: Value = http
+        .get(url)
+        .send()
+        .await
+        .expect("edge")
+        .json()
+        .await
+        .expect("json");
+    item["version"].as_i64().expect("version")
+}
+
+/// Waits, bounded by [`NOTICE`], until a read of `url` answers `version`.
+async fn until_version(http: &reqwest::Client, url: &str, version: i64) {
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let seen = version_at(http, url).await;
+        if seen == version {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still answers version {seen}, not {version}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// An IMF-fixdate (`Sun, 22 Nov 2026 12:20:54 GMT`) as the RFC 3339 seconds it names
+/// (`2026-11-22T12:20:54`), or `None`.
+fn imf_fixdate_as_rfc3339(date: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = date.split(' ').collect();
+    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    if !weekday.ends_with(',') || day.len() != 2 || year.len() != 4 || time.len() != 8 {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    Some(format!("{year}-{month:02}-{day}T{time}"))
+}
+
 #[tokio::test]
 async fn crud_over_rest_with_etags() {
     let suite = admin_suite().await;
@@ -49,6 +126,14 @@ async fn crud_over_rest_with_etags() {
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.headers()["cache-control"], "public, max-age=30");
     let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    assert!(
+        etag.starts_with("\"1-"),
+        "the ETag names the version: {etag}"
+    );
+    let last_modified = first.headers()["last-modified"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     let not_modified = suite
         .http
         .get(suite.url("/api/v1/content/hello-world"))
@@ -57,6 +142,11 @@ async fn crud_over_rest_with_etags() {
         .await
         .expect("edge");
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"], etag.as_str());
+    assert_eq!(
+        not_modified.headers()["last-modified"],
+        last_modified.as_str()
+    );
 
     let updated = suite
         .http
@@ -135,9 +225,18 @@ async fn crud_over_grpc() {
         .await
         .expect_err("no admin");
     assert_eq!(missing_key.code(), tonic::Code::Unauthenticated);
+    let stale = content
+        .delete_content(admin(pb::DeleteContentRequest {
+            slug: "grpc-item".into(),
+            expected_version: 2,
+        }))
+        .await
+        .expect_err("not version 2");
+    assert_eq!(stale.code(), tonic::Code::Aborted);
     content
         .delete_content(admin(pb::DeleteContentRequest {
             slug: "grpc-item".into(),
+            expected_version: 1,
         }))
         .await
         .expect("delete");
@@ -313,7 +412,7 @@ async fn pagination_is_stable_while_inserting() {
 }
 
 #[tokio::test]
-async fn a_stale_version_is_a_409() {
+async fn a_stale_bare_version_is_a_412_and_a_missing_one_a_428() {
     let suite = admin_suite().await;
     create(&suite, article("shared-doc", "published")).await;
     let edit = |title: &str, version: &str| {
@@ -329,10 +428,18 @@ async fn a_stale_version_is_a_409() {
         edit("Alice's edit", "\"1\"").await.expect("edge").status(),
         StatusCode::OK
     );
+    // Older clients' bare version (`"1"`) is still accepted; a stale one is 412 (was 409).
     let bob = edit("Bob's edit", "\"1\"").await.expect("edge");
-    assert_eq!(bob.status(), StatusCode::CONFLICT);
+    assert_eq!(bob.status(), StatusCode::PRECONDITION_FAILED);
     let error: Value = bob.json().await.expect("json");
-    assert_eq!(error["error"]["code"], "ABORTED");
+    assert_eq!(error["error"]["code"], "FAILED_PRECONDITION");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not current")),
+        "{error}"
+    );
+    assert!(error["error"]["correlationId"].is_string());
     let current: Value = suite
         .get("/api/v1/content/shared-doc")
         .await
@@ -351,7 +458,196 @@ async fn a_stale_version_is_a_409() {
         .send()
         .await
         .expect("edge");
-    assert_eq!(no_version.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(no_version.status(), StatusCode::PRECONDITION_REQUIRED);
+    let error: Value = no_version.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "FAILED_PRECONDITION");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("If-Match")),
+        "{error}"
+    );
+    let legacy_body_version = suite
+        .http
+        .put(suite.url("/api/v1/admin/content/shared-doc"))
+        .header("x-admin-key", KEY)
+        .json(&json!({"title": "by body version", "version": 2}))
+        .send()
+        .await
+        .expect("edge");
+    assert_eq!(legacy_body_version.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn conditional_writes_take_the_etag_the_reads_send() {
+    let suite = admin_suite().await;
+    assert_eq!(
+        create(&suite, article("guide", "published")).await.status(),
+        StatusCode::CREATED
+    );
+    let admin_get = |slug: &str| {
+        suite
+            .http
+            .get(suite.url(&format!("/api/v1/admin/content/{slug}")))
+            .header("x-admin-key", KEY)
+            .send()
+    };
+    let put = |if_match: Option<&str>, title: &str| {
+        let mut request = suite
+            .http
+            .put(suite.url("/api/v1/admin/content/guide"))
+            .header("x-admin-key", KEY)
+            .json(&json!({"title": title, "status": "published"}));
+        if let Some(value) = if_match {
+            request = request.header("if-match", value);
+        }
+        request.send()
+    };
+
+    // The admin GET: the item with ETag and Last-Modified (from updatedAt); the public GET
+    // sends the same ETag and Last-Modified.
+    let read = admin_get("guide").await.expect("edge");
+    assert_eq!(read.status(), StatusCode::OK);
+    let v1 = read.headers()["etag"].to_str().expect("etag").to_owned();
+    let last_modified = read.headers()["last-modified"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(read.headers()["cache-control"], "private, no-store");
+    let item: Value = read.json().await.expect("json");
+    assert_eq!(
+        imf_fixdate_as_rfc3339(&last_modified),
+        item["updatedAt"].as_str().map(|t| t[..19].to_owned()),
+        "Last-Modified {last_modified} is updatedAt {}",
+        item["updatedAt"]
+    );
+    let public = suite.get("/api/v1/content/guide").await;
+    assert_eq!(public.headers()["etag"], v1.as_str());
+    assert_eq!(public.headers()["last-modified"], last_modified.as_str());
+
+    // The ETag round trip: the admin GET's ETag is accepted, and the answer carries the new one.
+    let updated = put(Some(&v1), "Second edition").await.expect("edge");
+    assert_eq!(updated.status(), StatusCode::OK);
+    let v2 = updated.headers()["etag"].to_str().expect("etag").to_owned();
+    assert!(v2.starts_with("\"2-") && v2 != v1, "{v2}");
+    assert!(updated.headers().contains_key("last-modified"));
+    let reread = admin_get("guide").await.expect("edge");
+    assert_eq!(reread.headers()["etag"], v2.as_str());
+    let item: Value = reread.json().await.expect("json");
+    assert_eq!(
+        imf_fixdate_as_rfc3339(updated.headers()["last-modified"].to_str().expect("ascii")),
+        item["updatedAt"].as_str().map(|t| t[..19].to_owned())
+    );
+
+    // The old ETag after the update: 412 in the usual error body, nothing written.
+    let stale = put(Some(&v1), "Lost update").await.expect("edge");
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let error: Value = stale.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "FAILED_PRECONDITION");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("If-Match") && message.contains("version 2"),
+        "{error}"
+    );
+    assert!(error["error"]["correlationId"].is_string());
+    // A weak tag never matches (strong comparison), a list matches when one of it does.
+    let weak = put(Some(&format!("W/{v2}")), "weak").await.expect("edge");
+    assert_eq!(weak.status(), StatusCode::PRECONDITION_FAILED);
+    let listed = put(Some(&format!("{v1}, {v2}")), "Third edition")
+        .await
+        .expect("edge");
+    assert_eq!(listed.status(), StatusCode::OK);
+    let current: Value = suite
+        .get("/api/v1/content/guide")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (current["version"].clone(), current["title"].clone()),
+        (json!(3), json!("Third edition"))
+    );
+
+    // `*` replaces whatever is current; on a missing item it is a 404.
+    let any = put(Some("*"), "Any edition").await.expect("edge");
+    assert_eq!(any.status(), StatusCode::OK);
+    let any: Value = any.json().await.expect("json");
+    assert_eq!(any["version"], 4);
+    let missing = suite
+        .http
+        .put(suite.url("/api/v1/admin/content/no-such-item"))
+        .header("x-admin-key", KEY)
+        .header("if-match", "*")
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .expect("edge");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let missing = put(None, "no precondition").await.expect("edge");
+    assert_eq!(missing.status(), StatusCode::PRECONDITION_REQUIRED);
+    let garbage = put(Some("not-an-etag"), "x").await.expect("edge");
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+
+    // DELETE: If-Match optional; a stale one is 412 and deletes nothing, the current one works.
+    let delete = |if_match: &str| {
+        suite
+            .http
+            .delete(suite.url("/api/v1/admin/content/guide"))
+            .header("x-admin-key", KEY)
+            .header("if-match", if_match)
+            .send()
+    };
+    assert_eq!(
+        delete(&v2).await.expect("edge").status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let current = admin_get("guide").await.expect("edge");
+    assert_eq!(current.status(), StatusCode::OK, "nothing deleted");
+    let v4 = current.headers()["etag"].to_str().expect("etag").to_owned();
+    assert_eq!(
+        delete(&v4).await.expect("edge").status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        admin_get("guide").await.expect("edge").status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Drafts: the admin GET sees them, the public one does not; credentials are required.
+    create(&suite, article("unpublished", "draft")).await;
+    assert_eq!(
+        admin_get("unpublished").await.expect("edge").status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        suite.get("/api/v1/content/unpublished").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        suite
+            .get("/api/v1/admin/content/unpublished")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let user = suite.login("reader@example.com").await;
+    let by_user = suite
+        .http
+        .get(suite.url("/api/v1/admin/content/unpublished"))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .expect("edge");
+    assert_eq!(by_user.status(), StatusCode::FORBIDDEN);
+    let root = suite.login_admin("editor@example.com").await;
+    let by_jwt = suite
+        .http
+        .get(suite.url("/api/v1/admin/content/unpublished"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .expect("edge");
+    assert_eq!(by_jwt.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -450,17 +746,7 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
     .expect("edge");
     let edge_url = format!("http://{}/api/v1/content/live", edge.local_addr);
     let http = reqwest::Client::new();
-    let through_edge = || async {
-        let item: Value = http
-            .get(&edge_url)
-            .send()
-            .await
-            .expect("edge")
-            .json()
-            .await
-            .expect("json");
-        item["version"].as_i64().expect("version")
-    };
+    let through_edge = || version_at(&http, &edge_url);
     a.create_content(admin(pb::CreateContentRequest {
         slug: "live".into(),
         title: "v1".into(),
@@ -469,6 +755,9 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
     }))
     .await
     .expect("create");
+    // The edge answers from its copies only once it follows B's revision stream, and that has
+    // a revision (a fresh Redis has no `content:rev` before the first write).
+    edge_cache(&http, &format!("http://{}/readyz", edge.local_addr), "on").await;
     for version in 1..=20 {
         // B has the current version cached (L1 and Redis)…
         for _ in 0..2 {
@@ -499,12 +788,18 @@ async fn a_replica_never_serves_what_another_replica_replaced() {
             .expect("get")
             .into_inner();
         assert_eq!(next.version, version + 1, "B served a replaced version");
-        assert_eq!(
-            through_edge().await,
-            version + 1,
-            "the edge in front of B served a replaced version"
-        );
         assert_eq!(next.title, format!("v{}", version + 1));
+        // The edge in front of B learns of A's write from B's revision stream (A's
+        // `content:invalidate`, or B's next look at `content:rev`): once it answers the new
+        // version, it never answers the replaced one again.
+        until_version(&http, &edge_url, version + 1).await;
+        for _ in 0..3 {
+            assert_eq!(
+                through_edge().await,
+                version + 1,
+                "the edge in front of B served a replaced version after seeing the new one"
+            );
+        }
     }
     let listed = b
         .list_content(pb::ListContentRequest::default())
@@ -624,13 +919,15 @@ async fn redis_down_reads_come_from_the_database_and_writes_wait_for_it() {
 
 #[tokio::test]
 async fn every_read_through_the_edge_after_a_write_sees_the_write() {
-    // Public reads may be answered from the edge's own copy (without Redis, the content service
-    // runs in this process) and from the service's L1; neither may outlive a write.
+    // Public reads may be answered from the edge's own copy and from the service's L1; neither
+    // may outlive a write through this edge, whenever the revision stream delivers it.
     let suite = admin_suite().await;
     assert_eq!(
         create(&suite, article("fresh", "published")).await.status(),
         StatusCode::CREATED
     );
+    // With Redis, a revision exists from the first write on.
+    edge_cache(&suite.http, &suite.url("/readyz"), "on").await;
     for version in 1..=20 {
         let read: Value = suite
             .get("/api/v1/content/fresh")
@@ -672,4 +969,63 @@ async fn every_read_through_the_edge_after_a_write_sees_the_write() {
             "a read after the write returned saw what it replaced"
         );
     }
+}
+
+#[tokio::test]
+async fn a_write_made_on_the_content_service_reaches_the_edge_through_the_revision_stream() {
+    // Another writer (another edge, a CMS over gRPC) does not pass this edge: its copies are
+    // replaced when WatchRevision delivers the write, in every deployment.
+    let suite = admin_suite().await;
+    assert_eq!(
+        create(&suite, article("elsewhere", "published"))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    edge_cache(&suite.http, &suite.url("/readyz"), "on").await;
+    let url = suite.url("/api/v1/content/elsewhere");
+    let mut content = ContentServiceClient::new(suite.channel(Component::Content).await);
+    for version in 1..=10 {
+        // Twice: the second read is the edge's copy.
+        assert_eq!(version_at(&suite.http, &url).await, version);
+        assert_eq!(version_at(&suite.http, &url).await, version);
+        content
+            .update_content(admin(pb::UpdateContentRequest {
+                slug: "elsewhere".into(),
+                expected_version: version,
+                title: format!("Edition {}", version + 1),
+                ..Default::default()
+            }))
+            .await
+            .expect("update on the service");
+        until_version(&suite.http, &url, version + 1).await;
+        for _ in 0..3 {
+            assert_eq!(
+                version_at(&suite.http, &url).await,
+                version + 1,
+                "the older copy came back"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_the_revision_stream_the_edge_serves_no_copy() {
+    let mut suite = admin_suite().await;
+    create(&suite, article("kept-nowhere", "published")).await;
+    edge_cache(&suite.http, &suite.url("/readyz"), "on").await;
+    for _ in 0..2 {
+        assert_eq!(
+            suite.get("/api/v1/content/kept-nowhere").await.status(),
+            StatusCode::OK
+        );
+    }
+    // The content service goes away, and its stream with it: the edge's copy is not answered
+    // (it could be stale by the time the service is back), the service's absence is.
+    suite.stop(Component::Content).await;
+    edge_cache(&suite.http, &suite.url("/readyz"), "off").await;
+    assert_eq!(
+        suite.get("/api/v1/content/kept-nowhere").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

@@ -1,4 +1,4 @@
-//! CORS (DESIGN §5): exact allowlist, preflight 204, nothing for disallowed origins, `Vary`.
+//! CORS (docs/CONTRACT.md §5): exact allowlist, preflight 204, nothing for disallowed origins, `Vary`.
 
 use crate::harness::TestSuite;
 
@@ -24,6 +24,10 @@ async fn allowed_origin_gets_the_headers() {
         .to_str()
         .expect("ascii");
     assert!(exposed.contains("x-correlation-id"));
+    // Scripts can read the rate limit fields in either form (RATE_LIMIT_LEGACY_HEADERS).
+    for name in ["ratelimit-policy", "ratelimit,", "ratelimit-remaining"] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
     assert!(response
         .headers()
         .get("access-control-allow-credentials")

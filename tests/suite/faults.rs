@@ -256,7 +256,7 @@ async fn a_database_outage_fails_fast_and_never_locks_out_the_right_password() {
     assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(write.headers().contains_key("retry-after"));
     assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
-    readiness_becomes(&suite, "database", "unhealthy").await;
+    readiness_becomes(&suite, "auth", "unhealthy").await;
     let started = Instant::now();
     let ready = suite.get("/readyz").await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);

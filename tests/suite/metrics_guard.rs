@@ -1,4 +1,4 @@
-//! `/metrics` and its guard (DESIGN §7): none, secret, cidr — and a spoofed
+//! `/metrics` and its guard (docs/CONTRACT.md §7): none, secret, cidr — and a spoofed
 //! `X-Forwarded-For` from an untrusted peer does not pass.
 
 use crate::harness::TestSuite;

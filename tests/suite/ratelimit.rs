@@ -680,6 +680,7 @@ mod edge {
     use portico::Component;
     use serde_json::Value;
 
+    use super::fields;
     use crate::harness::TestSuite;
 
     fn header(response: &reqwest::Response, name: &str) -> Option<String> {
@@ -690,32 +691,62 @@ mod edge {
             .map(str::to_owned)
     }
 
+    /// The three draft-06 fields, which only `RATE_LIMIT_LEGACY_HEADERS=true` sends.
+    const LEGACY: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+
     #[tokio::test]
     async fn global_limit_answers_429_with_retry_after_and_ratelimit_headers() {
         let suite = TestSuite::builder()
             .env("RATE_LIMIT_GLOBAL_MAX", "3")
             .spawn()
             .await;
-        for remaining in ["2", "1", "0"] {
+        for remaining in [2, 1, 0] {
             let response = suite.get("/api/openapi.json").await;
             assert_eq!(response.status(), 200);
-            assert_eq!(header(&response, "ratelimit-limit").as_deref(), Some("3"));
+            let policy = fields::field(&response, "ratelimit-policy");
             assert_eq!(
-                header(&response, "ratelimit-remaining").as_deref(),
-                Some(remaining)
+                policy,
+                [fields::Member {
+                    name: "global".to_owned(),
+                    params: vec![("q".to_owned(), 3), ("w".to_owned(), 60)],
+                }],
+                "the route pays `global` only: 3 per 60 s"
             );
-            assert!(header(&response, "ratelimit-reset").is_some());
+            let limit = fields::field(&response, "ratelimit");
+            assert_eq!(limit.len(), 1);
+            assert_eq!(limit[0].name, "global");
+            assert_eq!(
+                limit[0].param("r"),
+                Some(remaining),
+                "one token per request"
+            );
+            let t = limit[0].param("t").expect("t");
+            assert!(
+                (1..=60).contains(&t),
+                "seconds until the bucket is full: {t}"
+            );
+            for name in LEGACY {
+                assert!(header(&response, name).is_none(), "{name} is legacy only");
+            }
         }
         let refused = suite.get("/api/openapi.json").await;
         assert_eq!(refused.status(), 429);
-        let retry_after: u64 = header(&refused, "retry-after")
+        let retry_after: i64 = header(&refused, "retry-after")
             .and_then(|v| v.parse().ok())
             .expect("Retry-After");
         assert_eq!(retry_after, 20, "one token per 60 s / 3 = 20 s");
+        let limit = fields::member(&refused, "ratelimit", "global");
+        assert_eq!(limit.param("r"), Some(0));
         assert_eq!(
-            header(&refused, "ratelimit-remaining").as_deref(),
-            Some("0")
+            limit.param("t"),
+            Some(retry_after),
+            "on a refusal the effective window ends when Retry-After does"
         );
+        assert_eq!(
+            fields::member(&refused, "ratelimit-policy", "global").param("q"),
+            Some(3)
+        );
+        assert!(header(&refused, "ratelimit-remaining").is_none());
         let body: Value = refused.json().await.expect("json");
         assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
 
@@ -747,11 +778,17 @@ mod edge {
                 .await
                 .expect("edge");
             assert_eq!(response.status(), 401);
+            let names: Vec<String> = fields::field(&response, "ratelimit-policy")
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
             assert_eq!(
-                header(&response, "ratelimit-limit").as_deref(),
-                Some("2"),
-                "the tighter bucket's headers"
+                names,
+                ["global", "auth"],
+                "both policies, in the order asked"
             );
+            let auth = fields::member(&response, "ratelimit-policy", "auth");
+            assert_eq!((auth.param("q"), auth.param("w")), (Some(2), Some(60)));
         }
         let refused = suite
             .http
@@ -776,6 +813,38 @@ mod edge {
     }
 
     #[tokio::test]
+    async fn the_legacy_variable_brings_back_the_three_draft_06_fields_instead() {
+        let suite = TestSuite::builder()
+            .env("RATE_LIMIT_GLOBAL_MAX", "3")
+            .env("RATE_LIMIT_LEGACY_HEADERS", "true")
+            .spawn()
+            .await;
+        for remaining in ["2", "1", "0"] {
+            let response = suite.get("/api/openapi.json").await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(header(&response, "ratelimit-limit").as_deref(), Some("3"));
+            assert_eq!(
+                header(&response, "ratelimit-remaining").as_deref(),
+                Some(remaining)
+            );
+            let reset: u64 = header(&response, "ratelimit-reset")
+                .and_then(|v| v.parse().ok())
+                .expect("RateLimit-Reset in seconds");
+            assert!((1..=60).contains(&reset), "{reset}");
+            assert!(header(&response, "ratelimit-policy").is_none());
+            assert!(header(&response, "ratelimit").is_none());
+        }
+        let refused = suite.get("/api/openapi.json").await;
+        assert_eq!(refused.status(), 429);
+        assert_eq!(header(&refused, "retry-after").as_deref(), Some("20"));
+        assert_eq!(
+            header(&refused, "ratelimit-remaining").as_deref(),
+            Some("0")
+        );
+        assert!(header(&refused, "ratelimit").is_none());
+    }
+
+    #[tokio::test]
     async fn whitelisted_client_is_never_limited_at_the_edge() {
         let suite = TestSuite::builder()
             .env("RATE_LIMIT_GLOBAL_MAX", "1")
@@ -785,7 +854,9 @@ mod edge {
         for _ in 0..5 {
             let response = suite.get("/api/openapi.json").await;
             assert_eq!(response.status(), 200);
-            assert!(header(&response, "ratelimit-limit").is_none());
+            for name in ["ratelimit-policy", "ratelimit"].into_iter().chain(LEGACY) {
+                assert!(header(&response, name).is_none(), "{name}");
+            }
         }
     }
 
@@ -992,11 +1063,9 @@ async fn the_edge_admitting_ahead_still_spends_every_token_in_the_service() {
         match response.status().as_u16() {
             200 => {
                 admitted += 1;
-                let remaining: u32 = response.headers()["ratelimit-remaining"]
-                    .to_str()
-                    .expect("ascii")
-                    .parse()
-                    .expect("number");
+                let remaining = fields::member(&response, "ratelimit", "global")
+                    .param("r")
+                    .expect("r");
                 if let Some(last) = last_remaining {
                     assert!(
                         remaining < last,
@@ -1306,6 +1375,169 @@ mod lookup {
                     .is_some_and(|m| !m.is_empty()),
                 "{bad}: {body}"
             );
+        }
+    }
+}
+
+/// The edge's `RateLimit-Policy` and `RateLimit` fields read as RFC 8941 structured fields:
+/// a List of Items whose bare item is a String (the policy's name, as
+/// draft-ietf-httpapi-ratelimit-headers-11 requires) with Integer parameters. Anything else, a
+/// Token for the name included, is a parse error, so a test that reads a value has also checked
+/// the syntax.
+pub(crate) mod fields {
+    /// One list member: the policy's name and its parameters, in order.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Member {
+        pub(crate) name: String,
+        pub(crate) params: Vec<(String, i64)>,
+    }
+
+    impl Member {
+        /// The parameter called `key`.
+        pub(crate) fn param(&self, key: &str) -> Option<i64> {
+            self.params.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+        }
+    }
+
+    /// Parses `input` as an sf-list (RFC 8941 §4.2.1) of the shape above.
+    pub(crate) fn parse_list(input: &str) -> Result<Vec<Member>, String> {
+        let mut rest = input.trim_start_matches(' ');
+        let mut members = Vec::new();
+        while !rest.is_empty() {
+            let (member, after) = parse_item(rest)?;
+            members.push(member);
+            rest = after.trim_start_matches([' ', '\t']);
+            if rest.is_empty() {
+                break;
+            }
+            rest = rest
+                .strip_prefix(',')
+                .ok_or_else(|| format!("expected `,` at `{rest}`"))?
+                .trim_start_matches([' ', '\t']);
+            if rest.is_empty() {
+                return Err("trailing comma".to_owned());
+            }
+        }
+        if members.is_empty() {
+            return Err("an empty list".to_owned());
+        }
+        Ok(members)
+    }
+
+    fn parse_item(input: &str) -> Result<(Member, &str), String> {
+        let (name, mut rest) = parse_string(input)?;
+        let mut params: Vec<(String, i64)> = Vec::new();
+        while let Some(after) = rest.strip_prefix(';') {
+            let after = after.trim_start_matches(' ');
+            let (key, after) = parse_key(after)?;
+            let after = after
+                .strip_prefix('=')
+                .ok_or_else(|| format!("parameter `{key}` has no Integer value"))?;
+            let (value, after) = parse_integer(after)?;
+            // A repeated key overwrites the earlier value (§4.2.3.2).
+            params.retain(|(k, _)| k != &key);
+            params.push((key, value));
+            rest = after;
+        }
+        Ok((Member { name, params }, rest))
+    }
+
+    fn parse_string(input: &str) -> Result<(String, &str), String> {
+        let mut chars = input
+            .strip_prefix('"')
+            .ok_or_else(|| format!("expected an sf-string at `{input}`"))?
+            .char_indices();
+        let body = &input[1..];
+        let mut value = String::new();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, escaped @ ('"' | '\\'))) => value.push(escaped),
+                    _ => return Err("a bad escape in an sf-string".to_owned()),
+                },
+                '"' => return Ok((value, &body[at + 1..])),
+                ' '..='~' => value.push(c),
+                _ => return Err(format!("{c:?} is not allowed in an sf-string")),
+            }
+        }
+        Err("an unterminated sf-string".to_owned())
+    }
+
+    fn parse_key(input: &str) -> Result<(String, &str), String> {
+        let first_ok = input
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '*');
+        if !first_ok {
+            return Err(format!("expected a key at `{input}`"));
+        }
+        let end = input
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.*".contains(c)))
+            .unwrap_or(input.len());
+        Ok((input[..end].to_owned(), &input[end..]))
+    }
+
+    fn parse_integer(input: &str) -> Result<(i64, &str), String> {
+        let (sign, digits) = match input.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, input),
+        };
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        if end == 0 || end > 15 {
+            return Err(format!("expected an Integer (1 to 15 digits) at `{input}`"));
+        }
+        if digits[end..].starts_with('.') {
+            return Err("a Decimal where an Integer belongs".to_owned());
+        }
+        let value: i64 = digits[..end].parse().map_err(|e| format!("{e}"))?;
+        Ok((sign * value, &digits[end..]))
+    }
+
+    /// The response's `name` field parsed; panics with the reason when absent or malformed.
+    pub(crate) fn field(response: &reqwest::Response, name: &str) -> Vec<Member> {
+        let raw = response
+            .headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} field"))
+            .to_str()
+            .expect("ascii");
+        parse_list(raw).unwrap_or_else(|e| panic!("{name}: {raw:?} is not a valid field: {e}"))
+    }
+
+    /// The member of the response's `name` field for `policy`.
+    pub(crate) fn member(response: &reqwest::Response, name: &str, policy: &str) -> Member {
+        field(response, name)
+            .into_iter()
+            .find(|m| m.name == policy)
+            .unwrap_or_else(|| panic!("{name} has no `{policy}` member"))
+    }
+
+    #[test]
+    fn the_parser_reads_lists_and_refuses_malformed_fields() {
+        let parsed = parse_list(r#""global";q=100;w=60, "auth";q=10;w=60"#).expect("valid");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].name, "global");
+        assert_eq!(parsed[0].param("q"), Some(100));
+        assert_eq!(parsed[1].param("w"), Some(60));
+        assert_eq!(
+            parse_list(r#""a\"b";r=0"#).expect("escapes")[0].name,
+            "a\"b"
+        );
+        // RFC 8941 refuses all but the first two; those are outside the shape above.
+        for bad in [
+            "",
+            r#""global";r"#,
+            "global;r=1",
+            r#""global";r=1,"#,
+            r#""global" ;r=1"#,
+            r#""global";R=1"#,
+            r#""global";r=1.5"#,
+            r#""global";r=1 "auth";r=2"#,
+            r#""global"#,
+        ] {
+            assert!(parse_list(bad).is_err(), "{bad:?} must not parse");
         }
     }
 }

@@ -4,8 +4,8 @@
 //! would quote them).
 
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
-    SerializeOptions, Value as ProtoValue,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    Value as ProtoValue,
 };
 use serde_json::Value;
 use tonic::Code;
@@ -33,8 +33,7 @@ pub fn request(
             let mut json = parse(body)?;
             if let Value::Object(fields) = &json {
                 for field in &binding.path_fields {
-                    if fields.contains_key(field.json_name()) || fields.contains_key(field.name())
-                    {
+                    if fields.contains_key(field.json_name()) || fields.contains_key(field.name()) {
                         return Err(bad_request(format!(
                             "`{}` is given by the path, not the body",
                             field.json_name()
@@ -256,7 +255,11 @@ pub fn response(
     let mut json = message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(internal)?;
-    shape_answer(&mut json, &prost_reflect::ReflectMessage::descriptor(message), shape);
+    shape_answer(
+        &mut json,
+        &prost_reflect::ReflectMessage::descriptor(message),
+        shape,
+    );
     Ok(match &binding.response_body {
         Some(field) => json
             .get_mut(field.json_name())

@@ -105,12 +105,19 @@ impl Transcoder {
     ) -> Result<Response, ApiError> {
         let service = binding.method.parent_service();
         let backend = self.backends.get(service.full_name()).ok_or_else(|| {
-            tracing::error!(service = service.full_name(), "no backend serves this service");
+            tracing::error!(
+                service = service.full_name(),
+                "no backend serves this service"
+            );
             ApiError::new(Code::Unimplemented, "this route has no backend")
         })?;
         let message = json::request(binding, &self.shape, path, query, body)?;
-        let mut request =
-            backends::request(Bytes::from(message.encode_to_vec()), context, forwarded, timeout);
+        let mut request = backends::request(
+            Bytes::from(message.encode_to_vec()),
+            context,
+            forwarded,
+            timeout,
+        );
         forward_user_agent(headers, &mut request);
         let answer = unary(backend, binding, request).await;
         let bytes = crate::finish(backend, binding.method.name(), answer)?;
@@ -128,7 +135,10 @@ impl Transcoder {
         };
         if binding.route.no_store {
             let headers = response.headers_mut();
-            headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
             headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
         }
         Ok(response)

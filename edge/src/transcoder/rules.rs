@@ -150,13 +150,16 @@ impl JsonShape {
         }
         for message in pool.all_messages() {
             for field in message.fields() {
-                let null = extensions.null_when_empty.as_ref().is_some_and(|extension| {
-                    field
-                        .options()
-                        .get_extension(extension)
-                        .as_bool()
-                        .unwrap_or(false)
-                });
+                let null = extensions
+                    .null_when_empty
+                    .as_ref()
+                    .is_some_and(|extension| {
+                        field
+                            .options()
+                            .get_extension(extension)
+                            .as_bool()
+                            .unwrap_or(false)
+                    });
                 if null {
                     shape.null_when_empty.insert(field.full_name().to_owned());
                 }
@@ -170,9 +173,7 @@ impl JsonShape {
                     continue;
                 }
                 if message.fields().any(|field| shape.field_is_shaped(&field)) {
-                    shape
-                        .shaped_messages
-                        .insert(message.full_name().to_owned());
+                    shape.shaped_messages.insert(message.full_name().to_owned());
                 }
             }
             if shape.shaped_messages.len() == before {
@@ -200,10 +201,7 @@ impl JsonShape {
 }
 
 /// Every binding of every service in `pool`, in declaration order.
-pub fn bindings(
-    pool: &DescriptorPool,
-    extensions: &Extensions,
-) -> Result<Vec<Binding>, RuleError> {
+pub fn bindings(pool: &DescriptorPool, extensions: &Extensions) -> Result<Vec<Binding>, RuleError> {
     let Some(http) = &extensions.http else {
         return Ok(Vec::new());
     };

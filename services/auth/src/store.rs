@@ -1,4 +1,4 @@
-//! The auth service's tables (DESIGN §9), through plain SQL that runs unchanged on SQLite and
+//! The auth service's tables (docs/CONTRACT.md §9), through plain SQL that runs unchanged on SQLite and
 //! PostgreSQL. Every race the issue names is decided by one conditional statement: a refresh
 //! token is spent by `UPDATE … WHERE spent_at IS NULL` (one winner), a verification token
 //! likewise, and a family counts as revoked as soon as any of its rows is.

@@ -20,7 +20,7 @@ pub enum State {
 }
 
 impl State {
-    /// `closed`, `half_open` or `open` (DESIGN §6).
+    /// `closed`, `half_open` or `open`: readiness's `circuitBreaker` (docs/CONTRACT.md §6).
     pub fn name(self) -> &'static str {
         match self {
             State::Closed => "closed",

@@ -1,6 +1,6 @@
 //! The chat gateway's errors and their gRPC codes. LLM failures carry the `x-portico-error`
 //! reason the edge maps to 502 (`llm-unavailable`, with `retry-after` while a circuit is open)
-//! or 504 (`llm-timeout`), as DESIGN §4 asks.
+//! or 504 (`llm-timeout`), as docs/CONTRACT.md §4 says.
 
 use std::time::Duration;
 

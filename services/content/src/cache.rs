@@ -11,13 +11,23 @@
 //! With Redis down, reads go to the database (the cache reports degraded) and writes are
 //! refused (UNAVAILABLE, nothing written): a write must bump `content:rev` before it commits,
 //! or a Redis that comes back with its data would make what it replaced look current.
+//!
+//! The same revision is what `WatchRevision` streams (content.proto): with Redis the current
+//! `content:rev` (empty while Redis is unreachable or the key unset), without Redis a value
+//! made of this process's random instance id and its write counter.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use portico_redis::{fred::prelude::*, Redis};
-use portico_revision::Revision;
 use portico_ttlmap::TtlMap;
+use tokio::sync::watch;
 
 /// How long an L1 entry may live (it is also checked against `content:rev` on every use).
 const L1_TTL: Duration = Duration::from_secs(5);
@@ -25,6 +35,9 @@ const L1_TTL: Duration = Duration::from_secs(5);
 const L1_CAPACITY: usize = 10_000;
 /// Lifetime of a Redis entry (stale entries are recognised by their rev before this).
 const REDIS_TTL_SECONDS: i64 = 60;
+/// How often, while someone watches the revision, `content:rev` is read again: a write on
+/// another replica whose `content:invalidate` message was lost reaches the watchers within this.
+const REVISION_POLL: Duration = Duration::from_secs(1);
 
 /// Counts one lookup in `cache_requests_total{layer,result}`: each layer asked counts its
 /// own hit or miss (an L1 miss answered by Redis is an `l1` miss and a `redis` hit).
@@ -47,8 +60,13 @@ pub struct Cache {
     l1: TtlMap<Entry>,
     redis: Option<Redis>,
     /// This replica's write counter: without Redis it tags L1 entries (a fill that raced a
-    /// write is never served), and an edge in the same process validates its copies with it.
-    revision: Arc<Revision>,
+    /// write is never served).
+    writes: Arc<AtomicU64>,
+    /// Random per process: without Redis the streamed revision is this and `writes`, so a
+    /// restarted replica never repeats a revision an edge may still hold copies under.
+    instance: [u8; 16],
+    /// What `WatchRevision` streams.
+    revision: Arc<watch::Sender<Bytes>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -62,22 +80,60 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// A cache over `redis` (L1 only when `None`).
     pub fn new(redis: Option<Redis>) -> Self {
+        let instance = uuid::Uuid::new_v4().into_bytes();
+        // With Redis nothing is known until `content:rev` has been read.
+        let first = if redis.is_some() {
+            Bytes::new()
+        } else {
+            local_revision(&instance, 0)
+        };
         Self {
             l1: TtlMap::new(L1_TTL, L1_CAPACITY),
             redis,
-            revision: Arc::default(),
+            writes: Arc::default(),
+            instance,
+            revision: Arc::new(watch::channel(first).0),
         }
     }
 
-    /// The write counter (registered for the edge when there is no Redis).
-    pub fn revision(&self) -> Arc<Revision> {
-        Arc::clone(&self.revision)
+    /// The revision as `WatchRevision` streams it: the current value, then each new one.
+    pub fn watch_revision(&self) -> watch::Receiver<Bytes> {
+        self.revision.subscribe()
+    }
+
+    /// Publishes `revision` to the watchers when it differs from the last one.
+    fn publish_revision(&self, revision: Bytes) {
+        self.revision.send_if_modified(|current| {
+            let changed = *current != revision;
+            *current = revision;
+            changed
+        });
+    }
+
+    /// Reads `content:rev` again and publishes it (empty while Redis is down or it is unset).
+    pub async fn refresh_revision(&self) {
+        let Some(redis) = &self.redis else { return };
+        if !redis.is_up() {
+            self.publish_revision(Bytes::new());
+            return;
+        }
+        match redis
+            .client()
+            .get::<Option<Vec<u8>>, _>(redis.key("content:rev"))
+            .await
+        {
+            Ok(rev) => self.publish_revision(rev.map(Bytes::from).unwrap_or_default()),
+            Err(error) => {
+                redis.mark_down(&error);
+                self.publish_revision(Bytes::new());
+            }
+        }
     }
 
     /// The local revision as an L1 tag.
     fn local_rev(&self) -> Rev {
         let mut rev = Rev::default();
-        rev[..8].copy_from_slice(&self.revision.current().to_be_bytes());
+        rev[..8].copy_from_slice(&self.writes.load(Ordering::SeqCst).to_be_bytes());
         rev
     }
 
@@ -186,7 +242,7 @@ impl Cache {
             return Err(WriteRefused);
         }
         match set_new_rev(redis).await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(error) => {
                 tracing::error!(%error, "content write refused: content:rev could not be bumped");
                 redis.mark_down(&error);
@@ -200,11 +256,15 @@ impl Cache {
     /// the Redis keys, tell every replica to drop its L1. If Redis fails here, the bump is
     /// retried in the background until it lands.
     pub async fn invalidate(&self, slug: &str) {
-        self.revision.bump();
+        let writes = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         self.l1.clear();
-        let Some(redis) = &self.redis else { return };
+        let Some(redis) = &self.redis else {
+            self.publish_revision(local_revision(&self.instance, writes));
+            return;
+        };
         let outcome: Result<(), Error> = async {
-            set_new_rev(redis).await?;
+            let rev = set_new_rev(redis).await?;
+            self.publish_revision(rev);
             let client = redis.client();
             client
                 .del::<u64, _>(redis.key(&format!("content:{slug}")))
@@ -219,6 +279,8 @@ impl Cache {
         if let Err(error) = outcome {
             tracing::error!(%error, slug, "content:rev bump after a write failed; retrying until it lands");
             redis.mark_down(&error);
+            // Watchers hold no copy they can trust until the bump has landed.
+            self.publish_revision(Bytes::new());
             let redis = redis.clone();
             tokio::spawn(async move {
                 let mut up = redis.subscribe();
@@ -229,7 +291,7 @@ impl Cache {
                         return;
                     }
                     match set_new_rev(&redis).await {
-                        Ok(()) => {
+                        Ok(_) => {
                             tracing::info!("owed content:rev bump done");
                             return;
                         }
@@ -245,13 +307,52 @@ impl Cache {
 #[derive(Debug, Clone, Copy)]
 pub struct WriteRefused;
 
-/// Sets `content:rev` to a new random value: every cached value is stale everywhere.
-async fn set_new_rev(redis: &Redis) -> Result<(), Error> {
-    let rev = uuid::Uuid::new_v4().into_bytes().to_vec();
+/// Sets `content:rev` to a new random value (returned): every cached value is stale everywhere.
+async fn set_new_rev(redis: &Redis) -> Result<Bytes, Error> {
+    let rev = Bytes::copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
     redis
         .client()
-        .set::<(), _, _>(redis.key("content:rev"), rev, None, None, false)
-        .await
+        .set::<(), _, _>(redis.key("content:rev"), rev.to_vec(), None, None, false)
+        .await?;
+    Ok(rev)
+}
+
+/// The streamed revision without Redis: the instance id and the write counter.
+fn local_revision(instance: &[u8; 16], writes: u64) -> Bytes {
+    let mut revision = instance.to_vec();
+    revision.extend_from_slice(&writes.to_be_bytes());
+    Bytes::from(revision)
+}
+
+/// With Redis: keeps the streamed revision current while anyone watches it — `content:rev`
+/// read again every [`REVISION_POLL`] and whenever Redis goes down or comes back (a write on
+/// another replica is also announced by `content:invalidate`, see [`subscribe`]). Stops with
+/// `shutdown`.
+pub fn watch_revision(cache: Cache, shutdown: tokio_util::sync::CancellationToken) {
+    let Some(redis) = cache.redis.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut up = redis.subscribe();
+        let mut ticker = tokio::time::interval(REVISION_POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {
+                    if cache.revision.receiver_count() == 0 {
+                        continue;
+                    }
+                }
+                changed = up.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            cache.refresh_revision().await;
+        }
+    });
 }
 
 /// Follows `content:invalidate` and drops this replica's L1 on every message, reconnecting
@@ -278,8 +379,10 @@ pub fn subscribe(
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 message = messages.recv() => match message {
-                    Ok(_) => cache.drop_local(),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.drop_local(),
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        cache.drop_local();
+                        cache.refresh_revision().await;
+                    }
                     Err(_) => break,
                 },
             }

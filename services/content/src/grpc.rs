@@ -29,7 +29,13 @@ pub struct ContentGrpc {
     pub(crate) cache: Cache,
     pub(crate) admin_key: Option<SecretString>,
     pub(crate) verifier: portico_tokens::Verifier,
+    /// Ends the `WatchRevision` streams, so a drain does not wait for them.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
+
+/// The stream `WatchRevision` answers.
+type RevisionStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::Revision, Status>> + Send>>;
 
 fn url_safe(value: &str) -> bool {
     value
@@ -197,6 +203,35 @@ impl ContentGrpc {
 
 #[tonic::async_trait]
 impl ContentService for ContentGrpc {
+    type WatchRevisionStream = RevisionStream;
+
+    async fn watch_revision(
+        &self,
+        _request: Request<pb::WatchRevisionRequest>,
+    ) -> Result<Response<Self::WatchRevisionStream>, Status> {
+        // The first revision sent is read now, not the last one a poll happened to see.
+        self.cache.refresh_revision().await;
+        let receiver = self.cache.watch_revision();
+        let shutdown = self.shutdown.clone();
+        let stream = futures_util::stream::unfold(
+            (receiver, shutdown, true),
+            |(mut receiver, shutdown, first)| async move {
+                if shutdown.is_cancelled() {
+                    return None;
+                }
+                if !first {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        changed = receiver.changed() => changed.ok()?,
+                    }
+                }
+                let revision = receiver.borrow_and_update().to_vec();
+                Some((Ok(pb::Revision { revision }), (receiver, shutdown, false)))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_content(
         &self,
         request: Request<pb::GetContentRequest>,
@@ -335,11 +370,28 @@ impl ContentService for ContentGrpc {
         request: Request<pb::DeleteContentRequest>,
     ) -> Result<Response<pb::DeleteContentResponse>, Status> {
         self.admin(&request).await?;
-        let slug = request.into_inner().slug;
+        let r = request.into_inner();
+        let slug = r.slug;
         check_slug(&slug)?;
+        if r.expected_version < 0 {
+            return Err(Status::invalid_argument(
+                "expected_version must be 0 (any) or a version",
+            ));
+        }
         self.cache.begin_write().await.map_err(Error::from)?;
-        if !self.store.delete(&slug).await.map_err(Error::from)? {
-            return Err(Error::NotFound(format!("no content `{slug}`")).into());
+        let expected = (r.expected_version > 0).then_some(r.expected_version);
+        if !self
+            .store
+            .delete(&slug, expected)
+            .await
+            .map_err(Error::from)?
+        {
+            let now = self.current(&slug).await?;
+            return Err(Error::Aborted(format!(
+                "version {} is not current (it is {}): reload before deleting",
+                r.expected_version, now.version
+            ))
+            .into());
         }
         self.cache.invalidate(&slug).await;
         Ok(Response::new(pb::DeleteContentResponse {}))

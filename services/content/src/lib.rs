@@ -49,7 +49,6 @@ pub async fn serve(
         redis.report_up("content");
     }
     let cache = cache::Cache::new(redis.clone());
-    let revision = cache.revision();
     if let Some(url) = &storage.redis_url {
         cache::subscribe(
             url.expose_secret(),
@@ -59,6 +58,7 @@ pub async fn serve(
             shutdown.clone(),
         )
         .map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+        cache::watch_revision(cache.clone(), shutdown.clone());
     }
     let tls = portico_grpc::client::client_tls(settings, &shutdown)
         .map_err(|e| Error::Config(format!("GRPC_TLS_*: {e}")))?;
@@ -69,6 +69,7 @@ pub async fn serve(
         cache,
         admin_key: settings.admin_api_key.clone(),
         verifier,
+        shutdown: shutdown.clone(),
     };
     let routes = Routes::new(ContentServiceServer::new(service));
     let handle = portico_grpc::serve(
@@ -87,17 +88,6 @@ pub async fn serve(
         shutdown.clone(),
     )
     .await?;
-    if storage.redis_url.is_none() {
-        // One replica, no Redis: an edge in this process may validate its own copies against
-        // this replica's writes (see portico-revision).
-        let addr = handle.local_addr;
-        portico_revision::register(addr, revision);
-        let stopped = shutdown.clone();
-        tokio::spawn(async move {
-            stopped.cancelled().await;
-            portico_revision::unregister(addr);
-        });
-    }
     handle.health.watch_database(db, shutdown);
     Ok(handle)
 }

@@ -168,10 +168,21 @@ impl Store {
         Ok(changed == 1)
     }
 
-    pub async fn delete(&self, slug: &str) -> Result<bool, DbErr> {
-        Ok(self
-            .execute("DELETE FROM content WHERE slug = ?", vec![slug.into()])
-            .await?
-            == 1)
+    /// Deletes the item (only at `expected_version` when given); true when a row went.
+    pub async fn delete(&self, slug: &str, expected_version: Option<i64>) -> Result<bool, DbErr> {
+        let deleted = match expected_version {
+            None => {
+                self.execute("DELETE FROM content WHERE slug = ?", vec![slug.into()])
+                    .await?
+            }
+            Some(version) => {
+                self.execute(
+                    "DELETE FROM content WHERE slug = ? AND version = ?",
+                    vec![slug.into(), version.into()],
+                )
+                .await?
+            }
+        };
+        Ok(deleted == 1)
     }
 }

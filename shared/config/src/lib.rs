@@ -1,4 +1,4 @@
-//! Typed configuration read from the environment (DESIGN §8), validated at start.
+//! Typed configuration read from the environment (README, Configuration), validated at start.
 //!
 //! Every variable is parsed before any error is reported, so one start-up shows every
 //! mistake at once, each naming the variable and the form it accepts. Values come through

@@ -1,4 +1,4 @@
-//! The suite's settings, one section per component, with DESIGN §8's names and defaults.
+//! The suite's settings, one section per component, with the names and defaults of README, Configuration.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -21,7 +21,7 @@ pub const DEFAULT_RATELIMIT_ADDR: &str = "127.0.0.1:50054";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/portico.db?mode=rwc";
 /// Default `DATABASE_ACQUIRE_TIMEOUT`.
 pub const DEFAULT_DATABASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest request body the edge accepts (DESIGN §4).
+/// Largest request body the edge accepts (docs/CONTRACT.md §4).
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Longest a graceful drain may take before the process exits anyway.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -285,6 +285,10 @@ pub struct RateLimitSettings {
     pub fail_open: bool,
     /// `RATE_LIMIT_CHECK_TIMEOUT`: the edge's deadline for one decision.
     pub check_timeout: Duration,
+    /// `RATE_LIMIT_LEGACY_HEADERS`: the edge sends `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers-06) instead of `RateLimit-Policy`
+    /// and `RateLimit` (the current drafts).
+    pub legacy_headers: bool,
 }
 
 /// The chat gateway.
@@ -486,8 +490,8 @@ fn read_telemetry(r: &mut Reader<'_>) -> TelemetrySettings {
 /// official OpenAI SDKs send from a browser (`x-stainless-*`, `openai-*`, `idempotency-key`).
 pub const CORS_ALLOW_HEADERS_DEFAULT: &str = "authorization, content-type, accept, if-match, if-none-match, x-admin-key, x-api-key, x-correlation-id, x-metrics-secret, traceparent, tracestate, idempotency-key, openai-*, x-stainless-*";
 /// Default `CORS_EXPOSE_HEADERS`: what Portico's responses carry for scripts to read.
-pub const CORS_EXPOSE_HEADERS_DEFAULT: &str =
-    "x-correlation-id, etag, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
+/// Both rate limit header forms are listed, so `RATE_LIMIT_LEGACY_HEADERS` needs no CORS change.
+pub const CORS_EXPOSE_HEADERS_DEFAULT: &str = "x-correlation-id, etag, retry-after, ratelimit-policy, ratelimit, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
 
 fn read_edge(r: &mut Reader<'_>, app_env: AppEnv) -> EdgeSettings {
     let cors_origins = r.list("CORS_ORIGINS");
@@ -702,6 +706,7 @@ fn read_ratelimit(r: &mut Reader<'_>) -> RateLimitSettings {
             Duration::from_millis(100),
             Unit::Millis,
         ),
+        legacy_headers: r.bool("RATE_LIMIT_LEGACY_HEADERS", false),
     }
 }
 
@@ -777,6 +782,16 @@ mod tests {
         assert_eq!(variables(&error), ["AUTH_REFRESH_GRACE"]);
         let error = settings(&[("AUTH_PASSWORD_RESET_TTL", "0")]).expect_err("never valid");
         assert_eq!(variables(&error), ["AUTH_PASSWORD_RESET_TTL"]);
+    }
+
+    #[test]
+    fn legacy_rate_limit_headers_are_off_by_default_and_a_bad_value_is_refused() {
+        assert!(!settings(&[]).expect("defaults").ratelimit.legacy_headers);
+        let legacy = settings(&[("RATE_LIMIT_LEGACY_HEADERS", "true")]).expect("a boolean");
+        assert!(legacy.ratelimit.legacy_headers);
+        let error = settings(&[("RATE_LIMIT_LEGACY_HEADERS", "sometimes")]).expect_err("not one");
+        assert_eq!(variables(&error), ["RATE_LIMIT_LEGACY_HEADERS"]);
+        assert!(error.problems[0].message.contains("true or false"));
     }
 
     #[test]

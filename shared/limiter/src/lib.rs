@@ -16,7 +16,7 @@ mod memory;
 
 pub use memory::MemoryStore;
 
-/// The named policies of DESIGN §8, from `RATE_LIMIT_*`.
+/// The named policies (docs/CONTRACT.md §8), from `RATE_LIMIT_*` (README, Configuration).
 #[derive(Debug, Clone)]
 pub struct Policies {
     /// `global`: per client IP, every route.
@@ -76,7 +76,7 @@ pub fn bucket_key(policy: &str, key: &str) -> String {
 /// A bucket's shape: `capacity` tokens, refilled continuously at `refill_per_second`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
-    /// Burst size and `RateLimit-Limit`.
+    /// Burst size: `q` of `RateLimit-Policy` (`RateLimit-Limit` in the legacy form).
     pub capacity: u32,
     /// Tokens added per second.
     pub refill_per_second: f64,

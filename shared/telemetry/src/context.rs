@@ -1,5 +1,5 @@
-//! Per-request context: the correlation ID (DESIGN §5) and the W3C trace context, read from
-//! incoming headers and written onto outgoing ones.
+//! Per-request context: the correlation ID (docs/CONTRACT.md §5) and the W3C trace context,
+//! read from incoming headers and written onto outgoing ones.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::{

@@ -1,6 +1,6 @@
 //! Telemetry shared by every Portico process: JSON logs carrying `correlation_id` and
 //! `trace_id`, OTLP/gRPC trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, W3C trace
-//! context propagation, correlation IDs (DESIGN §5) and the process's Prometheus registry.
+//! context propagation, correlation IDs (docs/CONTRACT.md §5) and the process's Prometheus registry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

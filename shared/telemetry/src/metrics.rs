@@ -1,4 +1,4 @@
-//! The process's Prometheus registry and the metrics of DESIGN §7. Every component in a
+//! The process's Prometheus registry and the metrics of README, Metrics. Every component in a
 //! process registers here once; the edge's `/metrics` encodes it, as OpenMetrics or as the
 //! Prometheus text format 0.0.4, whichever the scraper asks for.
 
