@@ -47,6 +47,18 @@ async fn in_flight_requests_finish_during_the_drain() {
         .await
         .expect("bind");
     let stall_url = format!("http://{}", stall.local_addr().expect("addr"));
+    // The content backend stalls too, but silently: the edge subscribes to its revision stream
+    // as it starts, and that connection is not the in-flight request this test waits for.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -61,7 +73,7 @@ async fn in_flight_requests_finish_during_the_drain() {
     ));
     let vars: std::collections::HashMap<String, String> = [
         ("AUTH_GRPC_URL", stall_url.as_str()),
-        ("CONTENT_GRPC_URL", stall_url.as_str()),
+        ("CONTENT_GRPC_URL", silent_url.as_str()),
         ("CHAT_GRPC_URL", stall_url.as_str()),
         ("RATELIMIT_GRPC_URL", stall_url.as_str()),
         ("HEALTH_CHECK_TIMEOUT", "1s"),
