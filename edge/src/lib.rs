@@ -104,6 +104,8 @@ struct Inner {
     transcoder: transcoder::Transcoder,
     /// The edge's routes and every binding.
     routes: routes::RouteTable,
+    /// `/api/openapi.json`, generated on first use.
+    openapi: std::sync::OnceLock<Bytes>,
     limiter: limits::EdgeLimiter,
     cors: cors::Cors,
     /// Signs forwarded client IPs on plaintext hops (see `portico_tls::PeerKey`).
@@ -175,6 +177,7 @@ impl Edge {
                 settings: settings.edge.clone(),
                 transcoder,
                 routes,
+                openapi: std::sync::OnceLock::new(),
                 limiter,
                 backends,
                 cors: cors::Cors::new(
@@ -497,14 +500,18 @@ impl Edge {
                 response::json_response(status, &body)
             }
             routes::Handler::Metrics => self.metrics(request.headers(), client_ip, correlation_id),
-            routes::Handler::OpenApi => response::json_response(
-                StatusCode::OK,
-                &openapi::document(
-                    &self.inner.routes,
-                    self.inner.transcoder.pool(),
-                    env!("CARGO_PKG_VERSION"),
-                ),
-            ),
+            routes::Handler::OpenApi => {
+                // Built once: the table and descriptors do not change while the edge runs.
+                let document = self.inner.openapi.get_or_init(|| {
+                    let document = openapi::document(
+                        &self.inner.routes,
+                        self.inner.transcoder.pool(),
+                        env!("CARGO_PKG_VERSION"),
+                    );
+                    Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
+                });
+                response::text_response(StatusCode::OK, "application/json", document.clone())
+            }
             routes::Handler::Jwks => self.jwks(context, &forwarded).await,
             routes::Handler::OpenIdConfiguration => self
                 .openid_configuration(request.headers(), context, &forwarded)

@@ -33,7 +33,11 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
 }
 
 /// A plain-text response with the given content type.
-pub fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+pub fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
     let mut response = http::Response::new(full(body));
     *response.status_mut() = status;
     response
