@@ -77,7 +77,7 @@ def liveness_name() -> str:
 
 def edge_get_routes() -> set:
     text = (ROOT / "edge/src/routes.rs").read_text()
-    return set(re.findall(r'get\(\s*"([^"]+)"', text))
+    return set(re.findall(r'native\(\s*"([^"]+)"', text))
 
 
 def provider_key_variables(texts) -> set:
