@@ -299,7 +299,7 @@ step('the overview shows readiness with its correlation ID, circuits and 5xx/429
   const summary = await d.text('#ready-summary');
   check(/Portico is (ok|degraded)/.test(summary), summary);
   check(/correlation ID [0-9a-f-]{36}/.test(summary), `correlation ID in: ${summary}`);
-  for (const name of ['auth', 'content', 'chat', 'ratelimit', 'database', 'cache']) {
+  for (const name of ['auth', 'content', 'chat', 'ratelimit', 'cache']) {
     check(await rowsMatching(d, '#ready-table', `^${name}$`) === 1, `readiness row ${name}`);
   }
   check(await rowsMatching(d, '#circuit-table', 'alpha') === 1, 'alpha circuit row');
