@@ -523,7 +523,7 @@
   // ---------------------------------------------------------------- accounts
 
   const SESSIONS_ROUTE = '/api/v1/admin/auth/users/{user}/sessions';
-  const SESSION_ROUTE = '/api/v1/admin/auth/users/{user}/sessions/{id}';
+  const SESSION_ROUTE = '/api/v1/admin/auth/users/{user}/sessions/{session_id}';
 
   async function loadAccounts() {
     const known = await paths();
@@ -637,7 +637,7 @@
           const end = el('button', { type: 'button', class: 'danger', 'aria-label': `End session ${s.id}` }, 'End…');
           end.addEventListener('click', async () => {
             if (!(await confirmAction('End this session?', `Session ${s.id} of ${user} (last used ${s.lastUsedAt || 'never'}, from ${s.ip || 'unknown'}) ends; its tokens are refused.`, 'End session'))) return;
-            const ended = await call('DELETE', SESSION_ROUTE.replace('{user}', encodeURIComponent(user)).replace('{id}', encodeURIComponent(s.id)));
+            const ended = await call('DELETE', SESSION_ROUTE.replace('{user}', encodeURIComponent(user)).replace('{session_id}', encodeURIComponent(s.id)));
             report(actionBox, `End session ${s.id} of ${user}`, ended, 'Session ended.');
             if (ended.ok) end.closest('tr').remove();
           });
