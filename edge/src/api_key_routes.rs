@@ -21,6 +21,7 @@ use crate::{
     finish, parse_json, read_body,
     response::{self, Response},
     routes::Handler,
+    transcoder::json::query_pairs,
     ApiError, Edge,
 };
 
@@ -61,22 +62,6 @@ struct NewKeyBody {
     requests_per_minute: Option<u32>,
     token_budget: Option<u64>,
     budget_window: Option<Seconds>,
-}
-
-/// The query parameters of these routes (`user`, `key`, `from`, `to`), percent-decoded.
-fn query_params(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode(name),
-                percent_decode(&value.replace('+', " ")),
-            )
-        })
-        .collect()
 }
 
 fn param(params: &[(String, String)], name: &str) -> String {
@@ -226,7 +211,7 @@ impl Edge {
         let backend = &self.inner.backends.auth;
         let mut auth = AuthServiceClient::new(backend.channel.clone());
         let KeyRequest { id, query, headers } = http_request;
-        let params = query_params(query);
+        let params = query_pairs(query);
         let id = percent_decode(&id);
         match handler {
             Handler::ApiKeyCreate => {
@@ -403,11 +388,11 @@ mod tests {
 
     #[test]
     fn query_parameters_are_decoded_and_days_checked() {
-        let params = query_params(Some("user=alice%40example.com&from=2026-12-01&x"));
+        let params = query_pairs(Some("user=alice%40example.com&from=2026-12-01&x"));
         assert_eq!(param(&params, "user"), "alice@example.com");
         assert_eq!(day(&params, "from").ok().as_deref(), Some("2026-12-01"));
         assert_eq!(day(&params, "to").ok().as_deref(), Some(""));
-        let bad = query_params(Some("from=yesterday"));
+        let bad = query_pairs(Some("from=yesterday"));
         assert!(day(&bad, "from").is_err());
     }
 }

@@ -142,8 +142,8 @@ fn deserialize(input: &MessageDescriptor, json: Value) -> Result<DynamicMessage,
     .map_err(|error| bad_request(format!("invalid JSON body: {error}")))
 }
 
-/// `a=1&b=x%20y` → pairs, percent- and `+`-decoded.
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+/// `a=1&b=x%20y` → pairs, percent- and `+`-decoded (also for the hooks that read a query).
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or_default()
         .split('&')
