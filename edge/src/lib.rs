@@ -2,6 +2,9 @@
 //! guard, health aggregation, maintenance mode, body limits and graceful shutdown. It talks to
 //! the services over gRPC only and imports none of their crates.
 
+// The middleware stack is one nested type (`Stack`): its future's layout is deeper than 128.
+#![recursion_limit = "256"]
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{atomic::AtomicBool, Arc},
@@ -9,12 +12,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt as _;
+use layers::Stepped;
 use portico_config::{EdgeSettings, ExposeSecret as _, Settings, BODY_LIMIT_BYTES};
-use portico_telemetry::{metrics, RequestContext, CORRELATION_HEADER};
+use portico_telemetry::{metrics, RequestContext};
 use tonic::Code;
-use tracing::{field::Empty, Instrument as _};
 
 mod api_key_routes;
 mod auth_routes;
@@ -27,6 +30,7 @@ mod content_routes;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod layers;
 mod limits;
 pub mod openapi;
 pub mod response;
@@ -40,8 +44,6 @@ pub use server::{serve, EdgeHandle};
 
 /// Longest a Redis command of the edge may take (readiness, denylist).
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
-/// Seconds clients are told to wait while `MAINTENANCE_MODE` is on.
-const MAINTENANCE_RETRY_AFTER_SECONDS: u64 = 120;
 /// How long the edge keeps a public item (each use is also checked against the content
 /// revision it follows: see `content_revision`).
 const CONTENT_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -57,12 +59,6 @@ const FORWARDED_HEADERS: [&str; 5] = [
     portico_tokens::API_KEY_HEADER,
     "traceparent",
     "tracestate",
-];
-/// Headers that carry credentials: responses to requests with them are private.
-const CREDENTIAL_HEADERS: [&str; 3] = [
-    "authorization",
-    "x-admin-key",
-    portico_tokens::API_KEY_HEADER,
 ];
 /// Added to `LLM_TIMEOUT` for the edge's deadline on a chat call, so the gateway's own timeout (a
 /// clear 504) fires first.
@@ -91,6 +87,53 @@ pub enum EdgeError {
     Config(String),
 }
 
+/// The edge's middleware stack over its dispatch (see `layers`), outermost first.
+pub type Stack = layers::trace::Traced<
+    Stepped<
+        layers::metrics::Metrics,
+        Stepped<
+            layers::headers::ResponseHeaders,
+            Stepped<
+                layers::cors::CorsLayer,
+                Stepped<
+                    layers::dialect::ErrorDialect,
+                    Stepped<
+                        layers::request_limits::RequestLimits,
+                        Stepped<
+                            layers::routing::Routing,
+                            Stepped<
+                                layers::maintenance::Maintenance,
+                                Stepped<
+                                    layers::rate_limit::RateLimit,
+                                    Stepped<layers::timeout::Timeout, Dispatch>,
+                                >,
+                            >,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The innermost service: a matched route's target (see [`Edge::dispatch`]).
+#[derive(Clone)]
+pub struct Dispatch(Edge);
+
+impl<B> layers::Handle<B> for Dispatch
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn handle<'a>(
+        &'a self,
+        request: http::Request<B>,
+        exchange: &'a mut layers::Exchange,
+    ) -> impl std::future::Future<Output = Response> + Send + 'a {
+        self.0.dispatch(request, exchange)
+    }
+}
+
 /// The edge's shared state; cheap to clone.
 #[derive(Clone)]
 pub struct Edge {
@@ -103,11 +146,11 @@ struct Inner {
     /// The generic REST ↔ gRPC path and the bindings it serves.
     transcoder: transcoder::Transcoder,
     /// The edge's routes and every binding.
-    routes: routes::RouteTable,
+    routes: Arc<routes::RouteTable>,
     /// `/api/openapi.json`, generated on first use.
     openapi: std::sync::OnceLock<Bytes>,
     limiter: limits::EdgeLimiter,
-    cors: cors::Cors,
+    cors: layers::cors::CorsLayer,
     /// Signs forwarded client IPs on plaintext hops (see `portico_tls::PeerKey`).
     signer: Option<portico_tls::PeerKey>,
     redis: Option<portico_redis::Redis>,
@@ -176,17 +219,19 @@ impl Edge {
             inner: Arc::new(Inner {
                 settings: settings.edge.clone(),
                 transcoder,
-                routes,
+                routes: Arc::new(routes),
                 openapi: std::sync::OnceLock::new(),
                 limiter,
                 backends,
-                cors: cors::Cors::new(
-                    &settings.edge.cors_origins,
-                    settings.edge.cors_allow_credentials,
-                )
-                .with_headers(
-                    &settings.edge.cors_allow_headers,
-                    &settings.edge.cors_expose_headers,
+                cors: layers::cors::CorsLayer::new(
+                    cors::Cors::new(
+                        &settings.edge.cors_origins,
+                        settings.edge.cors_allow_credentials,
+                    )
+                    .with_headers(
+                        &settings.edge.cors_allow_headers,
+                        &settings.edge.cors_expose_headers,
+                    ),
                 ),
                 verifier,
                 allow_anonymous_chat: settings.chat.allow_anonymous,
@@ -213,256 +258,64 @@ impl Edge {
         Ok(edge)
     }
 
-    /// Answers one HTTP request from `peer`.
+    /// The middleware stack (`layers`) over the dispatch, built once per listener.
+    pub fn stack(&self) -> Stack {
+        tower::ServiceBuilder::new()
+            .layer(layers::trace::Trace::new(Arc::clone(&self.inner.routes)))
+            .layer(layers::StepLayer(layers::metrics::Metrics))
+            .layer(layers::StepLayer(layers::headers::ResponseHeaders))
+            .layer(layers::StepLayer(self.inner.cors.clone()))
+            .layer(layers::StepLayer(layers::dialect::ErrorDialect))
+            .layer(layers::StepLayer(
+                layers::request_limits::RequestLimits::new(
+                    self.inner.settings.max_forwarded_header_bytes,
+                ),
+            ))
+            .layer(layers::StepLayer(layers::routing::Routing))
+            .layer(layers::StepLayer(layers::maintenance::Maintenance::new(
+                self.inner.settings.maintenance_mode,
+            )))
+            .layer(layers::StepLayer(layers::rate_limit::RateLimit::new(
+                self.clone(),
+            )))
+            .layer(layers::StepLayer(layers::timeout::Timeout::new(
+                self.inner.settings.request_timeout,
+                self.inner.chat_timeout,
+            )))
+            .service(Dispatch(self.clone()))
+    }
+
+    /// Answers one HTTP request from `peer` (through a stack built for this request: the
+    /// server builds it once, see [`Edge::stack`]).
     pub async fn handle<B>(&self, request: http::Request<B>, peer: SocketAddr) -> Response
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let matched = self.inner.routes.find(
-            if method == Method::HEAD {
-                &Method::GET
-            } else {
-                &method
-            },
-            &path,
-        );
-        let route_label = match &matched {
-            routes::Match::Found(route, _) => route.path,
-            _ => "unmatched",
-        };
-        let span = tracing::info_span!(
-            "http.request",
-            // Only the OpenTelemetry layer reads it: not formatted when nothing exports.
-            otel.name = portico_telemetry::otlp_enabled().then(|| format!("{method} {route_label}")),
-            otel.kind = "server",
-            http.request.method = %method,
-            http.route = route_label,
-            http.response.status_code = Empty,
-            component = "edge",
-            correlation_id = Empty,
-            trace_id = Empty,
-        );
-        let context = RequestContext::attach(span.clone(), request.headers());
-        let preflight = cors::Cors::is_preflight(&method, request.headers());
-        let credentials = CREDENTIAL_HEADERS
-            .iter()
-            .any(|name| request.headers().contains_key(*name));
-        // What CORS reads once the response is ready (nothing to copy without an Origin).
-        let cors_request = cors::Cors::request_part(request.headers());
-
-        let mut response = async {
-            let response = if preflight {
-                let mut response = http::Response::new(response::empty());
-                *response.status_mut() = StatusCode::NO_CONTENT;
-                response
-            } else {
-                // The OpenAI routes answer errors in OpenAI's shape (the SDKs read it).
-                let openai = path.starts_with("/v1/");
-                error::OPENAI_SHAPE
-                    .scope(openai, self.route(request, peer, matched, &context))
-                    .await
-            };
-            // The access log line. Method and route are the span's (`http.request.method`,
-            // `http.route`), printed once with it; the latency is rounded to the microsecond.
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            tracing::info!(
-                status = response.status().as_u16(),
-                latency_ms = micros as f64 / 1000.0,
-                "request"
-            );
-            response
-        }
-        .instrument(span.clone())
-        .await;
-
-        span.record("http.response.status_code", response.status().as_u16());
-        let headers = response.headers_mut();
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        if credentials {
-            // What a caller with credentials sees may be theirs alone (an admin's drafts, their
-            // account): no shared cache may keep it, and none may answer it to anyone else.
-            if !headers.contains_key(header::CACHE_CONTROL) {
-                headers.insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("private, no-store"),
-                );
-            }
-            headers.append(
-                header::VARY,
-                HeaderValue::from_static("Authorization, X-Admin-Key, X-Api-Key"),
-            );
-        }
-        self.inner
-            .cors
-            .apply(&cors_request, response.headers_mut(), preflight);
-        if let Ok(value) = HeaderValue::from_str(&context.correlation_id) {
-            response.headers_mut().insert(CORRELATION_HEADER, value);
-        }
-        let http_metrics = metrics::http();
-        http_metrics
-            .requests
-            .get_or_create(&metrics::HttpLabels {
-                method: metrics::method_label(&method),
-                route: route_label,
-                status: response.status().as_u16(),
-            })
-            .inc();
-        let labels = metrics::RouteLabels {
-            method: metrics::method_label(&method),
-            route: route_label,
-        };
-        http_metrics
-            .first_byte
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        // The duration runs to the body's last byte: a stream's whole length.
-        let duration = http_metrics.duration.get_or_create(&labels).clone();
-        response.map(|body| response::timed(body, started, duration))
+        self.stack().serve(request, peer).await
     }
 
-    async fn route<B>(
+    /// The target of a matched route: the transcoder, a hook, or one of the edge's own routes.
+    async fn dispatch<B>(
         &self,
         request: http::Request<B>,
-        peer: SocketAddr,
-        matched: routes::Match<'_>,
-        context: &RequestContext,
+        exchange: &mut layers::Exchange,
     ) -> Response
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let correlation_id = context.correlation_id.as_str();
-        // An oversized body is refused before anything else looks at the request.
-        if let Err(error) = check_declared_length(request.headers()) {
-            return error.into_response(correlation_id);
-        }
-        if let Err(error) = check_forwarded_headers(
-            request.headers(),
-            self.inner.settings.max_forwarded_header_bytes,
-        ) {
-            return error.into_response(correlation_id);
-        }
-        let mut request = request;
-        // `x-api-key: pk_…` is `Authorization: Bearer pk_…` from here on.
-        if let Err(error) = api_key_routes::api_key_as_bearer(request.headers_mut()) {
-            return error.into_response(correlation_id);
-        }
-        let (route, params) = match matched {
-            routes::Match::Found(route, params) => (route, params),
-            routes::Match::MethodNotAllowed(allowed) => {
-                let allow = allowed
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut response = ApiError::new(
-                    Code::Unimplemented,
-                    format!("{} is not allowed here; allowed: {allow}", request.method()),
-                )
-                .with_status(StatusCode::METHOD_NOT_ALLOWED)
-                .into_response(correlation_id);
-                if let Ok(value) = HeaderValue::from_str(&allow) {
-                    response.headers_mut().insert(header::ALLOW, value);
-                }
-                return response;
-            }
-            routes::Match::NotFound => {
-                return ApiError::new(
-                    Code::NotFound,
-                    format!("no route for {}", request.uri().path()),
-                )
-                .into_response(correlation_id);
+        let (route, params) = match &mut exchange.matched {
+            layers::Matched::Found(route, params) => (Arc::clone(route), std::mem::take(params)),
+            // The routing layer answered these.
+            _ => {
+                return ApiError::new(Code::NotFound, "no route")
+                    .into_response(exchange.correlation_id())
             }
         };
-        if self.inner.settings.maintenance_mode && !route.is_operational() {
-            return ApiError::new(Code::Unavailable, "Portico is in maintenance; retry later")
-                .with_retry_after(MAINTENANCE_RETRY_AFTER_SECONDS)
-                .into_response(correlation_id);
-        }
-        let client_ip = client_ip::client_ip(
-            peer,
-            request.headers(),
-            &self.inner.settings.trusted_proxies,
-        );
-        // Every policy's decision, in the order asked: the rate limit headers describe them.
-        let mut verdicts: Vec<limits::Verdict> = Vec::new();
-        if !route.is_operational() {
-            // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
-            let ip = portico_limiter::client_network(client_ip);
-            let limiter = &self.inner.limiter;
-            let extra = route.extra_policy();
-            let bearer = request.headers().contains_key(http::header::AUTHORIZATION);
-            let outcomes = match extra {
-                // A chat caller's token is verified only after `global` admitted the request,
-                // so floods of forged tokens are limited before any verification work.
-                Some("chat") if bearer => {
-                    let global = limiter.check("global", &ip, client_ip, context).await;
-                    if global.is_err() {
-                        vec![global]
-                    } else {
-                        match self.chat_key(request.headers(), &ip).await {
-                            Ok(key) => {
-                                let chat = limiter.check("chat", &key, client_ip, context).await;
-                                vec![global, chat]
-                            }
-                            Err(error) => return error.into_response(correlation_id),
-                        }
-                    }
-                }
-                // Every key is known up front: both decisions at once (one hop, not two).
-                Some(policy) => {
-                    let key = if policy == "chat" {
-                        match self.chat_key(request.headers(), &ip).await {
-                            Ok(key) => key,
-                            Err(error) => return error.into_response(correlation_id),
-                        }
-                    } else {
-                        ip.clone()
-                    };
-                    let (global, extra) = tokio::join!(
-                        limiter.check("global", &ip, client_ip, context),
-                        limiter.check(policy, &key, client_ip, context)
-                    );
-                    vec![global, extra]
-                }
-                None => vec![limiter.check("global", &ip, client_ip, context).await],
-            };
-            let mut outcomes = outcomes;
-            // A key's own request rate, once the other policies admitted the request.
-            if outcomes.iter().all(Result::is_ok) {
-                outcomes.push(
-                    self.api_key_rate(request.headers(), client_ip, context)
-                        .await,
-                );
-            }
-            let mut refused: Option<limits::Refusal> = None;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(verdict) => verdicts.extend(verdict),
-                    Err(refusal) => {
-                        verdicts.extend(refusal.decision);
-                        // The first refusal is the one answered (and counted).
-                        refused.get_or_insert(refusal);
-                    }
-                }
-            }
-            if let Some(refusal) = refused {
-                refusal.count();
-                let described = refusal.decision.is_some();
-                let mut response = refusal.error.into_response(correlation_id);
-                if described {
-                    limiter.apply_headers(response.headers_mut(), &verdicts);
-                }
-                return response;
-            }
-        }
+        let context = &exchange.context;
+        let correlation_id = context.correlation_id.as_str();
+        let client_ip = exchange.client_ip;
         let forwarded = backends::Forwarded::from_headers(
             client_ip,
             request.headers(),
@@ -470,18 +323,14 @@ impl Edge {
         );
         let handler = match &route.target {
             routes::Target::Rpc(binding) => {
-                let mut response = self
+                return self
                     .transcode(binding, &params, request, context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id));
-                self.inner
-                    .limiter
-                    .apply_headers(response.headers_mut(), &verdicts);
-                return response;
             }
             routes::Target::Native(handler) | routes::Target::Hook(handler, _) => *handler,
         };
-        let mut response = match handler {
+        match handler {
             routes::Handler::Live => {
                 response::json_response(StatusCode::OK, &health::liveness(self))
             }
@@ -612,11 +461,7 @@ impl Edge {
                 .await
                 .unwrap_or_else(|error| error.into_response(correlation_id))
             }
-        };
-        self.inner
-            .limiter
-            .apply_headers(response.headers_mut(), &verdicts);
-        response
+        }
     }
 
     /// Reads the body (when the binding has one) and answers through the transcoder.

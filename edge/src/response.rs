@@ -21,6 +21,13 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// An answer with `status` and no body.
+pub fn empty_response(status: StatusCode) -> Response {
+    let mut response = http::Response::new(empty());
+    *response.status_mut() = status;
+    response
+}
+
 /// A JSON response.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     let mut response = http::Response::new(full(value.to_string()));

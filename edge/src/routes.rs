@@ -245,7 +245,7 @@ pub static NATIVE: &[NativeRoute] = &[
 #[derive(Debug)]
 pub enum Match<'a> {
     /// A route serves this method and path; the path's variables, raw.
-    Found(&'a Route, Vec<(String, String)>),
+    Found(&'a Arc<Route>, Vec<(String, String)>),
     /// The path exists, with these methods.
     MethodNotAllowed(Vec<Method>),
     /// No route has this path.
@@ -278,7 +278,7 @@ pub enum TableError {
 pub struct RouteTable {
     router: matchit::Router<usize>,
     /// The routes of each path, in the order declared.
-    paths: Vec<Vec<Route>>,
+    paths: Vec<Vec<Arc<Route>>>,
 }
 
 impl RouteTable {
@@ -339,7 +339,7 @@ impl RouteTable {
                         message: format!("{} is bound twice", route.method),
                     });
                 }
-                self.paths[index].push(route);
+                self.paths[index].push(Arc::new(route));
                 return Ok(());
             }
         }
@@ -350,13 +350,13 @@ impl RouteTable {
                 path: route.path,
                 message: error.to_string(),
             })?;
-        self.paths.push(vec![route]);
+        self.paths.push(vec![Arc::new(route)]);
         Ok(())
     }
 
     /// Every route, by path in declaration order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.paths.iter().flatten()
+        self.paths.iter().flatten().map(|route| &**route)
     }
 
     /// Finds the route for `method` and `path`.

@@ -81,7 +81,8 @@ impl EdgeHandle {
 /// What every connection of the edge shares.
 #[derive(Clone)]
 struct Shared {
-    edge: Edge,
+    /// The middleware stack over the dispatch, built once.
+    stack: Arc<crate::Stack>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<portico_tls::Reloading<portico_tls::rustls::ServerConfig>>,
     limits: portico_config::Connections,
@@ -155,7 +156,7 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     let shared = Shared {
-        edge,
+        stack: Arc::new(edge.stack()),
         builder: Arc::new(builder),
         tls: tls.clone(),
         limits,
@@ -247,18 +248,18 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let edge = shared.edge.clone();
+    let stack = Arc::clone(&shared.stack);
     let body_timeout = shared.limits.body_read_timeout;
     let counting = Arc::clone(&activity);
     let service = service_fn(move |request: http::Request<Incoming>| {
-        let edge = edge.clone();
+        let stack = Arc::clone(&stack);
         // Counted out when the request's future ends or is dropped (an HTTP/2 stream reset
         // drops it), so a reset can never keep a connection "busy" forever.
         let in_flight = InFlight::new(Arc::clone(&counting));
         async move {
             let _in_flight = in_flight;
             let request = request.map(|body| Deadline::new(body, body_timeout));
-            Ok::<_, Infallible>(edge.handle(request, peer).await)
+            Ok::<_, Infallible>(stack.serve(request, peer).await)
         }
     });
     let builder = Arc::clone(&shared.builder);
