@@ -239,6 +239,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, tls: bool, shared: Shar
     }
 }
 
+/// The stack's answer to one request, as one boxed future made here: `serve_io` is generic (its
+/// callers' crates instantiate it), and the stack's future, nested ten layers deep, is laid out
+/// once in this crate instead of in each of theirs (and within the default recursion limit).
+fn answer(
+    stack: Arc<crate::Stack>,
+    request: http::Request<Deadline<Incoming>>,
+    peer: SocketAddr,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::Response> + Send>> {
+    Box::pin(async move { stack.serve(request, peer).await })
+}
+
 async fn serve_io<I>(
     io: I,
     peer: SocketAddr,
@@ -259,7 +270,7 @@ async fn serve_io<I>(
         async move {
             let _in_flight = in_flight;
             let request = request.map(|body| Deadline::new(body, body_timeout));
-            Ok::<_, Infallible>(stack.serve(request, peer).await)
+            Ok::<_, Infallible>(answer(stack, request, peer).await)
         }
     });
     let builder = Arc::clone(&shared.builder);
