@@ -12,6 +12,7 @@
 //! dependency outages under load.
 
 mod apikey;
+mod compare;
 mod faults;
 mod shipped;
 mod tls;
@@ -160,6 +161,10 @@ enum Scenario {
     /// Resident memory of `portico serve` sampled through minutes of mixed traffic and a sign-up
     /// burst.
     Soak(shipped::SoakArgs),
+    /// Two `portico` binaries (before/after a change) on the README's defaults, one at a time in
+    /// alternating rounds: closed-loop /healthz and a cached content GET, median throughput of
+    /// each and the ratio after/before against `--min-ratio`.
+    Compare(compare::CompareArgs),
     /// Dependency outages under load (Redis killed, PostgreSQL cut, the LLM provider gone,
     /// SIGTERM): failures, their latency, recovery time and stale reads, one line each.
     Faults(faults::FaultArgs),
@@ -294,6 +299,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Scenario {
             scenario: Scenario::Soak(args),
         } => shipped::soak(args).await?,
+        Command::Scenario {
+            scenario: Scenario::Compare(args),
+        } => compare::scenario(args).await?,
         Command::Scenario {
             scenario: Scenario::Faults(args),
         } => faults::run(args).await?,

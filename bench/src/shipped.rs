@@ -22,7 +22,7 @@ use clap::Args;
 use crate::{print, run, Load, Target};
 
 /// The variables added to the README's defaults, printed with every run.
-const RAISED_LIMITS: [(&str, &str); 5] = [
+pub(crate) const RAISED_LIMITS: [(&str, &str); 5] = [
     ("RATE_LIMIT_GLOBAL_MAX", "10000000"),
     ("RATE_LIMIT_GLOBAL_WINDOW", "1s"),
     ("RATE_LIMIT_AUTH_MAX", "10000000"),
@@ -79,15 +79,15 @@ pub struct SoakArgs {
 }
 
 /// A running `portico serve` with its own directory and log file.
-struct Portico {
+pub(crate) struct Portico {
     child: tokio::process::Child,
     dir: PathBuf,
-    edge: SocketAddr,
+    pub(crate) edge: SocketAddr,
     pid: u32,
 }
 
 impl Portico {
-    async fn start(bin: &Path, extra: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(bin: &Path, extra: &[(&str, String)]) -> anyhow::Result<Self> {
         let bin = std::fs::canonicalize(bin).with_context(|| {
             format!(
                 "{} not found: build it with `cargo build --release -p portico` or pass --portico",
@@ -142,7 +142,7 @@ impl Portico {
             .unwrap_or(0)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -205,7 +205,7 @@ impl FixedServer {
     }
 }
 
-fn get(addr: SocketAddr, path: &str) -> Target {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Target {
     Target::Http {
         addr,
         path: path.into(),
