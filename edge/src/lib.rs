@@ -6,7 +6,7 @@
 #![recursion_limit = "256"]
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{atomic::AtomicBool, Arc},
     time::{Duration, Instant},
 };
@@ -283,16 +283,6 @@ impl Edge {
                 self.inner.chat_timeout,
             )))
             .service(Dispatch(self.clone()))
-    }
-
-    /// Answers one HTTP request from `peer` (through a stack built for this request: the
-    /// server builds it once, see [`Edge::stack`]).
-    pub async fn handle<B>(&self, request: http::Request<B>, peer: SocketAddr) -> Response
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.stack().serve(request, peer).await
     }
 
     /// The target of a matched route: the transcoder, a hook, or one of the edge's own routes.
