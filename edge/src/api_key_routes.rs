@@ -29,14 +29,19 @@ use crate::{
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Seconds {
-    Number(u64),
+    Number(serde_json::Number),
     Text(String),
 }
 
 impl Seconds {
     fn seconds(&self, field: &str) -> Result<u64, ApiError> {
         match self {
-            Seconds::Number(n) => Ok(*n),
+            Seconds::Number(n) => crate::whole::of(n).ok_or_else(|| {
+                ApiError::new(
+                    Code::InvalidArgument,
+                    format!("{field} must be a whole number of seconds"),
+                )
+            }),
             Seconds::Text(text) => {
                 portico_config::parse_duration(text, portico_config::Unit::Seconds)
                     .map(|d| d.as_secs())
@@ -59,7 +64,9 @@ struct NewKeyBody {
     /// Admins: the owner (an account id or email).
     user: Option<String>,
     expires_in: Option<Seconds>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     requests_per_minute: Option<u32>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     token_budget: Option<u64>,
     budget_window: Option<Seconds>,
 }

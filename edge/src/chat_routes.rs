@@ -44,6 +44,7 @@ struct PorticoChat {
     model: Option<String>,
     stream: Option<bool>,
     temperature: Option<f32>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     max_tokens: Option<u32>,
     stop: Option<Stop>,
 }
@@ -62,6 +63,123 @@ struct OpenAiChat {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+}
+
+/// The chat gateway's limits, as the request schemas below state them (its `request` module
+/// checks the same; `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default).
+const MAX_MESSAGES: u32 = 256;
+const MAX_STOP: u32 = 4;
+const MAX_CHOICES: u32 = 8;
+const MAX_TOOLS: u32 = 128;
+const MAX_INPUTS: u32 = 2048;
+const MAX_MODEL_CHARS: u32 = 256;
+
+fn or_null(schema: Value) -> Value {
+    json!({"anyOf": [schema, {"type": "null"}]})
+}
+
+fn model_schema() -> Value {
+    or_null(json!({"type": "string", "maxLength": MAX_MODEL_CHARS,
+        "description": "A model alias (GET /v1/models); empty or absent: the default alias"}))
+}
+
+fn stop_schema() -> Value {
+    let sequence = json!({"type": "string", "minLength": 1});
+    or_null(json!({"anyOf": [sequence, {"type": "array", "maxItems": MAX_STOP, "items": sequence}]}))
+}
+
+fn tokens_schema() -> Value {
+    or_null(json!({"type": "integer", "minimum": 1,
+        "maximum": portico_config::DEFAULT_LLM_MAX_TOKENS}))
+}
+
+/// `POST /api/v1/chat`: Portico's own chat JSON (every field it knows; no others).
+pub(crate) fn portico_body_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["messages"],
+        "additionalProperties": false,
+        "properties": {
+            "messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": {
+                "type": "object", "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "function"]},
+                    "content": {"type": "string"},
+                },
+            }},
+            "model": model_schema(),
+            "stream": or_null(json!({"type": "boolean"})),
+            "temperature": or_null(json!({"type": "number", "minimum": 0, "maximum": 2})),
+            "max_tokens": tokens_schema(),
+            "stop": stop_schema(),
+        },
+    })
+}
+
+/// `POST /v1/chat/completions`: OpenAI's request. The fields the gateway reasons about are
+/// stated; every other field goes to the provider unchanged.
+pub(crate) fn openai_body_schema() -> Value {
+    let parts = json!({"type": "array", "items": {
+        "type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}});
+    let content = json!({"anyOf": [{"type": "string"}, parts]});
+    let message = json!({"anyOf": [
+        {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "function"]},
+            "content": content}},
+        {"type": "object", "required": ["role"], "properties": {
+            "role": {"const": "assistant"},
+            "content": or_null(content.clone()),
+            "tool_calls": {"type": "array", "items": {"type": "object"}}}},
+        {"type": "object", "required": ["role", "content", "tool_call_id"], "properties": {
+            "role": {"const": "tool"}, "content": content, "tool_call_id": {"type": "string"}}},
+    ]});
+    json!({
+        "type": "object",
+        "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": message},
+            "model": model_schema(),
+            "stream": or_null(json!({"type": "boolean"})),
+            "stream_options": or_null(json!({"type": "object",
+                "properties": {"include_usage": {"type": "boolean"}}})),
+            "temperature": or_null(json!({"type": "number", "minimum": 0, "maximum": 2})),
+            "top_p": or_null(json!({"type": "number", "minimum": 0, "maximum": 1})),
+            "max_tokens": tokens_schema(),
+            "max_completion_tokens": tokens_schema(),
+            "n": or_null(json!({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES})),
+            "stop": stop_schema(),
+            "tools": or_null(json!({"type": "array", "maxItems": MAX_TOOLS,
+                "items": {"type": "object"}})),
+        },
+    })
+}
+
+/// `POST /v1/embeddings`: OpenAI's request; fields other than these go to the provider.
+pub(crate) fn embeddings_body_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"anyOf": [{"type": "string"},
+                {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS}]},
+            "model": model_schema(),
+            "dimensions": or_null(json!({"type": "integer", "minimum": 1, "maximum": 8192})),
+        },
+    })
+}
+
+/// `PUT /api/v1/admin/llm/providers/{name}`: `priority`, `enabled` or both.
+pub(crate) fn provider_change_schema() -> Value {
+    let priority = json!({"type": "integer", "minimum": -1_000_000, "maximum": 1_000_000});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {"priority": or_null(priority.clone()), "enabled": or_null(json!({"type": "boolean"}))},
+        "anyOf": [
+            {"required": ["priority"], "properties": {"priority": priority}},
+            {"required": ["enabled"], "properties": {"enabled": {"type": "boolean"}}},
+        ],
+    })
 }
 
 /// Which wire format answers.
@@ -259,6 +377,7 @@ impl Edge {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProviderChange {
+    #[serde(default, deserialize_with = "crate::whole::option")]
     priority: Option<i32>,
     enabled: Option<bool>,
 }

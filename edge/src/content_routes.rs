@@ -52,7 +52,54 @@ struct UpdateBody {
     tags: Vec<String>,
     status: Option<String>,
     /// The expected version, when the client does not send `If-Match` (older clients).
+    #[serde(default, deserialize_with = "crate::whole::option")]
     version: Option<i64>,
+}
+
+/// The content service's rules, as the request schemas below state them.
+const MAX_SLUG: u32 = 100;
+const MAX_TITLE: u32 = 200;
+const MAX_BODY_BYTES: u32 = 256 * 1024;
+const MAX_TAGS: u32 = 16;
+const MAX_TAG: u32 = 32;
+
+fn editable_properties() -> serde_json::Map<String, Value> {
+    let tag = json!({"type": "string", "pattern": format!("^[a-z0-9-]{{1,{MAX_TAG}}}$")});
+    let properties = json!({
+        // Trimmed, then 1 to 200 characters.
+        "title": {"type": "string", "maxLength": MAX_TITLE, "pattern": "\\S"},
+        "body": {"type": "string", "maxLength": MAX_BODY_BYTES,
+                 "description": format!("Markdown, at most {MAX_BODY_BYTES} bytes of UTF-8")},
+        "tags": {"type": "array", "maxItems": MAX_TAGS, "items": tag},
+        "status": {"type": ["string", "null"], "enum": ["draft", "published", null]},
+    });
+    match properties {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `POST /api/v1/admin/content`.
+pub(crate) fn create_schema() -> Value {
+    let mut properties = editable_properties();
+    properties.insert(
+        "slug".into(),
+        json!({"type": "string", "pattern": format!("^[a-z0-9-]{{1,{MAX_SLUG}}}$")}),
+    );
+    json!({"type": "object", "required": ["slug", "title"], "additionalProperties": false,
+           "properties": properties})
+}
+
+/// `PUT /api/v1/admin/content/{slug}` (the version is `If-Match`'s, or `version` for older
+/// clients).
+pub(crate) fn update_schema() -> Value {
+    let mut properties = editable_properties();
+    properties.insert(
+        "version".into(),
+        json!({"type": ["integer", "null"], "format": "int64", "minimum": 1}),
+    );
+    json!({"type": "object", "required": ["title"], "additionalProperties": false,
+           "properties": properties})
 }
 
 fn status_of(name: Option<&str>) -> Result<i32, ApiError> {

@@ -608,6 +608,38 @@ pub(crate) fn finish<T>(
         .map_err(|status| ApiError::from_status(&status, backend.name))
 }
 
+/// Whole numbers in the hooks' JSON as JSON Schema's `integer` has them: `5`, or `5.0`.
+pub(crate) mod whole {
+    use serde::{de::Error as _, Deserialize as _, Deserializer};
+
+    /// A whole number, when the JSON holds one that `T` can carry.
+    pub(crate) fn of<T: TryFrom<i128>>(number: &serde_json::Number) -> Option<T> {
+        number
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| number.as_u64().map(i128::from))
+            .or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 1e30)
+                    .map(|f| f as i128)
+            })
+            .and_then(|n| T::try_from(n).ok())
+    }
+
+    /// `#[serde(default, deserialize_with = "crate::whole::option")]`.
+    pub(crate) fn option<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(number) => of(&number).map(Some).ok_or_else(|| {
+                D::Error::custom(format!("{number} is not a whole number in range"))
+            }),
+        }
+    }
+}
+
 /// Parses a JSON body, refusing unknown fields (per the target type) with a 400 that says why.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {

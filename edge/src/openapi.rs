@@ -125,9 +125,12 @@ fn native_operation(route: &Route, handler: Handler) -> Value {
             responses.insert("503".into(), json!({"description": "Still starting", "content": {"application/json": {"schema": schema}}}));
         }
         Handler::Ready => {
+            let check = json!({"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded", "unhealthy"]},
+                "latencyMs": {"type": "integer"}, "error": {"type": "string"}}});
             let schema = json!({"type": "object", "required": ["status", "checks"], "properties": {
-                "status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
-                "checks": {"type": "array", "items": {"type": "object"}}}});
+                "status": {"type": "string", "enum": ["ok", "degraded", "unhealthy"]},
+                "checks": {"type": "object", "additionalProperties": check}}});
             responses.insert("200".into(), json!({"description": "Healthy or degraded", "content": {"application/json": {"schema": schema}}}));
             responses.insert("503".into(), json!({"description": "Unhealthy, or maintenance mode", "content": {"application/json": {"schema": schema}}}));
         }
@@ -193,7 +196,7 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         .map(|field| {
             json!({"name": field.name(), "in": "path", "required": true,
                    "description": schemas.comment_of_field(field),
-                   "schema": schemas.scalar(field)})
+                   "schema": schemas.constrained(field, schemas.scalar(field))})
         })
         .collect();
     // A hook's path variable that binds no field (`/v1/models/{id}` of a list RPC).
@@ -227,9 +230,11 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
                     } else {
                         schemas.scalar(&field)
                     };
+                    let required = schemas.keywords(&field).1;
                     parameters.push(
-                        json!({"name": field.json_name(), "in": "query", "required": false,
-                        "description": schemas.comment_of_field(&field), "schema": schema}),
+                        json!({"name": field.json_name(), "in": "query", "required": required,
+                        "description": schemas.comment_of_field(&field),
+                        "schema": schemas.constrained(&field, schema)}),
                     );
                 }
             }
@@ -238,18 +243,11 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
             }
         }
         BodyRule::All => {
-            request_body = Some(match hook {
-                // These hooks read their own JSON (OpenAI's dialect, content's fields).
-                Some(
-                    Handler::Chat
-                    | Handler::ChatCompletions
-                    | Handler::Embeddings
-                    | Handler::AdminLlmProviderUpdate
-                    | Handler::AdminContentCreate
-                    | Handler::AdminContentUpdate,
-                ) => json!({"type": "object"}),
-                _ => schemas.body_of(&input, &bound),
-            });
+            // A hook that reads its own JSON (OpenAI's dialect, content's fields) says its shape.
+            request_body = Some(
+                hook.and_then(Handler::body_schema)
+                    .unwrap_or_else(|| schemas.body_of(&input, &bound)),
+            );
         }
     }
     let mut responses = Map::new();
@@ -265,9 +263,12 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         let mut content = Map::new();
         content.insert("application/json".into(), json!({"schema": schema}));
         if matches!(hook, Some(Handler::Chat | Handler::ChatCompletions)) {
+            // Each event as schemathesis and OpenAPI 3.2's `itemSchema` read it.
             content.insert(
                 "text/event-stream".into(),
-                json!({"schema": {"type": "string"}}),
+                json!({"schema": {"type": "object", "required": ["data"], "properties": {
+                    "data": {"type": "string"}, "event": {"type": "string"},
+                    "id": {"type": "string"}}}}),
             );
         }
         if matches!(hook, Some(Handler::ContentGet | Handler::ContentList)) {
@@ -345,6 +346,7 @@ struct Schemas<'a> {
     /// Message names that more than one package uses: those schemas take the full name.
     ambiguous: std::collections::HashSet<String>,
     shape: rules::JsonShape,
+    extensions: rules::Extensions,
     done: BTreeMap<String, Value>,
     pending: Vec<MessageDescriptor>,
 }
@@ -362,6 +364,7 @@ impl<'a> Schemas<'a> {
             pool,
             ambiguous,
             shape: rules::JsonShape::of(pool, &extensions),
+            extensions,
             done: BTreeMap::new(),
             pending: Vec::new(),
         }
@@ -409,11 +412,17 @@ impl<'a> Schemas<'a> {
 
     fn object(&mut self, message: &MessageDescriptor, skip: &[&str]) -> Value {
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in message.fields() {
             if skip.contains(&field.name()) {
                 continue;
             }
-            let mut schema = self.field(&field);
+            let must = self.keywords(&field).1;
+            let mut schema = if must {
+                self.value_of(&field, false)
+            } else {
+                self.field(&field)
+            };
             let comment = self.comment_of_field(&field);
             if !comment.is_empty() {
                 if let Value::Object(map) = &mut schema {
@@ -422,9 +431,31 @@ impl<'a> Schemas<'a> {
                     }
                 }
             }
+            if must {
+                required.push(json!(field.json_name()));
+            }
             properties.insert(field.json_name().to_owned(), schema);
         }
-        let mut schema = json!({"type": "object", "properties": properties});
+        // Proto3 JSON refuses a field the message does not have (400 naming it).
+        let mut schema = json!({"type": "object", "properties": properties,
+                                "additionalProperties": false});
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
+        // A `oneof`: exactly one of its fields, set (not null).
+        let alternatives: Vec<Value> = message
+            .oneofs()
+            .filter(|oneof| !oneof.is_synthetic())
+            .flat_map(|oneof| oneof.fields().collect::<Vec<_>>())
+            .filter(|field| !skip.contains(&field.name()))
+            .map(|field| {
+                let name = field.json_name().to_owned();
+                json!({"required": [name], "properties": {name: self.value_of(&field, false)}})
+            })
+            .collect();
+        if !alternatives.is_empty() {
+            schema["oneOf"] = Value::Array(alternatives);
+        }
         let description = self.comment_at(message.parent_file_descriptor_proto(), message.path());
         if !description.is_empty() {
             schema["description"] = json!(description);
@@ -432,7 +463,36 @@ impl<'a> Schemas<'a> {
         schema
     }
 
+    /// The field's `portico.api.v1.schema` option as JSON Schema keywords (its proto3 JSON:
+    /// `minLength`, `anyOf`, `items`), and whether the caller must send it.
+    fn keywords(&self, field: &FieldDescriptor) -> (Map<String, Value>, bool) {
+        let Some(option) = self.extensions.schema_of(field) else {
+            return (Map::new(), false);
+        };
+        let Ok(Value::Object(mut keywords)) = serde_json::to_value(&option) else {
+            return (Map::new(), false);
+        };
+        let required = keywords.remove("required").and_then(|v| v.as_bool()) == Some(true);
+        (keywords, required)
+    }
+
+    /// `schema` (the field's generated one) with the field's option over it.
+    fn constrained(&self, field: &FieldDescriptor, schema: Value) -> Value {
+        let (keywords, required) = self.keywords(field);
+        let mut schema = merge(schema, keywords);
+        // A path or query value that must be given is not empty either.
+        if required && field.kind() == Kind::String && schema.get("minLength").is_none() {
+            schema["minLength"] = json!(1);
+        }
+        schema
+    }
+
     fn field(&mut self, field: &FieldDescriptor) -> Value {
+        self.value_of(field, true)
+    }
+
+    /// The field's schema; `nullable`: `null` is accepted for a field with presence.
+    fn value_of(&mut self, field: &FieldDescriptor, nullable_if_optional: bool) -> Value {
         if field.is_map() {
             let value = match field.kind() {
                 Kind::Message(entry) => {
@@ -448,11 +508,14 @@ impl<'a> Schemas<'a> {
             _ => self.scalar(field),
         };
         if field.is_list() {
-            json!({"type": "array", "items": item})
-        } else if field.supports_presence() && !matches!(field.kind(), Kind::Message(_)) {
-            nullable(item)
+            self.constrained(field, json!({"type": "array", "items": item}))
+        } else if nullable_if_optional
+            && field.supports_presence()
+            && !matches!(field.kind(), Kind::Message(_))
+        {
+            nullable(self.constrained(field, item))
         } else {
-            item
+            self.constrained(field, item)
         }
     }
 
@@ -521,6 +584,27 @@ impl<'a> Schemas<'a> {
             })
             .unwrap_or_default()
     }
+}
+
+/// `schema` with `keywords` over it: an `anyOf` replaces the generated type, `items` applies
+/// to the items.
+fn merge(schema: Value, mut keywords: Map<String, Value>) -> Value {
+    if keywords.is_empty() {
+        return schema;
+    }
+    let Value::Object(mut schema) = schema else {
+        return schema;
+    };
+    if let Some(Value::Object(items)) = keywords.remove("items") {
+        let inner = schema.remove("items").unwrap_or_else(|| json!({}));
+        schema.insert("items".into(), merge(inner, items));
+    }
+    if keywords.contains_key("anyOf") {
+        schema.remove("type");
+        schema.remove("format");
+    }
+    schema.extend(keywords);
+    Value::Object(schema)
 }
 
 /// `T` or `null`.

@@ -65,6 +65,20 @@ pub enum Handler {
 }
 
 impl Handler {
+    /// The JSON Schema of the body a hook reads itself (OpenAI's dialect, content's fields);
+    /// `None`: the body is the RPC's request message.
+    pub fn body_schema(self) -> Option<serde_json::Value> {
+        Some(match self {
+            Self::Chat => crate::chat_routes::portico_body_schema(),
+            Self::ChatCompletions => crate::chat_routes::openai_body_schema(),
+            Self::Embeddings => crate::chat_routes::embeddings_body_schema(),
+            Self::AdminLlmProviderUpdate => crate::chat_routes::provider_change_schema(),
+            Self::AdminContentCreate => crate::content_routes::create_schema(),
+            Self::AdminContentUpdate => crate::content_routes::update_schema(),
+            _ => return None,
+        })
+    }
+
     /// The hook a binding names (`portico.api.v1.Route.hook`).
     pub fn hook(name: &str) -> Option<Self> {
         Some(match name {

@@ -95,6 +95,7 @@ pub struct Extensions {
     route: Option<ExtensionDescriptor>,
     json_value: Option<ExtensionDescriptor>,
     null_when_empty: Option<ExtensionDescriptor>,
+    schema: Option<ExtensionDescriptor>,
 }
 
 impl Extensions {
@@ -105,6 +106,20 @@ impl Extensions {
             route: pool.get_extension_by_name("portico.api.v1.route"),
             json_value: pool.get_extension_by_name("portico.api.v1.json_value"),
             null_when_empty: pool.get_extension_by_name("portico.api.v1.null_when_empty"),
+            schema: pool.get_extension_by_name("portico.api.v1.schema"),
+        }
+    }
+
+    /// The field's `portico.api.v1.schema` option (what it accepts), when it has one.
+    pub fn schema_of(&self, field: &FieldDescriptor) -> Option<prost_reflect::DynamicMessage> {
+        let extension = self.schema.as_ref()?;
+        let options = field.options();
+        if !options.has_extension(extension) {
+            return None;
+        }
+        match options.get_extension(extension).into_owned() {
+            Value::Message(message) => Some(message),
+            _ => None,
         }
     }
 }

@@ -284,7 +284,13 @@ fn number(body: &Map<String, Value>, field: &str, bad: &mut Violations) -> Optio
 /// `field` as a whole number; a value of another type is recorded as a violation.
 fn count(body: &Map<String, Value>, field: &str, bad: &mut Violations) -> Option<u64> {
     let value = body.get(field).filter(|v| !v.is_null())?;
-    let n = value.as_u64();
+    // `2.0` is a whole number too (JSON Schema's `integer`; OpenAI's API takes it).
+    let n = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..1e19).contains(f))
+            .map(|f| f as u64)
+    });
     if n.is_none() {
         bad.add(field, format!("{field} must be a whole number"));
     }
