@@ -11,6 +11,12 @@
 //! run and prints both lines plus their ratio. `scenario faults` (module [`faults`]) rehearses
 //! dependency outages under load.
 
+// The scenarios that run the suite in this process (chat, healthz, content, auth) run it on the
+// allocator the `portico` binary ships with by default (README Benchmarks), and so do their
+// baselines.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod apikey;
 mod compare;
 mod faults;
