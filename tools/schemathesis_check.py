@@ -150,18 +150,21 @@ def main() -> int:
             out.write(f"[checks.negative_data_rejection]\nexpected-statuses = {json.dumps(NEGATIVE)}\n\n")
             operations = {}
             for method, path, check, statuses, _why in ALLOWED:
-                operations.setdefault((method, path), []).append((check, statuses))
-            for (method, path), checks in operations.items():
+                default = POSITIVE if check == "positive_data_acceptance" else NEGATIVE
+                operations.setdefault((method, path), []).append(
+                    f"checks.{check}.expected-statuses = {json.dumps(default + statuses)}")
+            for (method, path), lines in operations.items():
                 out.write(f"[[operations]]\ninclude-method = {json.dumps(method)}\n"
-                          f"include-path = {json.dumps(path)}\n")
-                for check, statuses in checks:
-                    default = POSITIVE if check == "positive_data_acceptance" else NEGATIVE
-                    out.write(f"checks.{check}.expected-statuses = "
-                              f"{json.dumps(default + statuses)}\n")
-                out.write("\n")
+                          f"include-path = {json.dumps(path)}\n" + "\n".join(lines) + "\n\n")
         passes = [("user", ["-H", f"Authorization: Bearer {token}",
                             # One regex: a second --exclude-path-regex replaces the first.
-                            "--exclude-path-regex", f"^/api/v1/admin/|{ENDS_SESSIONS}"]),
+                            "--exclude-path-regex", f"^/api/v1/admin/|{ENDS_SESSIONS}",
+                            # DELETE /api/v1/api-keys/{id} revokes a key, whose record its
+                            # owner still reads (`revokedAt` set) for audit, by contract; the
+                            # user pass's other DELETEs end the account or a session, after
+                            # which reads are 401 or list reads. (A per-operation `enabled =
+                            # false` does not reach the stateful phase in 4.32.5.)
+                            "--exclude-checks", "use_after_free"]),
                   ("admin", ["-H", f"X-Admin-Key: {ADMIN_KEY}",
                              "--include-path-regex", "^/api/v1/admin/"]),
                   ("last", ["-H", f"Authorization: Bearer {last_token}",
@@ -173,7 +176,11 @@ def main() -> int:
         for name, extra in passes:
             command = [exe, "--config-file", config, "run", f"{base}/api/openapi.json",
                        "--checks", "all", "--max-time", str(budgets[name]),
-                       "--workers", "2", "--no-color", "--request-timeout", "10",
+                       # One worker: with two, hypothesis (describing a draw with ast.parse)
+                       # now and then dies of CPython 3.11's spurious "AST constructor recursion
+                       # depth mismatch" under threads (python/cpython#106905), an error that
+                       # fails the run without a finding.
+                       "--workers", "1", "--no-color", "--request-timeout", "10",
                        "--generation-database", "none", "--report", "ndjson",
                        "--report-dir", os.path.join(workdir, f"report-{name}"), *extra]
             if args.seed is not None:

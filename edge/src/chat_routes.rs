@@ -85,7 +85,9 @@ fn model_schema() -> Value {
 
 fn stop_schema() -> Value {
     let sequence = json!({"type": "string", "minLength": 1});
-    or_null(json!({"anyOf": [sequence, {"type": "array", "maxItems": MAX_STOP, "items": sequence}]}))
+    or_null(
+        json!({"anyOf": [sequence, {"type": "array", "maxItems": MAX_STOP, "items": sequence}]}),
+    )
 }
 
 fn tokens_schema() -> Value {

@@ -638,6 +638,40 @@ pub(crate) mod whole {
             }),
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use serde_json::json;
+
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default, deserialize_with = "super::option")]
+            n: Option<u32>,
+        }
+
+        fn n(value: serde_json::Value) -> Result<Option<u32>, String> {
+            serde_json::from_value::<Body>(value)
+                .map(|b| b.n)
+                .map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn whole_numbers_are_taken_as_integers_or_integral_floats_and_nothing_else() {
+            assert_eq!(n(json!({"n": 5})), Ok(Some(5)));
+            assert_eq!(n(json!({"n": 5.0})), Ok(Some(5)));
+            assert_eq!(n(json!({})), Ok(None));
+            assert_eq!(n(json!({"n": null})), Ok(None));
+            for bad in [
+                json!(5.5),
+                json!(-1),
+                json!(4_294_967_296_u64),
+                json!("5"),
+                json!(1e300),
+            ] {
+                assert!(n(json!({ "n": bad })).is_err(), "{bad} was taken");
+            }
+        }
+    }
 }
 
 /// Parses a JSON body, refusing unknown fields (per the target type) with a 400 that says why.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portico::Component;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::TestSuite;
@@ -188,6 +188,78 @@ async fn openapi_documents_exactly_the_routes_that_exist() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn openapi_says_what_each_field_accepts() {
+    let suite = TestSuite::spawn().await;
+    let spec: Value = suite
+        .get("/api/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let schemas = &spec["components"]["schemas"];
+    // A field's `portico.api.v1.schema` option: required, and its rule.
+    let register = &schemas["RegisterRequest"];
+    assert_eq!(
+        register["required"],
+        json!(["email", "password"]),
+        "{register}"
+    );
+    assert_eq!(register["properties"]["password"]["minLength"], 8);
+    assert_eq!(register["properties"]["password"]["maxLength"], 128);
+    // A proto `oneof`: exactly one of its fields.
+    let revoke = &schemas["RevokeTokenRequest"];
+    let alternatives: Vec<&Value> = revoke["oneOf"]
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .map(|branch| &branch["required"][0])
+        .collect();
+    assert_eq!(alternatives, [&json!("jti"), &json!("userId")], "{revoke}");
+    // The transcoder refuses unknown fields, and the document says so.
+    for (name, schema) in schemas.as_object().expect("schemas") {
+        if schema["type"] == "object" && schema.get("properties").is_some() && name != "Error" {
+            assert_eq!(schema["additionalProperties"], false, "{name}");
+        }
+    }
+    // A path variable's rule.
+    let slug = spec["paths"]["/api/v1/content/{slug}"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "slug")
+        .expect("slug")
+        .clone();
+    assert_eq!(slug["schema"]["pattern"], "^[a-z0-9-]{1,100}$", "{slug}");
+    // The hooks that read their own JSON say its shape, not just "an object".
+    let body = |path: &str, method: &str| {
+        spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"].clone()
+    };
+    let chat = body("/v1/chat/completions", "post");
+    assert_eq!(chat["required"], json!(["messages"]), "{chat}");
+    assert_eq!(chat["properties"]["messages"]["minItems"], 1);
+    assert_eq!(chat["properties"]["n"]["anyOf"][0]["maximum"], 8);
+    let portico_chat = body("/api/v1/chat", "post");
+    assert_eq!(
+        portico_chat["additionalProperties"], false,
+        "{portico_chat}"
+    );
+    let create = body("/api/v1/admin/content", "post");
+    assert_eq!(create["required"], json!(["slug", "title"]), "{create}");
+    let embeddings = body("/v1/embeddings", "post");
+    assert_eq!(embeddings["required"], json!(["input"]), "{embeddings}");
+    let provider = body("/api/v1/admin/llm/providers/{name}", "put");
+    assert_eq!(
+        provider["anyOf"].as_array().map(Vec::len),
+        Some(2),
+        "{provider}"
+    );
+    // A streamed answer: each event as SSE carries it.
+    let events = &spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+        ["text/event-stream"]["schema"];
+    assert_eq!(events["required"], json!(["data"]), "{events}");
 }
 
 #[tokio::test]

@@ -584,7 +584,7 @@ impl Accounts {
     /// that sees the token spent also sees its successor, and concurrent refreshes of one
     /// token still mint exactly one pair (a loser deletes the row it minted, which no one saw).
     pub async fn refresh(&self, refresh_token: &str, caller: &Caller) -> Result<Tokens, Error> {
-        if refresh_token.is_empty() || refresh_token.len() > 256 {
+        if refresh_token.is_empty() || refresh_token.chars().count() > 256 {
             return Err(Error::InvalidArgument("refreshToken is required".into()));
         }
         let hash = digest(refresh_token);
@@ -685,7 +685,7 @@ impl Accounts {
 
     /// Revokes the refresh token's family and denylists the caller's access token.
     pub async fn logout(&self, refresh_token: &str, caller: &Caller) -> Result<(), Error> {
-        if refresh_token.is_empty() || refresh_token.len() > 256 {
+        if refresh_token.is_empty() || refresh_token.chars().count() > 256 {
             return Err(Error::InvalidArgument("refreshToken is required".into()));
         }
         let now = self.now_ms();
@@ -717,7 +717,7 @@ impl Accounts {
 
     /// Consumes a verification token.
     pub async fn verify_email(&self, token: &str, caller: &Caller) -> Result<String, Error> {
-        if token.is_empty() || token.len() > 256 {
+        if token.is_empty() || token.chars().count() > 256 {
             return Err(Error::InvalidArgument("token is required".into()));
         }
         let now = self.now_ms();
@@ -816,7 +816,7 @@ impl Accounts {
     /// Admin: revoke one access token, or every session of a user.
     pub async fn revoke_jti(&self, jti: &str, caller: &Caller) -> Result<(), Error> {
         self.require_admin(caller).await?;
-        if jti.is_empty() || jti.len() > 64 {
+        if jti.is_empty() || jti.chars().count() > 64 {
             return Err(Error::InvalidArgument(
                 "jti must be 1 to 64 characters".into(),
             ));
@@ -842,7 +842,7 @@ impl Accounts {
     /// Admin: revoke every refresh family of `user_id`.
     pub async fn revoke_user(&self, user_id: &str, caller: &Caller) -> Result<u32, Error> {
         self.require_admin(caller).await?;
-        if user_id.is_empty() || user_id.len() > 36 {
+        if user_id.is_empty() || user_id.chars().count() > 36 {
             return Err(Error::InvalidArgument(
                 "userId must be an account id".into(),
             ));

@@ -32,7 +32,7 @@ fn counters(email: &str) -> Vec<String> {
 }
 
 fn check_token(token: &str, name: &str) -> Result<(), Error> {
-    if token.is_empty() || token.len() > 256 {
+    if token.is_empty() || token.chars().count() > 256 {
         return Err(Error::InvalidArgument(format!("{name} is required")));
     }
     Ok(())
@@ -284,7 +284,7 @@ impl Accounts {
         session_id: &str,
         caller: &Caller,
     ) -> Result<(), Error> {
-        if session_id.is_empty() || session_id.len() > 36 {
+        if session_id.is_empty() || session_id.chars().count() > 36 {
             return Err(Error::InvalidArgument(
                 "sessionId must be a session id".into(),
             ));

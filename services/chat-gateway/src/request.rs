@@ -256,6 +256,14 @@ fn check_messages(body: &Map<String, Value>, bad: &mut Violations) {
                 format!("message {index}: content must be a string or an array of parts"),
             ),
         }
+        match message.get("tool_calls") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(calls)) if calls.iter().all(Value::is_object) => {}
+            Some(_) => bad.add(
+                format!("{field}.tool_calls"),
+                format!("message {index}: tool_calls must be an array of tool calls"),
+            ),
+        }
         if role == "tool" && !message.get("tool_call_id").is_some_and(Value::is_string) {
             bad.add(
                 format!("{field}.tool_call_id"),
@@ -561,6 +569,14 @@ mod tests {
                 json(r#"{"messages":[{"role":"user","content":[{"text":"x"}]}]}"#),
                 "type",
             ),
+            (
+                json(r#"{"messages":[{"role":"assistant","content":null,"tool_calls":false}]}"#),
+                "tool_calls must be an array",
+            ),
+            (
+                json(r#"{"messages":[{"role":"user","content":"x"}],"n":1.5}"#),
+                "n must be a whole number",
+            ),
             (json("[1]"), "JSON object"),
             (
                 pb::CompleteRequest {
@@ -580,6 +596,14 @@ mod tests {
                 ..Default::default()
             })
         };
+        assert!(
+            chat(
+                json(r#"{"messages":[{"role":"user","content":"x"}],"n":2.0,"max_tokens":5.0}"#),
+                4096
+            )
+            .is_ok(),
+            "a whole number written as 2.0 is JSON Schema's integer"
+        );
         assert!(embed(r#"{"input":"hi","model":"e"}"#).is_ok());
         assert!(embed(r#"{"input":[]}"#).is_err());
         assert!(embed(r#"{"model":"e"}"#).is_err());

@@ -127,9 +127,10 @@ impl RateLimitService for RateLimitGrpc {
     ) -> Result<Response<pb::GetBucketResponse>, Status> {
         self.require_admin(&request).await?;
         let pb::GetBucketRequest { policy, key } = request.into_inner();
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
+        // Characters, as the OpenAPI document states it (a key Check took is at most that).
+        if key.is_empty() || key.chars().count() > MAX_KEY_LEN {
             return Err(Status::invalid_argument(format!(
-                "key must be 1 to {MAX_KEY_LEN} bytes"
+                "key must be 1 to {MAX_KEY_LEN} characters"
             )));
         }
         let (d, bucket) = self.limiter.peek(&policy, &key).await?;
