@@ -197,12 +197,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let listener = portico::bind("EDGE_ADDR", settings.addrs.edge).await?;
             let shutdown = CancellationToken::new();
             let edge = portico_edge::serve(&settings, listener, shutdown.clone()).await?;
+            let stop = shutdown_signal();
             let scheme = edge_scheme(&settings);
             say(format_args!(
                 "portico edge listening on {scheme}://{}",
                 portico::dialable(edge.local_addr)
             ));
-            wait_for_signal().await;
+            stop.await;
             shutdown.cancel();
             edge.wait(settings.shutdown_timeout).await
         }
@@ -290,6 +291,7 @@ fn edge_scheme(settings: &Settings) -> &'static str {
 async fn serve(settings: Settings) -> anyhow::Result<bool> {
     let scheme = edge_scheme(&settings);
     let suite = Suite::start(settings).await?;
+    let stop = shutdown_signal();
     say(format_args!(
         "Portico is up: edge {scheme}://{}",
         portico::dialable(suite.edge_addr)
@@ -309,7 +311,7 @@ async fn serve(settings: Settings) -> anyhow::Result<bool> {
             ));
         }
     }
-    wait_for_signal().await;
+    stop.await;
     Ok(suite.shutdown().await)
 }
 
@@ -322,6 +324,7 @@ async fn service(
     let listener = portico::bind(variable, addr).await?;
     let shutdown = CancellationToken::new();
     let handle = portico::start_service(component, settings, listener, shutdown.clone()).await?;
+    let stop = shutdown_signal();
     if let Some(addr) = settings.metrics_addr {
         let metrics = portico::bind("METRICS_ADDR", addr).await?;
         let local = metrics.local_addr()?;
@@ -341,7 +344,7 @@ async fn service(
         component.name(),
         portico::dialable(handle.local_addr)
     ));
-    wait_for_signal().await;
+    stop.await;
     shutdown.cancel();
     Ok(handle.wait(settings.shutdown_timeout).await)
 }
@@ -393,24 +396,33 @@ fn say(line: std::fmt::Arguments<'_>) {
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn wait_for_signal() {
+/// Registers SIGTERM and SIGINT at once, before the caller announces that it listens: a signal
+/// that arrives from then on drains the process, instead of the default action killing it. The
+/// future resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -442,19 +442,25 @@ impl<'a> Schemas<'a> {
         if !required.is_empty() {
             schema["required"] = Value::Array(required);
         }
-        // A `oneof`: exactly one of its fields, set (not null).
-        let alternatives: Vec<Value> = message
-            .oneofs()
-            .filter(|oneof| !oneof.is_synthetic())
-            .flat_map(|oneof| oneof.fields().collect::<Vec<_>>())
-            .filter(|field| !skip.contains(&field.name()))
-            .map(|field| {
-                let name = field.json_name().to_owned();
-                json!({"required": [name], "properties": {name: self.value_of(&field, false)}})
-            })
-            .collect();
-        if !alternatives.is_empty() {
-            schema["oneOf"] = Value::Array(alternatives);
+        // Each `oneof`: exactly one of its fields, set (not null); several: all of them.
+        let mut groups: Vec<Value> = Vec::new();
+        for oneof in message.oneofs().filter(|oneof| !oneof.is_synthetic()) {
+            let alternatives: Vec<Value> = oneof
+                .fields()
+                .filter(|field| !skip.contains(&field.name()))
+                .map(|field| {
+                    let name = field.json_name().to_owned();
+                    json!({"required": [name], "properties": {name: self.value_of(&field, false)}})
+                })
+                .collect();
+            if !alternatives.is_empty() {
+                groups.push(json!({ "oneOf": alternatives }));
+            }
+        }
+        match groups.len() {
+            0 => {}
+            1 => schema["oneOf"] = groups.swap_remove(0)["oneOf"].take(),
+            _ => schema["allOf"] = Value::Array(groups),
         }
         let description = self.comment_at(message.parent_file_descriptor_proto(), message.path());
         if !description.is_empty() {
@@ -491,7 +497,7 @@ impl<'a> Schemas<'a> {
         self.value_of(field, true)
     }
 
-    /// The field's schema; `nullable`: `null` is accepted for a field with presence.
+    /// The field's schema; `nullable_if_optional`: `null` is accepted for a field with presence.
     fn value_of(&mut self, field: &FieldDescriptor, nullable_if_optional: bool) -> Value {
         if field.is_map() {
             let value = match field.kind() {
