@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
-use portico_proto::chat::{self as pb, chat_service_client::ChatServiceClient};
+use portico_proto::{
+    chat::{self as pb, chat_service_client::ChatServiceClient},
+    limits::chat::{MAX_CHOICES, MAX_INPUTS, MAX_MESSAGES, MAX_MODEL_CHARS, MAX_STOP, MAX_TOOLS},
+};
 use portico_telemetry::RequestContext;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,14 +68,8 @@ struct OpenAiChat {
     stream_options: Option<StreamOptions>,
 }
 
-/// The chat gateway's limits, as the request schemas below state them (its `request` module
-/// checks the same; `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default).
-const MAX_MESSAGES: u32 = 256;
-const MAX_STOP: u32 = 4;
-const MAX_CHOICES: u32 = 8;
-const MAX_TOOLS: u32 = 128;
-const MAX_INPUTS: u32 = 2048;
-const MAX_MODEL_CHARS: u32 = 256;
+// The request schemas below state the chat gateway's limits (`portico_proto::limits::chat`,
+// which its checks use); `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default.
 
 fn or_null(schema: Value) -> Value {
     json!({"anyOf": [schema, {"type": "null"}]})

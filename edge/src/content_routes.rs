@@ -10,7 +10,10 @@ use std::sync::Arc;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use portico_proto::content::{self as pb, content_service_client::ContentServiceClient};
+use portico_proto::{
+    content::{self as pb, content_service_client::ContentServiceClient},
+    limits::content::{MAX_BODY_BYTES, MAX_SLUG, MAX_TAG, MAX_TAGS, MAX_TITLE},
+};
 use portico_telemetry::RequestContext;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,12 +59,7 @@ struct UpdateBody {
     version: Option<i64>,
 }
 
-/// The content service's rules, as the request schemas below state them.
-const MAX_SLUG: u32 = 100;
-const MAX_TITLE: u32 = 200;
-const MAX_BODY_BYTES: u32 = 256 * 1024;
-const MAX_TAGS: u32 = 16;
-const MAX_TAG: u32 = 32;
+// The request schemas below state the content service's limits (`portico_proto::limits`).
 
 fn editable_properties() -> serde_json::Map<String, Value> {
     let tag = json!({"type": "string", "pattern": format!("^[a-z0-9-]{{1,{MAX_TAG}}}$")});

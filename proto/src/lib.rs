@@ -60,6 +60,40 @@ pub mod names {
     pub const RATELIMIT_REDIS: &str = "portico.ratelimit.v1.RateLimitService/redis";
 }
 
+/// Limits of the request contract: the services check them and the edge's OpenAPI document
+/// states them (the hooks' body schemas), from this one place.
+pub mod limits {
+    /// The chat gateway's requests (`ChatService` and the OpenAI routes).
+    pub mod chat {
+        /// Most messages in one conversation.
+        pub const MAX_MESSAGES: u32 = 256;
+        /// Most stop sequences (OpenAI's limit).
+        pub const MAX_STOP: u32 = 4;
+        /// Most choices (`n`) one call may ask for: each is paid for.
+        pub const MAX_CHOICES: u32 = 8;
+        /// Most tools one call may offer.
+        pub const MAX_TOOLS: u32 = 128;
+        /// Most embedding inputs in one call (OpenAI's limit).
+        pub const MAX_INPUTS: u32 = 2048;
+        /// Longest model name, in characters.
+        pub const MAX_MODEL_CHARS: u32 = 256;
+    }
+
+    /// Content items (`ContentService`).
+    pub mod content {
+        /// Longest slug (`[a-z0-9-]`).
+        pub const MAX_SLUG: u32 = 100;
+        /// Longest title, in characters, after trimming.
+        pub const MAX_TITLE: u32 = 200;
+        /// Largest body, in bytes of UTF-8.
+        pub const MAX_BODY_BYTES: u32 = 256 * 1024;
+        /// Most tags on one item.
+        pub const MAX_TAGS: u32 = 16;
+        /// Longest tag (`[a-z0-9-]`).
+        pub const MAX_TAG: u32 = 32;
+    }
+}
+
 /// Metadata key the services set on an error status to refine its HTTP mapping at the edge.
 pub const ERROR_REASON_KEY: &str = "x-portico-error";
 /// Reason: every LLM provider failed or its circuit is open (502).

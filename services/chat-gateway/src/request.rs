@@ -4,25 +4,21 @@
 //! what it owns: `model` (the deployment's name for it), `stream` and `stream_options`, and
 //! `max_tokens` when the caller set no bound.
 
-use portico_proto::chat as pb;
+use portico_proto::{chat as pb, limits::chat as limits};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tonic::Status;
 
-/// Most messages in one conversation.
-const MAX_MESSAGES: usize = 256;
-/// Most stop sequences (OpenAI's limit).
-const MAX_STOP: usize = 4;
+// The contract's limits (`portico_proto::limits::chat`, which the edge's OpenAPI states too),
+// in the types the checks compare with.
+const MAX_MESSAGES: usize = limits::MAX_MESSAGES as usize;
+const MAX_STOP: usize = limits::MAX_STOP as usize;
+pub const MAX_CHOICES: u64 = limits::MAX_CHOICES as u64;
+const MAX_TOOLS: usize = limits::MAX_TOOLS as usize;
+const MAX_INPUTS: usize = limits::MAX_INPUTS as usize;
+const MAX_MODEL_CHARS: usize = limits::MAX_MODEL_CHARS as usize;
 /// Most bytes of conversation text.
 const MAX_TEXT_BYTES: usize = 1 << 20;
-/// Most choices (`n`) one call may ask for: each is paid for.
-pub const MAX_CHOICES: u64 = 8;
-/// Most tools one call may offer.
-const MAX_TOOLS: usize = 128;
-/// Most embedding inputs in one call (OpenAI's limit).
-const MAX_INPUTS: usize = 2048;
-/// Longest model name.
-const MAX_MODEL_CHARS: usize = 256;
 /// The roles OpenAI's chat API knows.
 const ROLES: &[&str] = &[
     "system",

@@ -3,7 +3,10 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine as _};
 use bytes::Bytes;
 use portico_config::SecretString;
-use portico_proto::content::{self as pb, content_service_server::ContentService};
+use portico_proto::{
+    content::{self as pb, content_service_server::ContentService},
+    limits::content as limits,
+};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
@@ -14,11 +17,12 @@ use crate::{
     Error,
 };
 
-const MAX_SLUG: usize = 100;
-const MAX_TITLE: usize = 200;
-const MAX_BODY: usize = 256 * 1024;
-const MAX_TAGS: usize = 16;
-const MAX_TAG: usize = 32;
+// The contract's limits (`portico_proto::limits::content`, which the edge's OpenAPI states too).
+const MAX_SLUG: usize = limits::MAX_SLUG as usize;
+const MAX_TITLE: usize = limits::MAX_TITLE as usize;
+const MAX_BODY: usize = limits::MAX_BODY_BYTES as usize;
+const MAX_TAGS: usize = limits::MAX_TAGS as usize;
+const MAX_TAG: usize = limits::MAX_TAG as usize;
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
