@@ -293,12 +293,7 @@ async fn keys_are_created_shown_once_listed_used_and_revoked() {
 #[tokio::test]
 async fn the_openapi_document_describes_the_key_routes_and_their_parameters() {
     let suite = TestSuite::spawn().await;
-    let spec: Value = suite
-        .get("/api/openapi.json")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let spec = suite.openapi().await;
     let usage = &spec["paths"]["/api/v1/api-keys/{id}/usage"]["get"];
     let names: Vec<(&str, &str)> = usage["parameters"]
         .as_array()

@@ -145,12 +145,7 @@ async fn jwks_is_served_and_a_down_service_is_503() {
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes_that_exist() {
     let suite = TestSuite::spawn().await;
-    let spec: Value = suite
-        .get("/api/openapi.json")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let spec = suite.openapi().await;
     assert_eq!(spec["openapi"], "3.1.0");
     let paths = spec["paths"].as_object().expect("paths");
 
@@ -193,12 +188,7 @@ async fn openapi_documents_exactly_the_routes_that_exist() {
 #[tokio::test]
 async fn openapi_says_what_each_field_accepts() {
     let suite = TestSuite::spawn().await;
-    let spec: Value = suite
-        .get("/api/openapi.json")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let spec = suite.openapi().await;
     let schemas = &spec["components"]["schemas"];
     // A field's `portico.api.v1.schema` option: required, and its rule.
     let register = &schemas["RegisterRequest"];

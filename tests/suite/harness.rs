@@ -133,6 +133,15 @@ impl TestSuite {
             .expect("edge answers")
     }
 
+    /// The edge's OpenAPI document (`/api/openapi.json`).
+    pub async fn openapi(&self) -> serde_json::Value {
+        self.get("/api/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("the OpenAPI document is JSON")
+    }
+
     /// The running suite.
     pub fn suite(&mut self) -> &mut Suite {
         self.suite.as_mut().expect("suite is running")
