@@ -479,7 +479,39 @@ impl<'a> Schemas<'a> {
             return (Map::new(), false);
         };
         let required = keywords.remove("required").and_then(|v| v.as_bool()) == Some(true);
-        (keywords, required)
+        (self.resolved(keywords), required)
+    }
+
+    /// `keywords` with each `like` (another field's option) replaced by that option's keywords,
+    /// these over them; in `anyOf` alternatives and `items` too.
+    fn resolved(&self, mut keywords: Map<String, Value>) -> Map<String, Value> {
+        if let Some(Value::String(name)) = keywords.remove("like") {
+            let mut base = self
+                .field_named(&name)
+                .map(|field| self.keywords(&field).0)
+                .unwrap_or_default();
+            base.extend(keywords);
+            keywords = base;
+        }
+        if let Some(Value::Array(alternatives)) = keywords.get_mut("anyOf") {
+            for alternative in alternatives {
+                if let Value::Object(map) = alternative {
+                    *map = self.resolved(std::mem::take(map));
+                }
+            }
+        }
+        if let Some(Value::Object(items)) = keywords.get_mut("items") {
+            *items = self.resolved(std::mem::take(items));
+        }
+        keywords
+    }
+
+    /// A field by full name (`package.Message.field`).
+    fn field_named(&self, name: &str) -> Option<FieldDescriptor> {
+        let (message, field) = name.rsplit_once('.')?;
+        self.pool
+            .get_message_by_name(message)?
+            .get_field_by_name(field)
     }
 
     /// `schema` (the field's generated one) with the field's option over it.
@@ -575,7 +607,6 @@ impl<'a> Schemas<'a> {
         file: &prost_reflect::prost_types::FileDescriptorProto,
         path: &[i32],
     ) -> String {
-        let _ = self.pool;
         file.source_code_info
             .as_ref()
             .and_then(|info| info.location.iter().find(|l| l.path == path))
@@ -645,4 +676,44 @@ fn well_known(message: &MessageDescriptor) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `like` in a value of `portico.api.v1.schema` (at any depth).
+    fn likes(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(name)) = map.get("like") {
+                    out.push(name.clone());
+                }
+                map.values().for_each(|v| likes(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| likes(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_like_names_a_field_with_a_schema_of_its_own() {
+        let pool = DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET).expect("pool");
+        let schemas = Schemas::new(&pool);
+        let mut names = Vec::new();
+        for message in pool.all_messages() {
+            for field in message.fields() {
+                if let Some(option) = schemas.extensions.schema_of(&field) {
+                    likes(&serde_json::to_value(&option).expect("json"), &mut names);
+                }
+            }
+        }
+        assert!(!names.is_empty(), "the protos share rules by `like`");
+        for name in names {
+            let field = schemas
+                .field_named(&name)
+                .unwrap_or_else(|| panic!("{name}"));
+            assert!(schemas.extensions.schema_of(&field).is_some(), "{name}");
+        }
+    }
 }
