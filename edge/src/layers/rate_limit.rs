@@ -5,8 +5,10 @@
 //! is `closed`), and every answer carries the RateLimit headers of the buckets the request went
 //! through. Health and metrics are never limited.
 
+use portico_telemetry::RequestContext;
+
 use super::{Exchange, Handle, Step};
-use crate::{client_ip, limits, Edge, Response};
+use crate::{client_ip, limits, routes::Route, Edge, Response};
 
 /// See the module.
 #[derive(Clone)]
@@ -48,80 +50,104 @@ impl Step for RateLimit {
         else {
             return next.handle(request, exchange).await;
         };
-        let context = &exchange.context;
-        let correlation = context.correlation_id.as_str();
-        // Every policy's decision, in the order asked: the rate limit headers describe them.
-        let mut verdicts: Vec<limits::Verdict> = Vec::new();
-        // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
-        let ip = portico_limiter::client_network(client_ip);
-        let limiter = &edge.inner.limiter;
-        let bearer = request.headers().contains_key(http::header::AUTHORIZATION);
-        let mut outcomes = match route.extra_policy() {
-            // A chat caller's token is verified only after `global` admitted the request,
-            // so floods of forged tokens are limited before any verification work.
-            Some("chat") if bearer => {
-                let global = limiter.check("global", &ip, client_ip, context).await;
-                if global.is_err() {
-                    vec![global]
-                } else {
-                    match edge.chat_key(request.headers(), &ip).await {
-                        Ok(key) => {
-                            let chat = limiter.check("chat", &key, client_ip, context).await;
-                            vec![global, chat]
-                        }
-                        Err(error) => return error.into_response(correlation),
-                    }
-                }
-            }
-            // Every key is known up front: both decisions at once (one hop, not two).
-            Some(policy) => {
-                let key = if policy == "chat" {
-                    match edge.chat_key(request.headers(), &ip).await {
-                        Ok(key) => key,
-                        Err(error) => return error.into_response(correlation),
-                    }
-                } else {
-                    ip.clone()
-                };
-                let (global, extra) = tokio::join!(
-                    limiter.check("global", &ip, client_ip, context),
-                    limiter.check(policy, &key, client_ip, context)
-                );
-                vec![global, extra]
-            }
-            None => vec![limiter.check("global", &ip, client_ip, context).await],
+        // Boxed: the decisions' futures (gRPC calls to the ratelimit and auth services) would
+        // otherwise make this layer's future, which the outer layers move, kilobytes larger.
+        let verdicts = match Box::pin(admit(
+            edge,
+            route,
+            request.headers(),
+            client_ip,
+            &exchange.context,
+        ))
+        .await
+        {
+            Ok(verdicts) => verdicts,
+            Err(refused) => return refused,
         };
-        // A key's own request rate, once the other policies admitted the request.
-        if outcomes.iter().all(Result::is_ok) {
-            outcomes.push(
-                edge.api_key_rate(request.headers(), client_ip, context)
-                    .await,
-            );
-        }
-        let mut refused: Option<limits::Refusal> = None;
-        for outcome in outcomes {
-            match outcome {
-                Ok(verdict) => verdicts.extend(verdict),
-                Err(refusal) => {
-                    verdicts.extend(refusal.decision);
-                    // The first refusal is the one answered (and counted).
-                    refused.get_or_insert(refusal);
-                }
-            }
-        }
-        if let Some(refusal) = refused {
-            refusal.count();
-            let described = refusal.decision.is_some();
-            let mut response = refusal.error.into_response(correlation);
-            if described {
-                limiter.apply_headers(response.headers_mut(), &verdicts);
-            }
-            return response;
-        }
         let mut response = next.handle(request, exchange).await;
-        limiter.apply_headers(response.headers_mut(), &verdicts);
+        edge.inner
+            .limiter
+            .apply_headers(response.headers_mut(), &verdicts);
         response
     }
+}
+
+/// Every policy's decision for a request to `route`: the verdicts (for the RateLimit headers),
+/// or the answer to a refused request.
+async fn admit(
+    edge: &Edge,
+    route: &Route,
+    headers: &http::HeaderMap,
+    client_ip: std::net::IpAddr,
+    context: &RequestContext,
+) -> Result<Vec<limits::Verdict>, Response> {
+    let correlation = context.correlation_id.as_str();
+    // Every policy's decision, in the order asked: the rate limit headers describe them.
+    let mut verdicts: Vec<limits::Verdict> = Vec::new();
+    // IPv6 clients share one bucket per /64 (one subscriber's usual allocation).
+    let ip = portico_limiter::client_network(client_ip);
+    let limiter = &edge.inner.limiter;
+    let bearer = headers.contains_key(http::header::AUTHORIZATION);
+    let mut outcomes = match route.extra_policy() {
+        // A chat caller's token is verified only after `global` admitted the request,
+        // so floods of forged tokens are limited before any verification work.
+        Some("chat") if bearer => {
+            let global = limiter.check("global", &ip, client_ip, context).await;
+            if global.is_err() {
+                vec![global]
+            } else {
+                match edge.chat_key(headers, &ip).await {
+                    Ok(key) => {
+                        let chat = limiter.check("chat", &key, client_ip, context).await;
+                        vec![global, chat]
+                    }
+                    Err(error) => return Err(error.into_response(correlation)),
+                }
+            }
+        }
+        // Every key is known up front: both decisions at once (one hop, not two).
+        Some(policy) => {
+            let key = if policy == "chat" {
+                match edge.chat_key(headers, &ip).await {
+                    Ok(key) => key,
+                    Err(error) => return Err(error.into_response(correlation)),
+                }
+            } else {
+                ip.clone()
+            };
+            let (global, extra) = tokio::join!(
+                limiter.check("global", &ip, client_ip, context),
+                limiter.check(policy, &key, client_ip, context)
+            );
+            vec![global, extra]
+        }
+        None => vec![limiter.check("global", &ip, client_ip, context).await],
+    };
+    // A key's own request rate, once the other policies admitted the request.
+    if outcomes.iter().all(Result::is_ok) {
+        outcomes.push(edge.api_key_rate(headers, client_ip, context).await);
+    }
+    let mut refused: Option<limits::Refusal> = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(verdict) => verdicts.extend(verdict),
+            Err(refusal) => {
+                verdicts.extend(refusal.decision);
+                // The first refusal is the one answered (and counted).
+                refused.get_or_insert(refusal);
+            }
+        }
+    }
+    if let Some(refusal) = refused {
+        refusal.count();
+        let described = refusal.decision.is_some();
+        let mut response = refusal.error.into_response(correlation);
+        if described {
+            limiter.apply_headers(response.headers_mut(), &verdicts);
+        }
+        return Err(response);
+    }
+    Ok(verdicts)
 }
 
 #[cfg(test)]
