@@ -66,6 +66,8 @@ impl<S> Traced<S> {
             Match::NotFound => Matched::NotFound,
         };
         let route_label = matched.label();
+        // The IDs are read first so that the span is made with them.
+        let incoming = portico_telemetry::Incoming::read(request.headers());
         let span = tracing::info_span!(
             "http.request",
             // Only the OpenTelemetry layer reads it: not formatted when nothing exports.
@@ -75,10 +77,10 @@ impl<S> Traced<S> {
             http.route = route_label,
             http.response.status_code = Empty,
             component = "edge",
-            correlation_id = Empty,
-            trace_id = Empty,
+            correlation_id = incoming.correlation_id.as_str(),
+            trace_id = incoming.trace_id.as_deref(),
         );
-        let context = RequestContext::attach(span.clone(), request.headers());
+        let context = RequestContext::with_ids(span.clone(), request.headers(), incoming);
         let mut exchange = Exchange {
             peer,
             matched,

@@ -43,23 +43,31 @@ impl RequestContext {
     /// incoming trace and records `trace_id` on it. `span` must declare an empty `trace_id`
     /// field.
     pub fn attach(span: Span, headers: &HeaderMap) -> Self {
-        let correlation_id = headers
-            .get(CORRELATION_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| is_valid_correlation_id(value))
-            .map_or_else(new_correlation_id, str::to_owned);
-        let trace_id = if crate::otlp_enabled() {
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-            let _ = span.set_parent(parent);
-            span.context().span().span_context().trace_id().to_string()
-        } else {
-            incoming_trace_id(headers)
-                .unwrap_or_else(|| format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
+        let incoming = Incoming::read(headers);
+        span.record("correlation_id", incoming.correlation_id.as_str());
+        if let Some(trace_id) = &incoming.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        Self::with_ids(span, headers, incoming)
+    }
+
+    /// [`RequestContext::attach`] for a span made with `correlation_id` and (when
+    /// [`Incoming::trace_id`] is known) `trace_id` already set from `incoming`, as the edge
+    /// makes its request span: each later `record` is one more visit of every layer. With
+    /// OTLP the trace follows the incoming `traceparent` and `trace_id` is recorded here.
+    pub fn with_ids(span: Span, headers: &HeaderMap, incoming: Incoming) -> Self {
+        let trace_id = match incoming.trace_id {
+            Some(trace_id) => trace_id,
+            None => {
+                let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+                let _ = span.set_parent(parent);
+                let trace_id = span.context().span().span_context().trace_id().to_string();
+                span.record("trace_id", trace_id.as_str());
+                trace_id
+            }
         };
-        span.record("trace_id", trace_id.as_str());
-        span.record("correlation_id", correlation_id.as_str());
         Self {
-            correlation_id,
+            correlation_id: incoming.correlation_id,
             trace_id,
             span,
         }
@@ -81,6 +89,35 @@ impl RequestContext {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(TRACEPARENT, value);
             }
+        }
+    }
+}
+
+/// What a request's headers say of its identity, read before its span is made.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The caller's correlation ID when valid, else a new one.
+    pub correlation_id: String,
+    /// The caller's trace id, or a new one; `None` when OTLP exports, where the trace is the
+    /// span's own, parented on the incoming `traceparent`.
+    pub trace_id: Option<String>,
+}
+
+impl Incoming {
+    /// Reads `x-correlation-id` and `traceparent`.
+    pub fn read(headers: &HeaderMap) -> Self {
+        let correlation_id = headers
+            .get(CORRELATION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| is_valid_correlation_id(value))
+            .map_or_else(new_correlation_id, str::to_owned);
+        let trace_id = (!crate::otlp_enabled()).then(|| {
+            incoming_trace_id(headers)
+                .unwrap_or_else(|| format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
+        });
+        Self {
+            correlation_id,
+            trace_id,
         }
     }
 }

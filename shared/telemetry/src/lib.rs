@@ -16,7 +16,7 @@ pub mod context;
 pub mod logs;
 pub mod metrics;
 
-pub use context::{RequestContext, CORRELATION_HEADER};
+pub use context::{Incoming, RequestContext, CORRELATION_HEADER};
 
 mod time;
 pub use time::{rfc3339, rfc3339_millis};

@@ -30,11 +30,7 @@ use tracing::{
 };
 use tracing_subscriber::{
     field::RecordFields,
-    fmt::{
-        format::Writer,
-        time::{FormatTime as _, SystemTime},
-        FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
-    },
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter},
     registry::LookupSpan,
 };
 
@@ -247,7 +243,9 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
+        let mut timestamp = [0u8; crate::time::MICROS_LEN];
+        let len = crate::time::write_rfc3339(&mut timestamp, std::time::SystemTime::now(), true);
+        writer.write_str(std::str::from_utf8(&timestamp[..len]).map_err(|_| fmt::Error)?)?;
         write!(writer, "\",\"level\":\"{}\",\"target\":", meta.level())?;
         write_json_str(&mut writer, meta.target())?;
         writer.write_str(",\"fields\":{")?;
@@ -477,7 +475,46 @@ mod tests {
         let text = line.to_string();
         assert_eq!(text.matches("abc-123").count(), 1, "{text}");
         assert!(!text.contains("otel"), "{text}");
-        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let timestamp = line["timestamp"].as_str().expect("timestamp");
+        assert_eq!(timestamp.len(), 27, "microseconds, UTC: {timestamp}");
+        assert!(
+            timestamp.ends_with('Z') && &timestamp[10..11] == "T" && &timestamp[19..20] == ".",
+            "{timestamp}"
+        );
+    }
+
+    #[test]
+    fn a_span_made_with_the_incoming_ids_carries_each_once() {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            crate::CORRELATION_HEADER,
+            http::HeaderValue::from_static("req-42"),
+        );
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let lines = lines(|| {
+            let incoming = crate::Incoming::read(&headers);
+            let span = tracing::info_span!(
+                "http.request",
+                correlation_id = incoming.correlation_id.as_str(),
+                trace_id = incoming.trace_id.as_deref(),
+            );
+            let context = crate::RequestContext::with_ids(span.clone(), &headers, incoming);
+            assert_eq!(context.correlation_id, "req-42");
+            assert_eq!(context.trace_id, TRACE);
+            let _entered = span.enter();
+            tracing::info!("request");
+        });
+        assert_eq!(
+            lines[0]["spans"],
+            serde_json::json!([{"name": "http.request", "correlation_id": "req-42", "trace_id": TRACE}])
+        );
+        assert_eq!(lines[0].to_string().matches(TRACE).count(), 1);
     }
 
     #[test]
