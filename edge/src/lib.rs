@@ -722,6 +722,31 @@ mod tests {
 
     use super::*;
 
+    /// Every layer moves the future of the rest of the stack when it calls it: a hook or a
+    /// rate-limit decision whose state is not boxed makes every request, `/healthz` too, copy
+    /// it (it measured 8 % of the edge's CPU). In a test build the future is 6.0 KB, and 14.5
+    /// KB with the dispatch unboxed.
+    #[tokio::test]
+    async fn the_stacks_future_stays_small() {
+        let source = std::collections::HashMap::from([(
+            "RATELIMIT_GRPC_URL".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        )]);
+        let settings = portico_config::Settings::from_source(&source).expect("settings");
+        let edge = Edge::new(&settings, tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("edge");
+        let stack = edge.stack();
+        let request = http::Request::get("/healthz")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let future = stack.serve(request, std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 8 * 1024, "the stack's future is {size} bytes");
+        let response = future.await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn bodies_over_the_limit_are_413_even_without_content_length() {
         // A streamed body declares no length; the limit is enforced while reading.
