@@ -203,14 +203,33 @@ pub struct JsonLines;
 pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    /// Renders into a reused per-thread buffer first, then copies the fragment out in one
+    /// write: the span's own string is allocated once at its final size instead of growing
+    /// field by field (each growth a reallocation and a copy).
     fn format_fields<R: RecordFields>(
         &self,
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut visitor = JsonVisitor::new(&mut writer);
-        fields.record(&mut visitor);
-        visitor.result
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                scratch.clear();
+                let mut buffer = Writer::new(&mut *scratch);
+                let mut visitor = JsonVisitor::new(&mut buffer);
+                fields.record(&mut visitor);
+                visitor.result?;
+                writer.write_str(&scratch)
+            }
+            // A field's formatting made a span (re-entered): straight into the writer.
+            Err(_) => {
+                let mut visitor = JsonVisitor::new(&mut writer);
+                fields.record(&mut visitor);
+                visitor.result
+            }
+        })
     }
 
     fn add_fields(
@@ -219,6 +238,8 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         fields: &span::Record<'_>,
     ) -> fmt::Result {
         let first = current.fields.is_empty();
+        // One growth for the usual recorded field (a status, an ID), not several.
+        current.fields.reserve(64);
         let mut writer = current.as_writer();
         let mut visitor = JsonVisitor {
             writer: &mut writer,
