@@ -135,9 +135,10 @@ where
         request: http::Request<B>,
         exchange: &'a mut layers::Exchange,
     ) -> impl std::future::Future<Output = Response> + Send + 'a {
-        let live = exchange.matched.route().is_some_and(|route| {
-            matches!(route.target, routes::Target::Native(routes::Handler::Live))
-        });
+        let live = exchange
+            .matched
+            .route()
+            .is_some_and(|route| route.handler() == Some(routes::Handler::Live));
         if live {
             futures_util::future::Either::Left(std::future::ready(health::live_response(&self.0)))
         } else {
