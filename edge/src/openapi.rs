@@ -219,7 +219,7 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         BodyRule::None | BodyRule::Field(_) => {
             for field in input.fields().filter(|_| hook.is_none()) {
                 let in_body = matches!(&binding.body, BodyRule::Field(body) if *body == field);
-                if bound.contains(&field.name()) || in_body {
+                if bound.contains(&field.name()) || in_body || binding.route.leaves_unused(&field) {
                     continue;
                 }
                 if rules::is_scalar(&field)

@@ -865,6 +865,26 @@ async fn deleting_an_account_removes_everything_it_says_and_anonymises_the_audit
         "/api/v1/admin/auth/users/{}",
         id["id"].as_str().expect("id")
     );
+    // The admin binding takes no password: not in its OpenAPI parameters, refused in the query.
+    let openapi = suite.openapi().await;
+    let parameters = openapi["paths"]["/api/v1/admin/auth/users/{user}"]["delete"]["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = parameters
+        .iter()
+        .filter_map(|parameter| parameter["name"].as_str())
+        .collect();
+    assert_eq!(names, ["user"], "{parameters:?}");
+    let with_password = delete(&suite, &format!("{path}?password=anything"), None).await;
+    assert_eq!(with_password.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = with_password.json().await.expect("json");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown query parameter `password`")),
+        "{refused}"
+    );
     assert_eq!(
         delete(&suite, &path, None).await.status(),
         StatusCode::NO_CONTENT

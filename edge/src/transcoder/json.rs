@@ -71,6 +71,7 @@ pub fn request(
             })
             .flatten()
             .filter(|field| !bound.contains(&field.name()))
+            .filter(|field| !binding.route.leaves_unused(field))
             .filter(|field| is_scalar(field) || is_scalar_list(field))
             .filter(|field| !matches!(&binding.body, BodyRule::Field(body) if body == field))
             .ok_or_else(|| bad_request(format!("unknown query parameter `{name}`")))?;

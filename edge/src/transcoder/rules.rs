@@ -73,6 +73,15 @@ pub struct RouteOptions {
     pub admin: bool,
     /// Query parameters a hook reads itself: (name, what).
     pub hook_query: Vec<(String, String)>,
+    /// Request fields this binding does not take (proto names).
+    pub unused_fields: Vec<String>,
+}
+
+impl RouteOptions {
+    /// The binding does not take this request field.
+    pub fn leaves_unused(&self, field: &FieldDescriptor) -> bool {
+        self.unused_fields.iter().any(|name| name == field.name())
+    }
 }
 
 /// Why a descriptor set's annotations cannot be served.
@@ -317,6 +326,7 @@ fn read_route(route: &DynamicMessage) -> RouteOptions {
                 (name.trim().to_owned(), what.trim().to_owned())
             })
             .collect(),
+        unused_fields: strings(route, "unused_fields"),
     }
 }
 
@@ -374,6 +384,22 @@ fn binding(
                 .ok_or_else(|| invalid(format!("body `{name}` is not a field")))?,
         ),
     };
+    // Unused fields are the query's: a binding with a body would take them there.
+    if !route.unused_fields.is_empty() && !matches!(body, BodyRule::None) {
+        return Err(invalid(format!(
+            "{template}: unused_fields on a binding with a body"
+        )));
+    }
+    if let Some(name) = route
+        .unused_fields
+        .iter()
+        .find(|name| input.get_field_by_name(name).is_none())
+    {
+        return Err(invalid(format!(
+            "{template}: unused field `{name}` is not a field of {}",
+            input.full_name()
+        )));
+    }
     let response_body = match text(rule, "response_body").as_str() {
         "" => None,
         name => Some(
@@ -446,6 +472,7 @@ mod tests {
         assert_eq!(admin.method.name(), "DeleteAccount");
         assert!(admin.route.admin && admin.route.policy.is_none());
         assert_eq!(admin.path_fields[0].name(), "user");
+        assert_eq!(admin.route.unused_fields, ["password"]);
         let own = find("DELETE", "/api/v1/auth/me");
         assert_eq!(own.route.policy, Some("auth"));
         assert!(find("POST", "/v1/chat/completions").route.hook.is_some());
