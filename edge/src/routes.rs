@@ -331,8 +331,7 @@ impl RouteTable {
 
     /// The table of Portico's own descriptors: what every edge serves.
     pub fn portico() -> Self {
-        let pool = prost_reflect::DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled-in descriptor set decodes");
+        let pool = crate::transcoder::rules::portico_pool();
         let extensions = crate::transcoder::rules::Extensions::of(&pool);
         let bindings: Vec<_> = crate::transcoder::rules::bindings(&pool, &extensions)
             .expect("the compiled-in annotations are valid")

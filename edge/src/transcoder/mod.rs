@@ -73,9 +73,7 @@ impl Transcoder {
 
     /// Portico's own descriptor set, served by the four backends.
     pub fn portico(backends: &backends::Backends) -> Self {
-        let pool = DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET)
-            .expect("the compiled-in descriptor set decodes");
-        Self::new(pool, backends.all().into_iter().cloned())
+        Self::new(rules::portico_pool(), backends.all().into_iter().cloned())
             .expect("the compiled-in annotations are valid (rules tests)")
     }
 

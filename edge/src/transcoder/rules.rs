@@ -420,6 +420,17 @@ fn binding(
     })
 }
 
+/// Portico's own descriptor set, decoded once per process: the route table and the transcoder
+/// read the same pool (a clone shares it).
+pub fn portico_pool() -> DescriptorPool {
+    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptor set decodes")
+    })
+    .clone()
+}
+
 /// A string that lives as long as the process: route templates and policy names label
 /// metrics and spans. Each distinct string is stored once, however many edges are built.
 fn intern(text: &str) -> &'static str {
