@@ -128,7 +128,8 @@ pub(crate) fn openai_body_schema() -> Value {
         {"type": "object", "required": ["role"], "properties": {
             "role": {"const": "assistant"},
             "content": or_null(content.clone()),
-            "tool_calls": {"type": "array", "items": {"type": "object"}}}},
+            // `null` as well: SDKs send an answer's message back as it came (`tool_calls: null`).
+            "tool_calls": or_null(json!({"type": "array", "items": {"type": "object"}}))}},
         {"type": "object", "required": ["role", "content", "tool_call_id"], "properties": {
             "role": {"const": "tool"}, "content": content, "tool_call_id": {"type": "string"}}},
     ]});

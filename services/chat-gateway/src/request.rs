@@ -600,6 +600,14 @@ mod tests {
             .is_ok(),
             "a whole number written as 2.0 is JSON Schema's integer"
         );
+        assert!(
+            chat(
+                json(r#"{"messages":[{"role":"assistant","content":null,"tool_calls":null}]}"#),
+                4096
+            )
+            .is_ok(),
+            "an answer's message sent back as an SDK returned it: no content, tool_calls null"
+        );
         assert!(embed(r#"{"input":"hi","model":"e"}"#).is_ok());
         assert!(embed(r#"{"input":[]}"#).is_err());
         assert!(embed(r#"{"model":"e"}"#).is_err());
