@@ -1325,6 +1325,15 @@ mod lockouts {
             .await
             .expect("json");
         assert_eq!(all["lockouts"].as_array().map(Vec::len), Some(1), "{all}");
+        // The schema's pattern takes ASCII whitespace alone as no filter, and nothing else: an
+        // ideographic space is a bad address, not "every email".
+        for (query, status) in [
+            ("?email=%20%09", StatusCode::OK),
+            ("?email=%E3%80%80", StatusCode::BAD_REQUEST),
+        ] {
+            let response = lockouts(query, Some(ADMIN_KEY)).await.expect("edge");
+            assert_eq!(response.status(), status, "{query}");
+        }
 
         // An admin bearer token works too; a user's does not; no credentials are a 401.
         let admin = suite.login_admin("ops@example.com").await;

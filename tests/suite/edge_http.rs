@@ -199,6 +199,12 @@ async fn openapi_says_what_each_field_accepts() {
     );
     assert_eq!(register["properties"]["password"]["minLength"], 8);
     assert_eq!(register["properties"]["password"]["maxLength"], 128);
+    // The auth service checks an address against the very pattern the document states.
+    assert_eq!(
+        register["properties"]["email"]["pattern"],
+        portico_auth::EMAIL_PATTERN,
+        "{register}"
+    );
     // A proto `oneof`: exactly one of its fields.
     let revoke = &schemas["RevokeTokenRequest"];
     let alternatives: Vec<&Value> = revoke["oneOf"]
@@ -231,6 +237,18 @@ async fn openapi_says_what_each_field_accepts() {
     assert_eq!(chat["required"], json!(["messages"]), "{chat}");
     assert_eq!(chat["properties"]["messages"]["minItems"], 1);
     assert_eq!(chat["properties"]["n"]["anyOf"][0]["maximum"], 8);
+    // The gateway takes `tool_calls: null` on an assistant message (SDKs send it back so), and
+    // the document says so; a schema that did not would flag it as an invalid body accepted.
+    let assistant = chat["properties"]["messages"]["items"]["anyOf"]
+        .as_array()
+        .expect("message alternatives")
+        .iter()
+        .find(|m| m["properties"]["role"]["const"] == "assistant")
+        .expect("the assistant's message");
+    let tool_calls = assistant["properties"]["tool_calls"]["anyOf"]
+        .as_array()
+        .expect("tool_calls alternatives");
+    assert!(tool_calls.contains(&json!({"type": "null"})), "{assistant}");
     let portico_chat = body("/api/v1/chat", "post");
     assert_eq!(
         portico_chat["additionalProperties"], false,

@@ -115,11 +115,26 @@ fn nfkc(text: &str) -> String {
     text.nfkc().collect()
 }
 
-/// NFKC-normalised, trimmed, lower-cased, without invisible characters, and plausibly an
-/// address (the mailer is the real test).
+/// The OpenAPI schema's pattern for an address (`RegisterRequest.email` in `auth.proto`, which
+/// a suite test holds equal to this): ASCII whitespace around, 1 to 64 characters before the
+/// `@`, a dot in the domain but not at either end, no ASCII control, C1 control or NBSP.
+pub const EMAIL_PATTERN: &str = r"^[\t-\r ]*[!-?A-~\u00A1-\uFFFF]{1,64}@[!-\-/-~\u00A1-\uFFFF][!-~\u00A1-\uFFFF]{0,93}\.[!-~\u00A1-\uFFFF]{0,93}[!-\-/-~\u00A1-\uFFFF][\t-\r ]*$";
+
+/// An address as sent matches [`EMAIL_PATTERN`]: the service refuses all the schema refuses,
+/// even what normalisation would mend (`a@example\u{FF0E}com` has no dot until NFKC).
+fn matches_schema(raw: &str) -> bool {
+    static PATTERN: OnceLock<regex::Regex> = OnceLock::new();
+    PATTERN
+        .get_or_init(|| regex::Regex::new(EMAIL_PATTERN).expect("the email pattern compiles"))
+        .is_match(raw)
+}
+
+/// Checked against the schema's pattern as sent; then NFKC-normalised, trimmed, lower-cased,
+/// without invisible characters, and plausibly an address (the mailer is the real test).
 pub fn normalize_email(raw: &str) -> Result<String, Error> {
     let email = nfkc(raw.trim()).to_lowercase();
-    let valid = email.len() <= 254
+    let valid = matches_schema(raw)
+        && email.len() <= 254
         && !email.chars().any(is_invisible)
         && !email.chars().any(char::is_whitespace)
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -895,7 +910,8 @@ impl Accounts {
         caller: &Caller,
     ) -> Result<(Vec<crate::lockout::Lockout>, bool, i64), Error> {
         self.require_admin(caller).await?;
-        let email = match email.trim() {
+        // Only ASCII whitespace counts as none, as the schema's pattern says.
+        let email = match email.trim_matches(|c| matches!(c, '\t'..='\r' | ' ')) {
             "" => None,
             given => Some(normalize_email(given)?),
         };
@@ -944,6 +960,22 @@ mod tests {
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
+        // What the schema's pattern refuses is refused as sent, even where normalisation would
+        // make an address of it: a full-width full stop as the domain's only dot; a domain
+        // longer than the pattern's (93 characters on either side of a dot).
+        for bad in [
+            "alice@example\u{FF0E}com".to_owned(),
+            format!("alice@{}.com", "b".repeat(100)),
+        ] {
+            assert!(normalize_email(&bad).is_err(), "{bad:?}");
+        }
+        // Addresses outside ASCII are addresses.
+        assert_eq!(
+            normalize_email("Jos\u{E9}@Ex\u{E4}mple.com")
+                .ok()
+                .as_deref(),
+            Some("jos\u{E9}@ex\u{E4}mple.com")
+        );
     }
 
     #[test]
