@@ -42,18 +42,44 @@ impl Seconds {
                     format!("{field} must be a whole number of seconds"),
                 )
             }),
-            Seconds::Text(text) => {
-                portico_config::parse_duration(text, portico_config::Unit::Seconds)
-                    .map(|d| d.as_secs())
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            Code::InvalidArgument,
-                            format!("{field} must be seconds or a duration such as `30d` or `12h`"),
-                        )
-                    })
-            }
+            Seconds::Text(text) => documented_text(field)
+                .is_some_and(|pattern| pattern.is_match(text))
+                .then(|| portico_config::parse_duration(text, portico_config::Unit::Seconds))
+                .flatten()
+                .map(|d| d.as_secs())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::InvalidArgument,
+                        format!("{field} must be seconds or a duration such as `30d` or `12h`"),
+                    )
+                }),
         }
     }
+}
+
+/// The text a duration field takes: the pattern of the string alternative in the field's
+/// `portico.api.v1.schema` option, the very one the OpenAPI document states, compiled once. A
+/// text that it refuses is refused, even one `parse_duration` could read (`1.5h`, `\u{A0}60`).
+fn documented_text(field: &str) -> Option<&'static regex::Regex> {
+    use std::sync::OnceLock;
+    static EXPIRES_IN: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    static BUDGET_WINDOW: OnceLock<Option<regex::Regex>> = OnceLock::new();
+    let (cell, name) = match field {
+        "expiresIn" => (&EXPIRES_IN, "expires_in_seconds"),
+        "budgetWindow" => (&BUDGET_WINDOW, "budget_window_seconds"),
+        _ => return None,
+    };
+    cell.get_or_init(|| {
+        let schema = crate::transcoder::rules::portico_schema_of(&format!(
+            "portico.auth.v1.CreateApiKeyRequest.{name}"
+        ))?;
+        let text = schema["anyOf"]
+            .as_array()?
+            .iter()
+            .find(|alternative| alternative["type"] == "string")?;
+        regex::Regex::new(text["pattern"].as_str()?).ok()
+    })
+    .as_ref()
 }
 
 #[derive(Deserialize)]
@@ -401,5 +427,33 @@ mod tests {
         assert_eq!(day(&params, "to").ok().as_deref(), Some(""));
         let bad = query_pairs(Some("from=yesterday"));
         assert!(day(&bad, "from").is_err());
+    }
+
+    #[test]
+    fn a_duration_as_text_is_taken_exactly_as_the_document_states() {
+        let text = |t: &str| Seconds::Text(t.into());
+        for field in ["expiresIn", "budgetWindow"] {
+            assert!(documented_text(field).is_some(), "{field} has a pattern");
+            for (given, seconds) in [("30d", 2_592_000), (" 12h ", 43_200), ("3600", 3600)] {
+                assert_eq!(text(given).seconds(field).ok(), Some(seconds), "{given}");
+            }
+            assert_eq!(text("60000ms").seconds(field).ok(), Some(60));
+            // `parse_duration` reads each of these; the document's pattern does not take them.
+            for refused in [
+                "1.5h",
+                "\u{A0}3600",
+                "60\u{A0}s",
+                "3600.1234567",
+                "2.5m",
+                "soon",
+            ] {
+                let error = text(refused).seconds(field).expect_err(refused);
+                assert!(
+                    error.message.contains(field),
+                    "{refused}: {}",
+                    error.message
+                );
+            }
+        }
     }
 }

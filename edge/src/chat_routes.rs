@@ -46,7 +46,9 @@ struct PorticoChat {
     messages: Vec<Message>,
     model: Option<String>,
     stream: Option<bool>,
-    temperature: Option<f32>,
+    /// Read at full precision and checked here: as an `f32`, `2.0000000000000004` would be 2
+    /// and `1e308` infinite, where the schema's bounds are on the number sent.
+    temperature: Option<f64>,
     #[serde(default, deserialize_with = "crate::whole::option")]
     max_tokens: Option<u32>,
     stop: Option<Stop>,
@@ -288,11 +290,17 @@ impl Edge {
         let (message, stream) = match dialect {
             Dialect::Portico => {
                 let c: PorticoChat = parse_json(&body)?;
+                // Out of bounds as sent goes as NaN, which the gateway refuses along with every
+                // other bad field (as an f32, 2.0000000000000004 would be a valid 2).
+                let temperature = c.temperature.map(|t| match t {
+                    t if (0.0..=2.0).contains(&t) => t as f32,
+                    _ => f32::NAN,
+                });
                 (
                     request(
                         c.messages,
                         c.model,
-                        c.temperature,
+                        temperature,
                         c.max_tokens,
                         c.stop,
                         false,

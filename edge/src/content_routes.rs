@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use portico_proto::{
     content::{self as pb, content_service_client::ContentServiceClient},
-    limits::content::{MAX_BODY_BYTES, MAX_SLUG, MAX_TAG, MAX_TAGS, MAX_TITLE},
+    limits::content::{MAX_BODY_BYTES, MAX_SLUG, MAX_TAG, MAX_TAGS},
 };
 use portico_telemetry::RequestContext;
 use serde::Deserialize;
@@ -25,6 +25,7 @@ use crate::{
     finish, parse_json, read_body,
     response::{self, Response},
     routes::Handler,
+    transcoder::rules,
     ApiError, Edge,
 };
 
@@ -61,11 +62,24 @@ struct UpdateBody {
 
 // The request schemas below state the content service's limits (`portico_proto::limits`).
 
+/// A title's schema: the `portico.api.v1.schema` of `CreateContentRequest.title`, which says
+/// exactly what the content service takes (the transcoded routes state the same).
+fn title_schema() -> Value {
+    let mut schema = json!({"type": "string"});
+    if let Some(Value::String(pattern)) =
+        rules::portico_schema_of("portico.content.v1.CreateContentRequest.title")
+            .and_then(|option| option.get("pattern").cloned())
+    {
+        schema["pattern"] = Value::String(pattern);
+    }
+    schema
+}
+
 fn editable_properties() -> serde_json::Map<String, Value> {
     let tag = json!({"type": "string", "pattern": format!("^[a-z0-9-]{{1,{MAX_TAG}}}$")});
     let properties = json!({
-        // Trimmed, then 1 to 200 characters.
-        "title": {"type": "string", "maxLength": MAX_TITLE, "pattern": "\\S"},
+        // Trimmed (Unicode whitespace), then 1 to 200 characters: the proto's own pattern.
+        "title": title_schema(),
         "body": {"type": "string", "maxLength": MAX_BODY_BYTES,
                  "description": format!("Markdown, at most {MAX_BODY_BYTES} bytes of UTF-8")},
         "tags": {"type": "array", "maxItems": MAX_TAGS, "items": tag},

@@ -243,6 +243,11 @@ async fn keys_are_created_shown_once_listed_used_and_revoked() {
             json!({"name": "x", "scopes": ["chat"], "expiresIn": "soon"}),
             "expiresIn",
         ),
+        // Text the document's pattern refuses, though a duration parser could read it.
+        (
+            json!({"name": "x", "scopes": ["chat"], "budgetWindow": "1.5h"}),
+            "budgetWindow",
+        ),
         (
             json!({"name": "x", "scopes": ["chat"], "budgetWindow": 5}),
             "budgetWindow",

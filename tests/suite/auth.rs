@@ -1330,6 +1330,9 @@ mod lockouts {
         for (query, status) in [
             ("?email=%20%09", StatusCode::OK),
             ("?email=%E3%80%80", StatusCode::BAD_REQUEST),
+            // An integer as the document writes one: no `+`.
+            ("?limit=%2B5", StatusCode::BAD_REQUEST),
+            ("?limit=5", StatusCode::OK),
         ] {
             let response = lockouts(query, Some(ADMIN_KEY)).await.expect("edge");
             assert_eq!(response.status(), status, "{query}");

@@ -42,6 +42,24 @@ async fn conversations_are_validated() {
             json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
             "temperature",
         ),
+        // Bounds hold for the number sent, not for what an f32 makes of it (2, infinity, -0).
+        (
+            "/api/v1/chat",
+            json!({"messages": [{"role": "user", "content": "x"}], "temperature": 1e308}),
+            "temperature",
+        ),
+        (
+            "/api/v1/chat",
+            json!({"messages": [{"role": "user", "content": "x"}],
+                "temperature": f64::from_bits(2.0f64.to_bits() + 1)}),
+            "temperature",
+        ),
+        (
+            "/api/v1/chat",
+            json!({"messages": [{"role": "user", "content": "x"}],
+                "temperature": -f64::from_bits(1)}),
+            "temperature",
+        ),
         (
             "/api/v1/chat",
             json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),

@@ -290,6 +290,13 @@ async fn every_validation_rule_is_a_400_with_a_message() {
             "{fragment}: {error}"
         );
     }
+    // A title is counted after trimming, as the schema's pattern counts it: 200 characters
+    // between spaces are a title, stored without them.
+    let padded = format!("  {}\u{3000}", "t".repeat(200));
+    let response = create(&suite, json!({"slug": "padded", "title": padded})).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let stored: Value = response.json().await.expect("json");
+    assert_eq!(stored["title"], "t".repeat(200), "{stored}");
     assert_eq!(
         suite.get("/api/v1/content?limit=0").await.status(),
         StatusCode::BAD_REQUEST

@@ -256,6 +256,26 @@ async fn openapi_says_what_each_field_accepts() {
     );
     let create = body("/api/v1/admin/content", "post");
     assert_eq!(create["required"], json!(["slug", "title"]), "{create}");
+    // A title is trimmed, then 1 to 200 characters: the hook states the proto's own pattern
+    // (a bare `maxLength` would count the spaces the service trims away).
+    let title = portico_edge::transcoder::rules::portico_schema_of(
+        "portico.content.v1.CreateContentRequest.title",
+    )
+    .expect("the title's option");
+    for path in [
+        ("/api/v1/admin/content", "post"),
+        ("/api/v1/admin/content/{slug}", "put"),
+    ] {
+        let edited = body(path.0, path.1);
+        assert_eq!(
+            edited["properties"]["title"]["pattern"], title["pattern"],
+            "{edited}"
+        );
+        assert!(
+            edited["properties"]["title"].get("maxLength").is_none(),
+            "{edited}"
+        );
+    }
     let embeddings = body("/v1/embeddings", "post");
     assert_eq!(embeddings["required"], json!(["input"]), "{embeddings}");
     let provider = body("/api/v1/admin/llm/providers/{name}", "put");

@@ -160,11 +160,20 @@ pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 /// One path or query value, parsed as the field's type.
 fn scalar(field: &FieldDescriptor, raw: &str, shape: &JsonShape) -> Result<ProtoValue, String> {
     let number = |kind: &str| format!("`{raw}` is not {kind}");
+    // What the document states (`boolean`, `integer`) and nothing looser: not `1` for true, not
+    // `+5` (which Rust's number parsing takes).
+    let numeric = !matches!(
+        field.kind(),
+        Kind::String | Kind::Bytes | Kind::Bool | Kind::Enum(_) | Kind::Message(_)
+    );
+    if numeric && raw.starts_with('+') {
+        return Err(number("a number (no leading `+`)"));
+    }
     Ok(match field.kind() {
         Kind::String => ProtoValue::String(raw.to_owned()),
         Kind::Bool => match raw {
-            "true" | "1" => ProtoValue::Bool(true),
-            "false" | "0" => ProtoValue::Bool(false),
+            "true" => ProtoValue::Bool(true),
+            "false" => ProtoValue::Bool(false),
             _ => return Err(number("true or false")),
         },
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {

@@ -431,6 +431,17 @@ pub fn portico_pool() -> DescriptorPool {
     .clone()
 }
 
+/// The `portico.api.v1.schema` option of one of Portico's fields (`package.Message.field`), as
+/// the JSON Schema keywords the OpenAPI document states: for the edge's own hooks, so that
+/// what they check and what they document is one text.
+pub fn portico_schema_of(field: &str) -> Option<serde_json::Value> {
+    let pool = portico_pool();
+    let (message, name) = field.rsplit_once('.')?;
+    let field = pool.get_message_by_name(message)?.get_field_by_name(name)?;
+    let option = Extensions::of(&pool).schema_of(&field)?;
+    serde_json::to_value(&option).ok()
+}
+
 /// A string that lives as long as the process: route templates and policy names label
 /// metrics and spans. Each distinct string is stored once, however many edges are built.
 fn intern(text: &str) -> &'static str {

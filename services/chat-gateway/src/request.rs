@@ -371,7 +371,9 @@ pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Statu
         }
     }
     let alias = take_model(&mut body, request.model, &mut bad);
-    if let Some(temperature) = request.temperature {
+    // Infinity or NaN is no JSON number: written as `null`, it would read as unset.
+    let unbounded_temperature = request.temperature.is_some_and(|t| !t.is_finite());
+    if let Some(temperature) = request.temperature.filter(|t| t.is_finite()) {
         body.insert("temperature".into(), decimal(temperature));
     }
     if let Some(max) = request.max_tokens {
@@ -398,6 +400,9 @@ pub fn chat(request: pb::CompleteRequest, max_tokens: u32) -> Result<Chat, Statu
             Some(Value::Bool(true))
         );
     check_messages(&body, &mut bad);
+    if unbounded_temperature {
+        bad.add("temperature", "temperature must be between 0 and 2");
+    }
     check_fields(&body, max_tokens, &mut bad);
     bad.finish()?;
     if !body.contains_key("max_tokens") && !body.contains_key("max_completion_tokens") {
@@ -522,6 +527,20 @@ mod tests {
             (
                 pb::CompleteRequest {
                     temperature: Some(2.5),
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                pb::CompleteRequest {
+                    temperature: Some(f32::INFINITY),
+                    ..good.clone()
+                },
+                "temperature",
+            ),
+            (
+                pb::CompleteRequest {
+                    temperature: Some(f32::NAN),
                     ..good.clone()
                 },
                 "temperature",
