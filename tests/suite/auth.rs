@@ -238,7 +238,7 @@ async fn bad_input_is_400_with_a_message() {
         (
             "/api/v1/auth/register",
             json!({"email": "not-an-email", "password": PASSWORD}),
-            "valid address",
+            "ASCII address",
         ),
         (
             "/api/v1/auth/register",

@@ -320,7 +320,7 @@ async fn register_reports_a_bad_email_and_a_bad_password_together() {
     assert_eq!(violated_fields(&both), ["email", "password"]);
     assert_eq!(
         both.message(),
-        "email must be a valid address of at most 254 characters; password must be 8 to 128 characters"
+        "email must be an ASCII address (name@example.com) of at most 254 characters; password must be 8 to 128 characters"
     );
     // One bad field: the message it always was, with its one violation.
     let one = auth

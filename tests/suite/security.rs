@@ -613,7 +613,8 @@ async fn whitespace_passwords_and_invisible_email_characters_are_refused() {
             "{email:?} {password:?}"
         );
     }
-    // A full-width spelling of an address is that address (NFKC): no second account.
+    // A full-width spelling of an address is refused as the OpenAPI pattern says (ASCII), so it
+    // is never a second account of the plain one.
     let first = suite
         .post(
             "/api/v1/auth/register",
@@ -627,7 +628,14 @@ async fn whitespace_passwords_and_invisible_email_characters_are_refused() {
             json!({"email": "\u{FF4E}fkc@example.com", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(lookalike.status(), StatusCode::CONFLICT);
+    assert_eq!(lookalike.status(), StatusCode::BAD_REQUEST);
+    let error: Value = lookalike.json().await.expect("json");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ASCII")),
+        "{error}"
+    );
 }
 
 // ---- findings 8 and 9: chat errors and denial of wallet
