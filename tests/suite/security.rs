@@ -638,6 +638,31 @@ async fn whitespace_passwords_and_invisible_email_characters_are_refused() {
     );
 }
 
+/// Every character, one at a time in an otherwise good password: the document's pattern (the
+/// one schemathesis and clients validate against) takes it exactly when the service does.
+#[test]
+fn the_password_pattern_takes_exactly_the_characters_the_service_takes() {
+    let schema = portico_edge::transcoder::rules::portico_schema_of(
+        "portico.auth.v1.RegisterRequest.password",
+    )
+    .expect("the password's option");
+    let pattern = regex::Regex::new(schema["pattern"].as_str().expect("a pattern"))
+        .expect("the pattern compiles");
+    let disagree: Vec<String> = (0..=0x10FFFF_u32)
+        .filter_map(char::from_u32)
+        .filter(|c| {
+            let password = format!("abcdefgh{c}");
+            pattern.is_match(&password) != portico_auth::check_password(&password).is_ok()
+        })
+        .map(|c| format!("U+{:04X}", u32::from(c)))
+        .collect();
+    assert!(
+        disagree.is_empty(),
+        "{} disagree: {disagree:?}",
+        disagree.len()
+    );
+}
+
 // ---- findings 8 and 9: chat errors and denial of wallet
 
 async fn chat_suite(providers: &[(&str, &str, i32)], extra: &[(&str, &str)]) -> TestSuite {

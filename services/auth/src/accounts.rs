@@ -145,7 +145,7 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
 /// that validates against it is never surprised), not only whitespace, no invisible characters;
 /// then NFKC-normalised, as every password is before hashing. Normalisation can change the count
 /// (`¯` becomes a space and a combining macron), which is why the rules apply to the input.
-pub(crate) fn check_password(password: &str) -> Result<String, Error> {
+pub fn check_password(password: &str) -> Result<String, Error> {
     let length = password.chars().count();
     if !(8..=128).contains(&length) {
         return Err(Error::InvalidArgument(

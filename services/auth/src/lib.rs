@@ -26,7 +26,7 @@ mod passwords;
 mod store;
 mod tokens;
 
-pub use accounts::{normalize_email, EMAIL_PATTERN};
+pub use accounts::{check_password, normalize_email, EMAIL_PATTERN};
 pub use error::Error;
 pub use mailer::{EmailSender, LogSender};
 
