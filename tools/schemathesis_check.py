@@ -63,6 +63,9 @@ ALLOWED = [
      "the current one, so a stale or missing precondition is 412 or 428 (RFC 9110)"),
     ("PUT", "/api/v1/admin/content/{slug}", "negative_data_rejection", ["412"],
      "the precondition is checked before the fields: a stale one is 412 whatever the body"),
+    ("POST", "/api/v1/api-keys", "positive_data_acceptance", ["400"],
+     "an account holds at most 100 live keys (FAILED_PRECONDITION, 400, by contract): a run "
+     "creates more than that for its one account, and a key ends only by revocation or expiry"),
     ("GET", "/api/v1/admin/usage", "positive_data_acceptance", ["400"],
      "`user`, `key` or both: OpenAPI cannot say that one of two query parameters is needed"),
 ]

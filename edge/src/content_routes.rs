@@ -62,15 +62,16 @@ struct UpdateBody {
 
 // The request schemas below state the content service's limits (`portico_proto::limits`).
 
-/// A title's schema: the `portico.api.v1.schema` of `CreateContentRequest.title`, which says
-/// exactly what the content service takes (the transcoded routes state the same).
-fn title_schema() -> Value {
-    let mut schema = json!({"type": "string"});
-    if let Some(Value::String(pattern)) =
-        rules::portico_schema_of("portico.content.v1.CreateContentRequest.title")
-            .and_then(|option| option.get("pattern").cloned())
-    {
-        schema["pattern"] = Value::String(pattern);
+/// `schema` with the `portico.api.v1.schema` of `CreateContentRequest.{field}` over it: what the
+/// content service takes, as the transcoded routes state it too (a title is counted after
+/// trimming, a body in bytes, which `maxLength` cannot say).
+fn like_proto(field: &str, mut schema: Value) -> Value {
+    let option =
+        rules::portico_schema_of(&format!("portico.content.v1.CreateContentRequest.{field}"));
+    if let Some(Value::Object(option)) = option {
+        for (keyword, value) in option.into_iter().filter(|(k, _)| k != "required") {
+            schema[keyword] = value;
+        }
     }
     schema
 }
@@ -78,10 +79,9 @@ fn title_schema() -> Value {
 fn editable_properties() -> serde_json::Map<String, Value> {
     let tag = json!({"type": "string", "pattern": format!("^[a-z0-9-]{{1,{MAX_TAG}}}$")});
     let properties = json!({
-        // Trimmed (Unicode whitespace), then 1 to 200 characters: the proto's own pattern.
-        "title": title_schema(),
-        "body": {"type": "string", "maxLength": MAX_BODY_BYTES,
-                 "description": format!("Markdown, at most {MAX_BODY_BYTES} bytes of UTF-8")},
+        "title": like_proto("title", json!({"type": "string"})),
+        "body": like_proto("body", json!({"type": "string",
+            "description": format!("Markdown, at most {MAX_BODY_BYTES} bytes of UTF-8")})),
         "tags": {"type": "array", "maxItems": MAX_TAGS, "items": tag},
         "status": {"type": ["string", "null"], "enum": ["draft", "published", null]},
     });

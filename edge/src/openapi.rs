@@ -209,9 +209,20 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
             parameters.push(json!({"name": variable, "in": "path", "required": true, "schema": {"type": "string"}}));
         }
     }
-    for (name, what) in &binding.route.hook_query {
-        parameters.push(json!({"name": name, "in": "query", "required": false,
-            "description": what, "schema": {"type": "string"}}));
+    for parameter in &binding.route.hook_query {
+        let text = json!({"type": "string"});
+        let schema = match parameter
+            .like
+            .as_deref()
+            .and_then(|like| schemas.field_named(like))
+        {
+            Some(field) => schemas.constrained(&field, text),
+            None => text,
+        };
+        parameters.push(
+            json!({"name": parameter.name, "in": "query", "required": false,
+            "description": parameter.what, "schema": schema}),
+        );
     }
     let bound: Vec<&str> = binding.path_fields.iter().map(|f| f.name()).collect();
     let mut request_body = None;

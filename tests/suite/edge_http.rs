@@ -262,6 +262,10 @@ async fn openapi_says_what_each_field_accepts() {
         "portico.content.v1.CreateContentRequest.title",
     )
     .expect("the title's option");
+    let body_option = portico_edge::transcoder::rules::portico_schema_of(
+        "portico.content.v1.CreateContentRequest.body",
+    )
+    .expect("the body's option");
     for path in [
         ("/api/v1/admin/content", "post"),
         ("/api/v1/admin/content/{slug}", "put"),
@@ -275,6 +279,12 @@ async fn openapi_says_what_each_field_accepts() {
             edited["properties"]["title"].get("maxLength").is_none(),
             "{edited}"
         );
+        // A body's limit is in bytes: the proto's alternatives by character width.
+        assert_eq!(
+            edited["properties"]["body"]["anyOf"], body_option["anyOf"],
+            "{edited}"
+        );
+        assert!(body_option["anyOf"].is_array(), "{body_option}");
     }
     let embeddings = body("/v1/embeddings", "post");
     assert_eq!(embeddings["required"], json!(["input"]), "{embeddings}");
@@ -284,6 +294,19 @@ async fn openapi_says_what_each_field_accepts() {
         Some(2),
         "{provider}"
     );
+    // A hook's own query parameter states the schema of the field it follows.
+    let day = portico_edge::transcoder::rules::portico_schema_of(
+        "portico.chat.v1.GetUsageRequest.from_day",
+    )
+    .expect("from_day's option");
+    let from = spec["paths"]["/api/v1/api-keys/{id}/usage"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "from")
+        .expect("from")
+        .clone();
+    assert_eq!(from["schema"]["pattern"], day["pattern"], "{from}");
     // A streamed answer: each event as SSE carries it.
     let events = &spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
         ["text/event-stream"]["schema"];

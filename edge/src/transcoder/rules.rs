@@ -71,10 +71,37 @@ pub struct RouteOptions {
     pub errors: Vec<String>,
     /// Admin only.
     pub admin: bool,
-    /// Query parameters a hook reads itself: (name, what).
-    pub hook_query: Vec<(String, String)>,
+    /// Query parameters a hook reads itself.
+    pub hook_query: Vec<HookParameter>,
     /// Request fields this binding does not take (proto names).
     pub unused_fields: Vec<String>,
+}
+
+/// A query parameter a hook reads itself: `name: what`, or `name like package.Message.field:
+/// what` when the value follows that field's `portico.api.v1.schema` (which OpenAPI states).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookParameter {
+    /// The parameter's name.
+    pub name: String,
+    /// What it means.
+    pub what: String,
+    /// The field whose schema the value follows (full name).
+    pub like: Option<String>,
+}
+
+impl HookParameter {
+    fn parse(line: &str) -> Self {
+        let (head, what) = line.split_once(':').unwrap_or((line, ""));
+        let (name, like) = match head.split_once(" like ") {
+            Some((name, like)) => (name, Some(like.trim().to_owned())),
+            None => (head, None),
+        };
+        Self {
+            name: name.trim().to_owned(),
+            what: what.trim().to_owned(),
+            like,
+        }
+    }
 }
 
 impl RouteOptions {
@@ -320,11 +347,8 @@ fn read_route(route: &DynamicMessage) -> RouteOptions {
         errors: strings(route, "errors"),
         admin: flag("admin"),
         hook_query: strings(route, "hook_query")
-            .into_iter()
-            .map(|line| {
-                let (name, what) = line.split_once(':').unwrap_or((&line, ""));
-                (name.trim().to_owned(), what.trim().to_owned())
-            })
+            .iter()
+            .map(|line| HookParameter::parse(line))
             .collect(),
         unused_fields: strings(route, "unused_fields"),
     }
@@ -398,6 +422,23 @@ fn binding(
         return Err(invalid(format!(
             "{template}: unused field `{name}` is not a field of {}",
             input.full_name()
+        )));
+    }
+    let pool = method.parent_pool();
+    if let Some(like) = route
+        .hook_query
+        .iter()
+        .filter_map(|p| p.like.as_deref())
+        .find(|like| {
+            like.rsplit_once('.')
+                .and_then(|(message, field)| {
+                    pool.get_message_by_name(message)?.get_field_by_name(field)
+                })
+                .is_none()
+        })
+    {
+        return Err(invalid(format!(
+            "{template}: hook_query `like {like}` is not a field"
         )));
     }
     let response_body = match text(rule, "response_body").as_str() {
@@ -498,6 +539,17 @@ mod tests {
         let own = find("DELETE", "/api/v1/auth/me");
         assert_eq!(own.route.policy, Some("auth"));
         assert!(find("POST", "/v1/chat/completions").route.hook.is_some());
+        // A hook's own query parameter, with the schema of the field it is like.
+        let usage = find("GET", "/api/v1/api-keys/{id}/usage");
+        assert_eq!(
+            usage.route.hook_query[0],
+            HookParameter {
+                name: "from".into(),
+                what: "the first day, YYYY-MM-DD".into(),
+                like: Some("portico.chat.v1.GetUsageRequest.from_day".into()),
+            }
+        );
+        assert_eq!(HookParameter::parse("user: an account id").like, None);
     }
 
     #[test]
