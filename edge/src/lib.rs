@@ -378,10 +378,11 @@ impl Edge {
                     .unwrap_or_else(|error| error.into_response(correlation_id))
             }
             routes::Handler::Models | routes::Handler::Model => {
+                // Path variables arrive percent-encoded (`alias%40provider`).
                 let id = params
                     .into_iter()
                     .find(|(name, _)| *name == "id")
-                    .map(|(_, v)| v);
+                    .map(|(_, v)| auth_routes::percent_decode(&v));
                 self.models(id, request.headers(), context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id))
@@ -398,7 +399,7 @@ impl Edge {
                 let name = params
                     .into_iter()
                     .find(|(name, _)| *name == "name")
-                    .map(|(_, v)| v)
+                    .map(|(_, v)| auth_routes::percent_decode(&v))
                     .unwrap_or_default();
                 self.llm_provider_update(name, request.into_body(), context, &forwarded)
                     .await

@@ -304,10 +304,12 @@ async fn failover_follows_priority_and_an_admin_change_applies_at_once() {
     assert_eq!(body["provider"], json!(c));
     assert_eq!(body["message"]["content"], "third speaking");
 
-    // Disabling works the same way, and the list shows the order.
+    // Disabling works the same way (the name percent-encoded this time, as a client may send
+    // it), and the list shows the order.
+    let encoded = format!("%{:02X}{}", c.as_bytes()[0], &c[1..]);
     let disabled = admin(
         reqwest::Method::PUT,
-        format!("/api/v1/admin/llm/providers/{c}"),
+        format!("/api/v1/admin/llm/providers/{encoded}"),
     )
     .json(&json!({"enabled": false}))
     .send()
@@ -1028,6 +1030,11 @@ async fn models_lists_the_aliases_and_a_request_without_model_gets_the_default()
         .await
         .expect("json");
     assert_eq!(one["id"], "chat-fast");
+    // A path variable is percent-decoded, as every client may encode it.
+    let encoded = suite.get("/v1/models/chat%2Dfast").await;
+    assert_eq!(encoded.status(), StatusCode::OK);
+    let encoded: Value = encoded.json().await.expect("json");
+    assert_eq!(encoded["id"], "chat-fast");
     let answer = suite
         .post(
             "/v1/chat/completions",
