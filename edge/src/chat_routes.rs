@@ -71,7 +71,8 @@ struct OpenAiChat {
 }
 
 // The request schemas below state the chat gateway's limits (`portico_proto::limits::chat`,
-// which its checks use); `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default.
+// which its checks use); `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default,
+// and `state_token_bound` writes the configured one into the document.
 
 fn or_null(schema: Value) -> Value {
     json!({"anyOf": [schema, {"type": "null"}]})
@@ -92,6 +93,21 @@ fn stop_schema() -> Value {
 fn tokens_schema() -> Value {
     or_null(json!({"type": "integer", "minimum": 1,
         "maximum": portico_config::DEFAULT_LLM_MAX_TOKENS}))
+}
+
+/// The OpenAPI `document` with the token bound this deployment checks (`LLM_MAX_TOKENS`, the
+/// same for the edge and the chat gateway) in place of the default the schemas above state.
+pub(crate) fn state_token_bound(document: &mut Value, max_tokens: u32) {
+    for path in ["~1api~1v1~1chat", "~1v1~1chat~1completions"] {
+        for field in ["max_tokens", "max_completion_tokens"] {
+            let pointer = format!(
+                "/paths/{path}/post/requestBody/content/application~1json/schema/properties/{field}/anyOf/0"
+            );
+            if let Some(Value::Object(bound)) = document.pointer_mut(&pointer) {
+                bound.insert("maximum".into(), json!(max_tokens));
+            }
+        }
+    }
 }
 
 /// `POST /api/v1/chat`: Portico's own chat JSON (every field it knows; no others).

@@ -171,6 +171,8 @@ struct Inner {
     allow_anonymous_chat: bool,
     /// The deadline of a chat call: `LLM_TIMEOUT` and a margin for the hops.
     chat_timeout: std::time::Duration,
+    /// `LLM_MAX_TOKENS`, which the OpenAPI document states.
+    chat_max_tokens: u32,
     /// `ADMIN_API_KEY`, for the admin routes the edge answers itself.
     admin_key: Option<portico_config::SecretString>,
     /// The epoch of the edge's content copies, following ContentService.WatchRevision.
@@ -249,6 +251,7 @@ impl Edge {
                 verifier,
                 allow_anonymous_chat: settings.chat.allow_anonymous,
                 chat_timeout: settings.chat.timeout + CHAT_DEADLINE_MARGIN,
+                chat_max_tokens: settings.chat.max_tokens,
                 admin_key: settings.admin_api_key.clone(),
                 content_revision: Arc::default(),
                 content_cache: portico_ttlmap::TtlMap::new(
@@ -353,11 +356,12 @@ impl Edge {
             routes::Handler::OpenApi => {
                 // Built once: the table and descriptors do not change while the edge runs.
                 let document = self.inner.openapi.get_or_init(|| {
-                    let document = openapi::document(
+                    let mut document = openapi::document(
                         &self.inner.routes,
                         self.inner.transcoder.pool(),
                         env!("CARGO_PKG_VERSION"),
                     );
+                    chat_routes::state_token_bound(&mut document, self.inner.chat_max_tokens);
                     Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
                 });
                 response::text_response(StatusCode::OK, "application/json", document.clone())

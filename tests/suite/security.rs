@@ -772,6 +772,16 @@ async fn callers_cannot_pick_an_unlisted_model_or_an_unbounded_max_tokens() {
         bodies.iter().all(|b| b["max_tokens"] == 100),
         "every call is bounded: {bodies:?}"
     );
+    // The API document states this deployment's bound, not the default.
+    let spec = suite.openapi().await;
+    for path in ["/api/v1/chat", "/v1/chat/completions"] {
+        let schema =
+            &spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            schema["properties"]["max_tokens"]["anyOf"][0]["maximum"], 100,
+            "{path}: {schema}"
+        );
+    }
 }
 
 // ---- finding 11: a readiness flood does not fan out
