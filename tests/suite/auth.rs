@@ -513,14 +513,7 @@ async fn refresh_reuse_revokes_the_family_and_is_audited() {
     let reuse = suite
         .post("/api/v1/auth/refresh", json!({"refreshToken": first}))
         .await;
-    assert_eq!(reuse.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = reuse.json().await.expect("json");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("already used")),
-        "{body}"
-    );
+    harness::assert_error(reuse, StatusCode::UNAUTHORIZED, "already used").await;
     let victim = suite
         .post("/api/v1/auth/refresh", json!({"refreshToken": second}))
         .await;

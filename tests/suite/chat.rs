@@ -242,14 +242,12 @@ async fn a_503_is_retried_then_succeeds_and_a_400_is_neither_retried_nor_failed_
     let response = suite
         .post("/v1/chat/completions", conversation(false))
         .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let error: Value = response.json().await.expect("json");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("refused the request (HTTP 400)")),
-        "{error}"
-    );
+    let error = harness::assert_error(
+        response,
+        StatusCode::BAD_REQUEST,
+        "refused the request (HTTP 400)",
+    )
+    .await;
     assert!(
         !error.to_string().contains("fake says"),
         "the provider's own text stays in the logs: {error}"

@@ -220,14 +220,17 @@ async fn openapi_says_what_each_field_accepts() {
             assert_eq!(schema["additionalProperties"], false, "{name}");
         }
     }
+    let parameter = |path: &str, name: &str| {
+        spec["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path}: {name}"))
+            .clone()
+    };
     // A path variable's rule.
-    let slug = spec["paths"]["/api/v1/content/{slug}"]["get"]["parameters"]
-        .as_array()
-        .expect("parameters")
-        .iter()
-        .find(|p| p["name"] == "slug")
-        .expect("slug")
-        .clone();
+    let slug = parameter("/api/v1/content/{slug}", "slug");
     assert_eq!(slug["schema"]["pattern"], "^[a-z0-9-]{1,100}$", "{slug}");
     // The hooks that read their own JSON say its shape, not just "an object".
     let body = |path: &str, method: &str| {
@@ -299,13 +302,7 @@ async fn openapi_says_what_each_field_accepts() {
         "portico.chat.v1.GetUsageRequest.from_day",
     )
     .expect("from_day's option");
-    let from = spec["paths"]["/api/v1/api-keys/{id}/usage"]["get"]["parameters"]
-        .as_array()
-        .expect("parameters")
-        .iter()
-        .find(|p| p["name"] == "from")
-        .expect("from")
-        .clone();
+    let from = parameter("/api/v1/api-keys/{id}/usage", "from");
     assert_eq!(from["schema"]["pattern"], day["pattern"], "{from}");
     // A streamed answer: each event as SSE carries it.
     let events = &spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]

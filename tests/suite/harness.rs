@@ -214,6 +214,24 @@ impl TestSuite {
 }
 
 /// `portico users grant-admin EMAIL` against `database_url`, through the same library call.
+/// Asserts that `response` has `status` and an `error.message` containing `fragment`; returns
+/// the error body for further checks.
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: http::StatusCode,
+    fragment: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status(), status, "{fragment}");
+    let body: serde_json::Value = response.json().await.expect("an error body is JSON");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(fragment)),
+        "{fragment}: {body}"
+    );
+    body
+}
+
 pub async fn grant_admin(database_url: &str, email: &str) {
     let settings = Settings::from_source(&HashMap::from([(
         "DATABASE_URL".to_owned(),

@@ -628,14 +628,7 @@ async fn whitespace_passwords_and_invisible_email_characters_are_refused() {
             json!({"email": "\u{FF4E}fkc@example.com", "password": PASSWORD}),
         )
         .await;
-    assert_eq!(lookalike.status(), StatusCode::BAD_REQUEST);
-    let error: Value = lookalike.json().await.expect("json");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("ASCII")),
-        "{error}"
-    );
+    harness::assert_error(lookalike, StatusCode::BAD_REQUEST, "ASCII").await;
 }
 
 /// Every character, one at a time in an otherwise good password: the document's pattern (the
