@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use tonic::Code;
 
 use crate::{
-    auth_routes::percent_decode,
     backends::Forwarded,
     finish, parse_json, read_body,
     response::{self, Response},
@@ -193,7 +192,7 @@ fn usage_json(usage: &chat_pb::GetUsageResponse) -> Value {
 
 /// What the API key routes read of the request besides its body.
 pub(crate) struct KeyRequest<'a> {
-    /// The `{id}` path parameter (empty when the route has none).
+    /// The `{id}` path parameter, decoded (empty when the route has none).
     pub id: String,
     /// The query string.
     pub query: Option<&'a str>,
@@ -245,7 +244,6 @@ impl Edge {
         let mut auth = AuthServiceClient::new(backend.channel.clone());
         let KeyRequest { id, query, headers } = http_request;
         let params = query_pairs(query);
-        let id = percent_decode(&id);
         match handler {
             Handler::ApiKeyCreate => {
                 let body: NewKeyBody = parse_json(&read_body(body).await?)?;

@@ -71,8 +71,7 @@ struct OpenAiChat {
 }
 
 // The request schemas below state the chat gateway's limits (`portico_proto::limits::chat`,
-// which its checks use); `LLM_MAX_TOKENS` can lower or raise the token bound, 4096 by default,
-// and `state_token_bound` writes the configured one into the document.
+// which its checks use); the token bound is the deployment's `LLM_MAX_TOKENS`, 4096 by default.
 
 fn or_null(schema: Value) -> Value {
     json!({"anyOf": [schema, {"type": "null"}]})
@@ -90,28 +89,12 @@ fn stop_schema() -> Value {
     )
 }
 
-fn tokens_schema() -> Value {
-    or_null(json!({"type": "integer", "minimum": 1,
-        "maximum": portico_config::DEFAULT_LLM_MAX_TOKENS}))
-}
-
-/// The OpenAPI `document` with the token bound this deployment checks (`LLM_MAX_TOKENS`, the
-/// same for the edge and the chat gateway) in place of the default the schemas above state.
-pub(crate) fn state_token_bound(document: &mut Value, max_tokens: u32) {
-    for path in ["~1api~1v1~1chat", "~1v1~1chat~1completions"] {
-        for field in ["max_tokens", "max_completion_tokens"] {
-            let pointer = format!(
-                "/paths/{path}/post/requestBody/content/application~1json/schema/properties/{field}/anyOf/0"
-            );
-            if let Some(Value::Object(bound)) = document.pointer_mut(&pointer) {
-                bound.insert("maximum".into(), json!(max_tokens));
-            }
-        }
-    }
+fn tokens_schema(max_tokens: u32) -> Value {
+    or_null(json!({"type": "integer", "minimum": 1, "maximum": max_tokens}))
 }
 
 /// `POST /api/v1/chat`: Portico's own chat JSON (every field it knows; no others).
-pub(crate) fn portico_body_schema() -> Value {
+pub(crate) fn portico_body_schema(max_tokens: u32) -> Value {
     json!({
         "type": "object",
         "required": ["messages"],
@@ -127,7 +110,7 @@ pub(crate) fn portico_body_schema() -> Value {
             "model": model_schema(),
             "stream": or_null(json!({"type": "boolean"})),
             "temperature": or_null(json!({"type": "number", "minimum": 0, "maximum": 2})),
-            "max_tokens": tokens_schema(),
+            "max_tokens": tokens_schema(max_tokens),
             "stop": stop_schema(),
         },
     })
@@ -135,7 +118,7 @@ pub(crate) fn portico_body_schema() -> Value {
 
 /// `POST /v1/chat/completions`: OpenAI's request. The fields the gateway reasons about are
 /// stated; every other field goes to the provider unchanged.
-pub(crate) fn openai_body_schema() -> Value {
+pub(crate) fn openai_body_schema(max_tokens: u32) -> Value {
     let parts = json!({"type": "array", "items": {
         "type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}});
     let content = json!({"anyOf": [{"type": "string"}, parts]});
@@ -162,8 +145,8 @@ pub(crate) fn openai_body_schema() -> Value {
                 "properties": {"include_usage": {"type": "boolean"}}})),
             "temperature": or_null(json!({"type": "number", "minimum": 0, "maximum": 2})),
             "top_p": or_null(json!({"type": "number", "minimum": 0, "maximum": 1})),
-            "max_tokens": tokens_schema(),
-            "max_completion_tokens": tokens_schema(),
+            "max_tokens": tokens_schema(max_tokens),
+            "max_completion_tokens": tokens_schema(max_tokens),
             "n": or_null(json!({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES})),
             "stop": stop_schema(),
             "tools": or_null(json!({"type": "array", "maxItems": MAX_TOOLS,

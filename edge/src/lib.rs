@@ -336,6 +336,12 @@ impl Edge {
             }
             routes::Target::Native(handler) | routes::Target::Hook(handler, _) => *handler,
         };
+        // The path's variables arrive percent-encoded (`alias%40provider`): decoded once here for
+        // every hook, as the transcoder decodes its own.
+        let params: Vec<(String, String)> = params
+            .into_iter()
+            .map(|(name, value)| (name, auth_routes::percent_decode(&value)))
+            .collect();
         match handler {
             routes::Handler::Live => health::live_response(self),
             routes::Handler::Startup => {
@@ -356,12 +362,12 @@ impl Edge {
             routes::Handler::OpenApi => {
                 // Built once: the table and descriptors do not change while the edge runs.
                 let document = self.inner.openapi.get_or_init(|| {
-                    let mut document = openapi::document(
+                    let document = openapi::document(
                         &self.inner.routes,
                         self.inner.transcoder.pool(),
                         env!("CARGO_PKG_VERSION"),
+                        self.inner.chat_max_tokens,
                     );
-                    chat_routes::state_token_bound(&mut document, self.inner.chat_max_tokens);
                     Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
                 });
                 response::text_response(StatusCode::OK, "application/json", document.clone())
@@ -382,11 +388,10 @@ impl Edge {
                     .unwrap_or_else(|error| error.into_response(correlation_id))
             }
             routes::Handler::Models | routes::Handler::Model => {
-                // Path variables arrive percent-encoded (`alias%40provider`).
                 let id = params
                     .into_iter()
                     .find(|(name, _)| *name == "id")
-                    .map(|(_, v)| auth_routes::percent_decode(&v));
+                    .map(|(_, v)| v);
                 self.models(id, request.headers(), context, &forwarded)
                     .await
                     .unwrap_or_else(|error| error.into_response(correlation_id))
@@ -403,7 +408,7 @@ impl Edge {
                 let name = params
                     .into_iter()
                     .find(|(name, _)| *name == "name")
-                    .map(|(_, v)| auth_routes::percent_decode(&v))
+                    .map(|(_, v)| v)
                     .unwrap_or_default();
                 self.llm_provider_update(name, request.into_body(), context, &forwarded)
                     .await

@@ -29,9 +29,14 @@ const COMMON: &[(&str, &str)] = &[
     ),
 ];
 
-/// The document.
-pub fn document(table: &RouteTable, pool: &DescriptorPool, version: &str) -> Value {
-    let mut schemas = Schemas::new(pool);
+/// The document; `chat_max_tokens` is the token bound the chat routes state (`LLM_MAX_TOKENS`).
+pub fn document(
+    table: &RouteTable,
+    pool: &DescriptorPool,
+    version: &str,
+    chat_max_tokens: u32,
+) -> Value {
+    let mut schemas = Schemas::new(pool, chat_max_tokens);
     let mut paths = Map::new();
     let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     for route in table.routes() {
@@ -256,7 +261,7 @@ fn binding_operation(binding: &Binding, hook: Option<Handler>, schemas: &mut Sch
         BodyRule::All => {
             // A hook that reads its own JSON (OpenAI's dialect, content's fields) says its shape.
             request_body = Some(
-                hook.and_then(Handler::body_schema)
+                hook.and_then(|hook| hook.body_schema(schemas.chat_max_tokens))
                     .unwrap_or_else(|| schemas.body_of(&input, &bound)),
             );
         }
@@ -360,10 +365,12 @@ struct Schemas<'a> {
     extensions: rules::Extensions,
     done: BTreeMap<String, Value>,
     pending: Vec<MessageDescriptor>,
+    /// The chat routes' token bound.
+    chat_max_tokens: u32,
 }
 
 impl<'a> Schemas<'a> {
-    fn new(pool: &'a DescriptorPool) -> Self {
+    fn new(pool: &'a DescriptorPool, chat_max_tokens: u32) -> Self {
         let extensions = rules::Extensions::of(pool);
         let mut seen = std::collections::HashSet::new();
         let ambiguous = pool
@@ -378,6 +385,7 @@ impl<'a> Schemas<'a> {
             extensions,
             done: BTreeMap::new(),
             pending: Vec::new(),
+            chat_max_tokens,
         }
     }
 
@@ -519,10 +527,7 @@ impl<'a> Schemas<'a> {
 
     /// A field by full name (`package.Message.field`).
     fn field_named(&self, name: &str) -> Option<FieldDescriptor> {
-        let (message, field) = name.rsplit_once('.')?;
-        self.pool
-            .get_message_by_name(message)?
-            .get_field_by_name(field)
+        rules::field_named(self.pool, name)
     }
 
     /// `schema` (the field's generated one) with the field's option over it.
@@ -710,7 +715,7 @@ mod tests {
     #[test]
     fn every_like_names_a_field_with_a_schema_of_its_own() {
         let pool = DescriptorPool::decode(portico_proto::FILE_DESCRIPTOR_SET).expect("pool");
-        let schemas = Schemas::new(&pool);
+        let schemas = Schemas::new(&pool, portico_config::DEFAULT_LLM_MAX_TOKENS);
         let mut names = Vec::new();
         for message in pool.all_messages() {
             for field in message.fields() {

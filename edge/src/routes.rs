@@ -65,12 +65,13 @@ pub enum Handler {
 }
 
 impl Handler {
-    /// The JSON Schema of the body a hook reads itself (OpenAI's dialect, content's fields);
-    /// `None`: the body is the RPC's request message.
-    pub fn body_schema(self) -> Option<serde_json::Value> {
+    /// The JSON Schema of the body a hook reads itself (OpenAI's dialect, content's fields),
+    /// with the deployment's token bound (`LLM_MAX_TOKENS`) for the chat routes; `None`: the
+    /// body is the RPC's request message.
+    pub fn body_schema(self, chat_max_tokens: u32) -> Option<serde_json::Value> {
         Some(match self {
-            Self::Chat => crate::chat_routes::portico_body_schema(),
-            Self::ChatCompletions => crate::chat_routes::openai_body_schema(),
+            Self::Chat => crate::chat_routes::portico_body_schema(chat_max_tokens),
+            Self::ChatCompletions => crate::chat_routes::openai_body_schema(chat_max_tokens),
             Self::Embeddings => crate::chat_routes::embeddings_body_schema(),
             Self::AdminLlmProviderUpdate => crate::chat_routes::provider_change_schema(),
             Self::AdminContentCreate => crate::content_routes::create_schema(),

@@ -227,7 +227,12 @@ async fn bad_input_is_refused_with_a_400_that_names_it() {
 #[tokio::test]
 async fn the_annotated_rpc_is_in_the_openapi_document() {
     let served = Served::start().await;
-    let spec = portico_edge::openapi::document(&served.table, served.transcoder.pool(), "test");
+    let spec = portico_edge::openapi::document(
+        &served.table,
+        served.transcoder.pool(),
+        "test",
+        portico_config::DEFAULT_LLM_MAX_TOKENS,
+    );
     let greet = &spec["paths"]["/api/v1/greetings/{name}"]["post"];
     assert_eq!(greet["operationId"], "Greeter_Greet");
     assert_eq!(greet["summary"], "Greet someone");

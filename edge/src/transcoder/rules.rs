@@ -429,13 +429,7 @@ fn binding(
         .hook_query
         .iter()
         .filter_map(|p| p.like.as_deref())
-        .find(|like| {
-            like.rsplit_once('.')
-                .and_then(|(message, field)| {
-                    pool.get_message_by_name(message)?.get_field_by_name(field)
-                })
-                .is_none()
-        })
+        .find(|like| field_named(pool, like).is_none())
     {
         return Err(invalid(format!(
             "{template}: hook_query `like {like}` is not a field"
@@ -477,10 +471,15 @@ pub fn portico_pool() -> DescriptorPool {
 /// what they check and what they document is one text.
 pub fn portico_schema_of(field: &str) -> Option<serde_json::Value> {
     let pool = portico_pool();
-    let (message, name) = field.rsplit_once('.')?;
-    let field = pool.get_message_by_name(message)?.get_field_by_name(name)?;
+    let field = field_named(&pool, field)?;
     let option = Extensions::of(&pool).schema_of(&field)?;
     serde_json::to_value(&option).ok()
+}
+
+/// A field of `pool` by full name (`package.Message.field`).
+pub fn field_named(pool: &DescriptorPool, name: &str) -> Option<FieldDescriptor> {
+    let (message, field) = name.rsplit_once('.')?;
+    pool.get_message_by_name(message)?.get_field_by_name(field)
 }
 
 /// A string that lives as long as the process: route templates and policy names label
